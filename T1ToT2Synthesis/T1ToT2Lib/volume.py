@@ -1,0 +1,215 @@
+"""The volume value type: a float32 array in (k, j, i) order plus its IJK-to-RAS matrix.
+
+Everything downstream takes and returns :class:`Volume`; nothing guesses
+geometry.  Files are read and written with SimpleITK (which works in LPS);
+the conversion to Slicer's RAS happens here and only here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import T1ToT2Error
+
+#: File extensions :func:`write_volume` and :func:`read_volume` handle (single-file formats only,
+#: so that an atomic rename publishes the whole volume).
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+PLANES = ("axial", "coronal", "sagittal")
+#: Normal of each anatomical plane in RAS.
+PLANE_NORMALS_RAS = {
+    "sagittal": np.array([1.0, 0.0, 0.0]),
+    "coronal": np.array([0.0, 1.0, 0.0]),
+    "axial": np.array([0.0, 0.0, 1.0]),
+}
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """A scalar volume: ``array[k, j, i]`` (float32) and ``ijk_to_ras`` (4x4, float64).
+
+    ``meta`` carries optional provenance (e.g. the DICOM tags of the series it
+    was read from) that writers may use; it never affects geometry.
+    """
+
+    array: np.ndarray
+    ijk_to_ras: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.array = np.asarray(self.array, dtype=np.float32)
+        if self.array.ndim != 3:
+            raise T1ToT2Error(f"a volume must be 3-D, got an array of shape {self.array.shape}: pass one 3-D scalar image")
+        m = np.asarray(self.ijk_to_ras, dtype=np.float64)
+        if m.shape != (4, 4):
+            raise T1ToT2Error(f"ijk_to_ras must be a 4x4 matrix, got shape {m.shape}")
+        if abs(np.linalg.det(m[:3, :3])) < 1e-12:
+            raise T1ToT2Error("the volume's IJK-to-RAS matrix is singular: check its spacing and direction")
+        self.ijk_to_ras = m
+
+    # --- construction -------------------------------------------------
+    @classmethod
+    def from_geometry(cls, array, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None, meta=None):
+        """Build from spacing (i, j, k), RAS origin and a 3x3 RAS direction whose columns are the I, J, K axes."""
+        direction = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
+        m = np.eye(4)
+        m[:3, :3] = direction @ np.diag(np.asarray(spacing, dtype=np.float64))
+        m[:3, 3] = origin
+        return cls(array, m, dict(meta or {}))
+
+    def with_array(self, array, **meta) -> "Volume":
+        """A new volume with this one's exact geometry and another array of the same shape."""
+        array = np.asarray(array, dtype=np.float32)
+        if array.shape != self.array.shape:
+            raise T1ToT2Error(f"array shape {array.shape} does not match the volume's {self.array.shape}")
+        return Volume(array, self.ijk_to_ras.copy(), {**self.meta, **meta})
+
+    # --- geometry -----------------------------------------------------
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size along I, J, K in mm."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def origin(self) -> np.ndarray:
+        """RAS position of voxel (0, 0, 0)'s centre."""
+        return self.ijk_to_ras[:3, 3].copy()
+
+    @property
+    def direction(self) -> np.ndarray:
+        """3x3 RAS direction cosines; column c is the unit direction of IJK axis c."""
+        return self.ijk_to_ras[:3, :3] / self.spacing
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+    def same_geometry(self, other: "Volume", tol: float = 1e-6) -> bool:
+        return self.array.shape == other.array.shape and np.allclose(self.ijk_to_ras, other.ijk_to_ras, atol=tol, rtol=0)
+
+    def ras_to_ijk(self, points_ras) -> np.ndarray:
+        """Continuous (i, j, k) indices of RAS points, shape (n, 3)."""
+        p = np.atleast_2d(np.asarray(points_ras, dtype=np.float64))
+        inv = np.linalg.inv(self.ijk_to_ras)
+        return (p @ inv[:3, :3].T) + inv[:3, 3]
+
+    def ijk_to_ras_points(self, ijk) -> np.ndarray:
+        p = np.atleast_2d(np.asarray(ijk, dtype=np.float64))
+        return p @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
+
+    # --- planes -------------------------------------------------------
+    def plane_axis(self, plane: str) -> int:
+        """The array axis (0 = k, 1 = j, 2 = i) to iterate to get ``plane`` slices.
+
+        Resolved from the direction matrix: the three IJK axes are matched to
+        the three anatomical normals by the permutation with the largest total
+        alignment, so oblique volumes get a consistent, one-to-one answer.
+        """
+        return plane_axes(self.direction)[_check_plane(plane)]
+
+    def slices(self, plane: str) -> np.ndarray:
+        """A (n, h, w) view of the array as ``plane`` slices."""
+        return np.moveaxis(self.array, self.plane_axis(plane), 0)
+
+
+def _check_plane(plane: str) -> str:
+    if plane not in PLANES:
+        raise T1ToT2Error(f"unknown plane {plane!r}: use one of {', '.join(PLANES)}")
+    return plane
+
+
+def plane_axes(direction: np.ndarray) -> dict:
+    """Map each plane name to the array axis whose IJK direction best matches its normal."""
+    direction = np.asarray(direction, dtype=np.float64)
+    names = list(PLANE_NORMALS_RAS)
+    align = np.array([[abs(PLANE_NORMALS_RAS[n] @ direction[:, c]) for c in range(3)] for n in names])
+    best = max(itertools.permutations(range(3)), key=lambda perm: sum(align[r, perm[r]] for r in range(3)))
+    # IJK axis c is array axis 2 - c, because arrays are stored (k, j, i).
+    return {names[r]: 2 - best[r] for r in range(3)}
+
+
+def from_slices(slices: np.ndarray, axis: int) -> np.ndarray:
+    """Inverse of :meth:`Volume.slices`: put the slice axis back at ``axis``."""
+    return np.moveaxis(slices, 0, axis)
+
+
+# --- files ----------------------------------------------------------------
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    for ext in VOLUME_EXTENSIONS:
+        if name.endswith(ext):
+            return ext
+    return ""
+
+
+def volume_from_sitk(image) -> Volume:
+    """Convert a 3-D SimpleITK image (LPS) to a :class:`Volume` (RAS)."""
+    import SimpleITK as sitk
+
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise T1ToT2Error(
+            f"expected a 3-D scalar image, got {image.GetDimension()}-D with "
+            f"{image.GetNumberOfComponentsPerPixel()} components: pass one grey-scale volume"
+        )
+    array = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    m[:3, 3] = image.GetOrigin()
+    return Volume(array, _LPS_TO_RAS @ m)
+
+
+def volume_to_sitk(volume: Volume):
+    """Convert a :class:`Volume` to a float32 SimpleITK image with the same geometry (LPS)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=np.float32))
+    lps = _LPS_TO_RAS @ volume.ijk_to_ras
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(float(d) for d in (lps[:3, :3] / spacing).ravel()))
+    image.SetOrigin(tuple(float(o) for o in lps[:3, 3]))
+    return image
+
+
+def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """Read a NIfTI/NRRD/MHA file, or a folder holding a DICOM series."""
+    path = Path(path)
+    if not path.exists():
+        raise T1ToT2Error(f"'{path}' does not exist: check the path")
+    if path.is_dir():
+        from .dicom import read_dicom_series
+
+        return read_dicom_series(path, series_uid=series_uid)
+    if not _extension(path):
+        raise T1ToT2Error(
+            f"'{path.name}' is not a supported volume file: use {', '.join(VOLUME_EXTENSIONS)} or a DICOM folder"
+        )
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise T1ToT2Error(f"cannot read '{path}' ({first}): is it a valid image file?") from None
+    volume = volume_from_sitk(image)
+    volume.meta["source_path"] = str(path)
+    return volume
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write atomically (temporary name, then rename) with the volume's exact geometry."""
+    path = Path(path)
+    if not _extension(path):
+        raise T1ToT2Error(f"cannot write '{path.name}': use one of {', '.join(VOLUME_EXTENSIONS)}")
+    import SimpleITK as sitk
+
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(volume_to_sitk(volume), str(tmp), useCompression=compress)
+    return path
