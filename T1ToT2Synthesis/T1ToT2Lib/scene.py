@@ -1,0 +1,527 @@
+"""The MRML scene layer: Slicer nodes <-> :class:`Volume`, result nodes, profiles, charts, layout.
+
+This is the only T1ToT2Lib module that touches MRML.  It needs ``slicer``
+(the application, or ``slicer-core`` with a scene assigned to
+``slicer.mrmlScene``) and is never imported by the command line.
+
+Geometry conventions
+--------------------
+A :class:`Volume` always carries *world* geometry: :func:`volume_from_node`
+folds a linear parent transform into ``ijk_to_ras`` and :func:`node_from_volume`
+unfolds it again, so a node placed under the T1's transform lines up with the
+T1 in the views.  Non-linear transforms are refused (they cannot be expressed
+as one IJK-to-RAS matrix).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import slicer
+import slicer.util
+import vtk
+
+from .errors import T1ToT2Error
+from .volume import Volume
+
+#: Node reference role from a T1 node to the synthetic T2 made from it, so a re-run updates that node.
+SYNTHETIC_REFERENCE_ROLE = "T1ToT2.SyntheticT2"
+SYNTHETIC_ATTRIBUTE = "T1ToT2.Synthetic"
+MODEL_ATTRIBUTE = "T1ToT2.Model"
+SOURCE_ATTRIBUTE = "T1ToT2.SourceT1"
+DIVERGING_COLOR_NAME = "T1ToT2 DivergingBlueWhiteRed"
+DISTANCE_COLUMN = "Distance (mm)"
+COMPARE_VIEWS = ("Red", "Yellow", "Green")
+
+_SERIES_COLORS = [
+    (0.12, 0.47, 0.71),
+    (1.00, 0.50, 0.05),
+    (0.17, 0.63, 0.17),
+    (0.84, 0.15, 0.16),
+    (0.58, 0.40, 0.74),
+    (0.55, 0.34, 0.29),
+]
+
+
+# --- matrices ------------------------------------------------------------------
+def _to_numpy(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+
+
+def _to_vtk(matrix) -> vtk.vtkMatrix4x4:
+    out = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            out.SetElement(r, c, float(matrix[r][c]))
+    return out
+
+
+def _scene(scene=None):
+    scene = scene or getattr(slicer, "mrmlScene", None)
+    if scene is None:
+        raise T1ToT2Error("no MRML scene: run inside Slicer or assign a vtkMRMLScene to slicer.mrmlScene")
+    return scene
+
+
+def transform_to_world(node) -> np.ndarray:
+    """4x4 matrix from ``node``'s local coordinates to world (identity without a parent transform)."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise T1ToT2Error(
+            f"'{node.GetName()}' is under the non-linear transform '{parent.GetName()}': "
+            "harden or remove the transform (Data module) first"
+        )
+    m = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(m)
+    return _to_numpy(m)
+
+
+def world_ijk_to_ras(node) -> np.ndarray:
+    """The node's IJK-to-world matrix: transform-to-world x IJKToRAS."""
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return transform_to_world(node) @ _to_numpy(m)
+
+
+# --- volumes -------------------------------------------------------------------
+def _check_scalar_volume(node, what="volume"):
+    if node is None:
+        raise T1ToT2Error(f"no {what} selected: choose a scalar volume node")
+    if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise T1ToT2Error(f"'{node.GetName()}' is a {node.GetClassName()}, not a scalar volume: choose a grey-scale volume")
+    image = node.GetImageData()
+    if image is None or image.GetNumberOfPoints() == 0:
+        raise T1ToT2Error(f"'{node.GetName()}' has no image data: load the volume again")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise T1ToT2Error(f"'{node.GetName()}' has {image.GetNumberOfScalarComponents()} components: choose a grey-scale volume")
+
+
+def volume_from_node(node) -> Volume:
+    """A :class:`Volume` copy of a scalar volume node, in world geometry (linear parent transform included)."""
+    _check_scalar_volume(node)
+    array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32, copy=True)
+    if array.ndim != 3:
+        raise T1ToT2Error(f"'{node.GetName()}' is not a 3-D volume: choose a 3-D scalar volume")
+    return Volume(array, world_ijk_to_ras(node), {"node_name": node.GetName(), "node_id": node.GetID()})
+
+
+def auto_window_level(array, low=1.0, high=99.5):
+    """(window, level) spanning the ``low``..``high`` percentiles of the non-zero voxels (all voxels if none)."""
+    values = np.asarray(array, dtype=np.float64)
+    nonzero = values[values != 0]
+    values = nonzero if nonzero.size else values.ravel()
+    lo, hi = np.percentile(values, [low, high])
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(hi - lo), float((hi + lo) / 2)
+
+
+def node_from_volume(volume: Volume, name: str, node=None, scene=None):
+    """Create (or update ``node``) a scalar volume node holding ``volume`` with its exact world geometry.
+
+    When ``node`` is under a linear parent transform, the local IJK-to-RAS is
+    set so that the node's *world* geometry equals ``volume.ijk_to_ras``.
+    A display node is created and the window/level set from percentiles.
+    """
+    scene = _scene(scene)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    elif name:
+        node.SetName(name)
+    local = np.linalg.inv(transform_to_world(node)) @ volume.ijk_to_ras
+    array = np.ascontiguousarray(volume.array, dtype=np.float32)
+    image = node.GetImageData()
+    if image is None:
+        image = vtk.vtkImageData()
+        node.SetAndObserveImageData(image)
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    slicer.util.arrayFromVolume(node)[:] = array
+    node.SetIJKToRASMatrix(_to_vtk(local))
+    slicer.util.arrayFromVolumeModified(node)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    window, level = auto_window_level(array)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(window, level)
+    return node
+
+
+def create_or_update_synthetic_node(t1_node, volume: Volume, model_name: str):
+    """Put a synthetic T2 made from ``t1_node`` into the scene, reusing the node of a previous run.
+
+    The node is named "<T1 name> synthetic T2", referenced from the T1 node
+    (role :data:`SYNTHETIC_REFERENCE_ROLE`), carries the attributes
+    ``T1ToT2.Synthetic=true``, ``T1ToT2.Model`` and ``T1ToT2.SourceT1``, and
+    sits under the T1's parent transform with the T1's world geometry.
+    """
+    _check_scalar_volume(t1_node, "T1 volume")
+    t1_geometry = world_ijk_to_ras(t1_node)
+    if volume.array.shape != tuple(slicer.util.arrayFromVolume(t1_node).shape) or not np.allclose(
+        volume.ijk_to_ras, t1_geometry, atol=1e-5, rtol=0
+    ):
+        raise T1ToT2Error(
+            f"the synthetic volume's grid does not match '{t1_node.GetName()}': synthesize from this T1 node's volume"
+        )
+    scene = t1_node.GetScene()
+    node = t1_node.GetNodeReference(SYNTHETIC_REFERENCE_ROLE)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{t1_node.GetName()} synthetic T2")
+        t1_node.SetNodeReferenceID(SYNTHETIC_REFERENCE_ROLE, node.GetID())
+    node.SetAndObserveTransformNodeID(t1_node.GetTransformNodeID())
+    node_from_volume(volume, f"{t1_node.GetName()} synthetic T2", node=node, scene=scene)
+    node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
+    node.SetAttribute(MODEL_ATTRIBUTE, str(model_name))
+    node.SetAttribute(SOURCE_ATTRIBUTE, t1_node.GetID())
+    return node
+
+
+def resample_to(volume: Volume, reference: Volume) -> Volume:
+    """``volume`` sampled (trilinear, 0 outside) at ``reference``'s voxel centres, in world coordinates."""
+    if volume.same_geometry(reference):
+        return volume
+    from scipy.ndimage import map_coordinates
+
+    k, j, i = np.indices(reference.shape, dtype=np.float64)
+    ijk = np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1)
+    src = volume.ras_to_ijk(reference.ijk_to_ras_points(ijk))
+    values = map_coordinates(volume.array, src[:, ::-1].T, order=1, mode="constant", cval=0.0)
+    return reference.with_array(values.reshape(reference.shape))
+
+
+def diverging_color_node(scene=None):
+    """A blue-white-red colour table for signed maps (created once per scene)."""
+    scene = _scene(scene)
+    existing = scene.GetFirstNodeByName(DIVERGING_COLOR_NAME)
+    if existing is not None:
+        return existing
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", DIVERGING_COLOR_NAME)
+    node.SetTypeToUser()
+    n = 256
+    node.SetNumberOfColors(n)
+    node.GetLookupTable().SetTableRange(0, n - 1)
+    for index in range(n):
+        t = index / (n - 1) * 2 - 1  # -1 .. 1
+        if t < 0:
+            rgb = (1 + t * 0.8, 1 + t * 0.8, 1.0)  # white -> blue
+        else:
+            rgb = (1.0, 1 - t * 0.8, 1 - t * 0.8)  # white -> red
+        node.SetColor(index, f"{index}", *rgb, 1.0)
+    node.SetAttribute("Category", "T1ToT2")
+    return node
+
+
+def difference_node(generated_node, acquired_node, name=None, absolute=False, node=None):
+    """Difference map G - I (``absolute=False``, blue-white-red, symmetric window) or |G - I| (the paper's, grey).
+
+    The acquired volume is resampled onto the generated one's grid when their
+    grids differ.  The node is reused by name (or passed as ``node``).
+    """
+    generated = volume_from_node(generated_node)
+    acquired = resample_to(volume_from_node(acquired_node), generated)
+    difference = generated.array - acquired.array
+    if absolute:
+        difference = np.abs(difference)
+    scene = generated_node.GetScene()
+    name = name or f"{generated_node.GetName()} {'|G-I|' if absolute else 'G-I'}"
+    if node is None:
+        node = scene.GetFirstNode(name, "vtkMRMLScalarVolumeNode", False, True)
+    # The map lives under the generated node's transform, like the generated node itself.
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetAndObserveTransformNodeID(generated_node.GetTransformNodeID())
+    node_from_volume(generated.with_array(difference), name, node=node, scene=scene)
+    node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
+    node.SetAttribute("T1ToT2.Difference", "absolute" if absolute else "signed")
+    display = node.GetDisplayNode()
+    extent = float(np.percentile(np.abs(difference), 99.5)) or 1.0
+    display.AutoWindowLevelOff()
+    if absolute:
+        display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+        display.SetWindowLevel(extent, extent / 2)
+    else:
+        display.SetAndObserveColorNodeID(diverging_color_node(scene).GetID())
+        display.SetWindowLevel(2 * extent, 0.0)
+    return node
+
+
+# --- tables and charts -----------------------------------------------------------
+def _table_from_columns(table_node, columns: dict):
+    """Replace ``table_node``'s content with ``columns`` (name -> 1-D sequence; numbers become double columns)."""
+    table = table_node.GetTable()
+    table.Initialize()
+    for name, values in columns.items():
+        values = list(values)
+        if values and isinstance(values[0], str):
+            array = vtk.vtkStringArray()
+            for v in values:
+                array.InsertNextValue(v)
+        else:
+            array = vtk.vtkDoubleArray()
+            for v in values:
+                array.InsertNextValue(np.nan if v is None else float(v))
+        array.SetName(name)
+        table.AddColumn(array)
+    table.Modified()
+    table_node.Modified()
+    return table_node
+
+
+def table_columns(table_node) -> dict:
+    """A table node's columns as {name: list} (numbers as floats), for tests and figures."""
+    table = table_node.GetTable()
+    out = {}
+    for c in range(table.GetNumberOfColumns()):
+        column = table.GetColumn(c)
+        out[column.GetName()] = [column.GetValue(r) for r in range(column.GetNumberOfTuples())]
+    return out
+
+
+METRIC_COLUMNS = (("nrmse", "NRMSE"), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"))
+
+
+def metrics_table_node(metrics: dict, name="T1ToT2 metrics", node=None, scene=None):
+    """A table with one row per plane plus "all planes": NRMSE/PSNR/SSIM mean and std and the slice count."""
+    if "per_plane" not in metrics or "overall" not in metrics:
+        raise T1ToT2Error("the metrics have no 'per_plane'/'overall' entries: pass the result of evaluate_volumes")
+    scene = _scene(scene)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    rows = list(metrics["per_plane"].items()) + [("all planes", metrics["overall"])]
+    columns = {"Plane": [plane for plane, _ in rows]}
+    for key, title in METRIC_COLUMNS:
+        columns[f"{title} mean"] = [entry[key]["mean"] for _, entry in rows]
+        columns[f"{title} std"] = [entry[key]["std"] for _, entry in rows]
+    columns["Slices"] = [entry["n_slices"] for _, entry in rows]
+    _table_from_columns(node, columns)
+    node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
+    return node
+
+
+def _new_chart(scene, name, title, x_title, y_title, chart=None):
+    if chart is None:
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+    chart.SetTitle(title)
+    chart.SetXAxisTitle(x_title)
+    chart.SetYAxisTitle(y_title)
+    chart.SetLegendVisibility(True)
+    return chart
+
+
+def _ensure_series(scene, chart, table_node, x_column, y_column, index, prefix):
+    """The chart's series plotting ``y_column`` against ``x_column`` of ``table_node`` (created once)."""
+    for n in range(chart.GetNumberOfPlotSeriesNodes()):
+        series = chart.GetNthPlotSeriesNode(n)
+        if series is not None and series.GetYColumnName() == y_column:
+            return series
+    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{prefix} {y_column}")
+    series.SetAndObserveTableNodeID(table_node.GetID())
+    series.SetXColumnName(x_column)
+    series.SetYColumnName(y_column)
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+    series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+    series.SetLineWidth(2)
+    series.SetColor(*_SERIES_COLORS[index % len(_SERIES_COLORS)])
+    chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return series
+
+
+def curve_points_world(line_node) -> np.ndarray:
+    """The (n, 3) world points of a Markups line or curve (the interpolated curve for curves)."""
+    if line_node is None or line_node.GetNumberOfControlPoints() < 2:
+        raise T1ToT2Error("the profile line needs at least two points: place both ends of the line")
+    points = np.asarray(slicer.util.arrayFromMarkupsCurvePoints(line_node, world=True), dtype=np.float64)
+    if points.shape[0] < 2:
+        points = np.asarray(slicer.util.arrayFromMarkupsControlPoints(line_node, world=True), dtype=np.float64)
+    return points
+
+
+def resample_polyline(points, samples: int):
+    """``samples`` points equally spaced by arc length along ``points``; returns (distances, points)."""
+    points = np.asarray(points, dtype=np.float64)
+    steps = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    cumulative = np.concatenate([[0.0], np.cumsum(steps)])
+    if cumulative[-1] <= 0:
+        raise T1ToT2Error("the profile line has zero length: move its end points apart")
+    distances = np.linspace(0.0, cumulative[-1], int(samples))
+    resampled = np.stack([np.interp(distances, cumulative, points[:, a]) for a in range(3)], axis=1)
+    return distances, resampled
+
+
+def sample_node(node, points_world) -> np.ndarray:
+    """Trilinear samples of a volume node at world points (NaN outside the volume).
+
+    World -> IJK uses the inverse of the node's world geometry (parent
+    transform included), then ``scipy.ndimage.map_coordinates`` with order 1.
+    """
+    from scipy.ndimage import map_coordinates
+
+    _check_scalar_volume(node)
+    array = slicer.util.arrayFromVolume(node)
+    world_to_ijk = np.linalg.inv(world_ijk_to_ras(node))
+    ijk = np.asarray(points_world) @ world_to_ijk[:3, :3].T + world_to_ijk[:3, 3]
+    values = map_coordinates(np.asarray(array, dtype=np.float32), ijk[:, ::-1].T, order=1, mode="nearest")
+    shape = np.array(array.shape[::-1])  # i, j, k sizes
+    outside = np.any((ijk < -0.5) | (ijk > shape - 0.5), axis=1)
+    values = values.astype(np.float64)
+    values[outside] = np.nan
+    return values
+
+
+class LineProfile:
+    """Intensity profiles of several volumes along a Markups line or curve, kept up to date.
+
+    Samples every volume at ``samples`` points equally spaced (in mm, world
+    coordinates) along the line, fills a Table node (``Distance (mm)`` plus one
+    column per volume) and a PlotChart with one series per volume, and
+    recomputes whenever a point of the line is moved, added or removed.
+    Call :meth:`remove_observers` when done.
+    """
+
+    def __init__(self, line_node, volume_nodes, table_node=None, chart_node=None, samples=200, name=None):
+        if isinstance(volume_nodes, dict):
+            self.volume_nodes = dict(volume_nodes)
+        else:
+            self.volume_nodes = {node.GetName(): node for node in volume_nodes}
+        if not self.volume_nodes:
+            raise T1ToT2Error("no volumes to profile: choose at least one volume")
+        if int(samples) < 2:
+            raise T1ToT2Error(f"a profile needs at least 2 samples, got {samples}: raise the sample count")
+        self.line_node = line_node
+        self.samples = int(samples)
+        self.scene = line_node.GetScene()
+        name = name or f"{line_node.GetName()} profile"
+        self.table_node = table_node or self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        self.chart_node = _new_chart(self.scene, name, "Line profile", DISTANCE_COLUMN, "Intensity", chart_node)
+        self.distances = np.zeros(0)
+        self.profiles: dict = {}
+        self._observers = []
+        markups = slicer.vtkMRMLMarkupsNode
+        for event in (markups.PointModifiedEvent, markups.PointAddedEvent, markups.PointRemovedEvent,
+                      slicer.vtkMRMLTransformableNode.TransformModifiedEvent):
+            self._observers.append(line_node.AddObserver(event, self._on_line_modified))
+        self.update()
+        for index, column in enumerate(self.volume_nodes):
+            _ensure_series(self.scene, self.chart_node, self.table_node, DISTANCE_COLUMN, column, index, name)
+
+    def _on_line_modified(self, caller=None, event=None):
+        if self.line_node.GetNumberOfControlPoints() >= 2:
+            self.update()
+
+    def update(self):
+        """Resample every volume along the current line and refresh the table (and so the chart)."""
+        distances, points = resample_polyline(curve_points_world(self.line_node), self.samples)
+        self.distances = distances
+        self.profiles = {name: sample_node(node, points) for name, node in self.volume_nodes.items()}
+        _table_from_columns(self.table_node, {DISTANCE_COLUMN: distances, **self.profiles})
+        return self.profiles
+
+    def remove_observers(self):
+        for tag in self._observers:
+            self.line_node.RemoveObserver(tag)
+        self._observers = []
+
+
+#: Event keys that are bookkeeping, not losses (used when an event has no "losses" dict).
+_NON_LOSS_KEYS = {"event", "step", "epoch", "epochs", "steps", "total", "total_steps", "iteration", "time",
+                  "elapsed", "elapsed_s", "eta", "eta_s", "lr", "learning_rate", "seconds", "batch", "batches",
+                  "progress", "fraction", "images_per_s", "it_per_s"}
+
+
+class LossPlot:
+    """Training losses as a Table node and a PlotChart (one series per loss), fed with progress events.
+
+    ``add_event`` takes the JSON objects ``t1tot2 train --progress json``
+    prints (dicts or JSON text).  "step" and "epoch" events add a row; losses
+    come from the event's ``"losses"`` dict, or else from its numeric fields
+    that are not bookkeeping (step, epoch, time, lr...).
+    """
+
+    def __init__(self, name="T1ToT2 training loss", scene=None, x_column="Step"):
+        self.scene = _scene(scene)
+        self.x_column = x_column
+        self.table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        self.chart_node = _new_chart(self.scene, name, "Training loss", x_column, "Loss")
+        self.name = name
+        self.rows: list[dict] = []
+        self.loss_names: list[str] = []
+
+    @staticmethod
+    def _losses(event: dict) -> dict:
+        losses = event.get("losses")
+        if isinstance(losses, dict):
+            items = losses.items()
+        else:
+            items = ((k, v) for k, v in event.items() if k not in _NON_LOSS_KEYS)
+        return {str(k): float(v) for k, v in items if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def add_event(self, event) -> bool:
+        """Append a row for a "step" or "epoch" event; returns whether the table changed."""
+        if isinstance(event, (str, bytes)):
+            try:
+                event = json.loads(event)
+            except ValueError:
+                return False
+        if not isinstance(event, dict) or event.get("event") not in ("step", "epoch"):
+            return False
+        losses = self._losses(event)
+        if not losses:
+            return False
+        x = event.get("step", event.get("iteration", event.get("epoch", len(self.rows))))
+        self.rows.append({self.x_column: float(x), **losses})
+        for loss in losses:
+            if loss not in self.loss_names:
+                self.loss_names.append(loss)
+        columns = {self.x_column: [row[self.x_column] for row in self.rows]}
+        for loss in self.loss_names:
+            columns[loss] = [row.get(loss) for row in self.rows]
+        _table_from_columns(self.table_node, columns)
+        for index, loss in enumerate(self.loss_names):
+            _ensure_series(self.scene, self.chart_node, self.table_node, self.x_column, loss, index, self.name)
+        return True
+
+
+# --- views -------------------------------------------------------------------
+def _slice_composite_node(scene, layout_name):
+    for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        node = scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
+        if node.GetLayoutName() == layout_name:
+            return node
+    node = slicer.vtkMRMLSliceCompositeNode()
+    node.SetLayoutName(layout_name)
+    node.SetSingletonTag(layout_name)
+    return scene.AddNode(node)
+
+
+def set_compare_layout_volumes(scene, t1_node, acquired_node, synthetic_node, difference_node=None,
+                               opacity=0.5, orientation=None):
+    """Show T1 | acquired T2 | synthetic T2 in the Red, Yellow and Green slice views, linked.
+
+    The difference map (if given) is the foreground of all three views at
+    ``opacity``.  Missing slice composite nodes are created (headless scenes).
+    ``orientation`` ("Axial", "Coronal", "Sagittal"), when given, is applied to
+    the three slice nodes that exist.  Returns the composite nodes in order.
+    ``acquired_node`` may be None (no acquired T2): that view then shows the synthetic T2.
+    """
+    scene = _scene(scene)
+    backgrounds = (t1_node, acquired_node or synthetic_node, synthetic_node)
+    composites = []
+    for view, background in zip(COMPARE_VIEWS, backgrounds):
+        composite = _slice_composite_node(scene, view)
+        composite.SetBackgroundVolumeID(background.GetID() if background is not None else None)
+        composite.SetForegroundVolumeID(difference_node.GetID() if difference_node is not None else None)
+        composite.SetForegroundOpacity(opacity if difference_node is not None else 0.0)
+        composites.append(composite)
+        if orientation:
+            slice_node = scene.GetSingletonNode(view, "vtkMRMLSliceNode")
+            if slice_node is not None:
+                slice_node.SetOrientation(orientation)
+    # Link after setting the volumes, so that the assignments are not broadcast to the other views.
+    for composite in composites:
+        composite.SetLinkedControl(True)
+        composite.SetHotLinkedControl(True)
+    return composites
