@@ -1,0 +1,230 @@
+"""Intensity normalisation and the 2-D / 2.5-D slice data set that training reads.
+
+MRI has no absolute intensity scale, so each volume is divided by a robust
+statistic of its own foreground (:func:`foreground_scale`).  Slices are taken
+along the array axis of each requested anatomical plane (resolved from the
+direction matrix by :meth:`Volume.plane_axis`), optionally with neighbouring
+slices as extra channels ("2.5D", edge-replicated at the ends), and padded to
+the network's required multiple.  All slices of one plane share a shape, so
+batches are formed per plane and only their order is mixed across planes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import T1ToT2Error
+from .volume import PLANES, Volume
+
+DEFAULT_PERCENTILE = 99.5
+
+
+def foreground_threshold(array: np.ndarray) -> float:
+    """Otsu threshold separating the object from the (dark, noisy) background."""
+    from skimage.filters import threshold_otsu
+
+    values = np.asarray(array, dtype=np.float32)
+    values = values[np.isfinite(values)]
+    if values.size == 0 or values.max() <= values.min():
+        return float(values.max()) if values.size else 0.0
+    return float(threshold_otsu(values))
+
+
+def foreground_scale(array: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> float:
+    """The ``percentile`` of the foreground intensities: divide by it to bring a volume to ~[0, 1].
+
+    The foreground is everything above the Otsu threshold, so the background's
+    extent does not change the scale.  Never returns 0 (or a non-finite value).
+    """
+    if not 0.0 < percentile <= 100.0:
+        raise T1ToT2Error(f"intensity percentile {percentile} is outside (0, 100]: use e.g. 99.5")
+    values = np.asarray(array, dtype=np.float32)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise T1ToT2Error("the volume has no finite voxels: check the input image")
+    foreground = values[values > foreground_threshold(values)]
+    if foreground.size == 0:
+        foreground = values
+    scale = float(np.percentile(foreground, percentile))
+    if not np.isfinite(scale) or scale <= 0:
+        scale = float(np.max(np.abs(values)))
+    if not np.isfinite(scale) or scale <= 0:
+        raise T1ToT2Error("the volume is all zeros (no foreground to normalise): check the input image")
+    return scale
+
+
+def check_context(context: int) -> int:
+    """``context`` is the number of slices fed as channels: 1 (plain 2-D), 3, 5..."""
+    context = int(context)
+    if context < 1 or context % 2 == 0:
+        raise T1ToT2Error(f"context {context} must be an odd number of slices (1, 3, 5...): the centre slice plus neighbours on each side")
+    return context
+
+
+def context_stack(slices: np.ndarray, indices, context: int) -> np.ndarray:
+    """(n, context, h, w): slices ``indices`` of the (N, h, w) stack with their neighbours as channels.
+
+    Neighbours beyond the first or last slice repeat the end slice.
+    """
+    half = check_context(context) // 2
+    indices = np.asarray(indices, dtype=np.int64)
+    offsets = np.arange(-half, half + 1)
+    neighbour = np.clip(indices[:, None] + offsets[None, :], 0, slices.shape[0] - 1)
+    return slices[neighbour]
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Where the original (h, w) slice lies inside its padded copy."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def apply(self, padded: np.ndarray) -> np.ndarray:
+        return padded[..., self.top:self.top + self.height, self.left:self.left + self.width]
+
+
+def padded_size(size: int, multiple: int) -> int:
+    return -(-int(size) // int(multiple)) * int(multiple)
+
+
+def pad_to_multiple(batch: np.ndarray, multiple: int, mode: str = "edge"):
+    """Pad the last two axes of ``batch`` up to a multiple of ``multiple``, centred. Returns (padded, Crop).
+
+    Edge padding keeps the border statistics (zero padding would add an
+    artificial dark frame to slices cut through the object).
+    """
+    h, w = batch.shape[-2:]
+    ph, pw = padded_size(h, multiple) - h, padded_size(w, multiple) - w
+    top, left = ph // 2, pw // 2
+    crop = Crop(top, left, h, w)
+    if ph == 0 and pw == 0:
+        return batch, crop
+    pad = [(0, 0)] * (batch.ndim - 2) + [(top, ph - top), (left, pw - left)]
+    return np.pad(batch, pad, mode=mode), crop
+
+
+@dataclass(frozen=True)
+class Batch:
+    plane: str
+    indices: tuple  # slice indices along the plane's array axis
+
+
+class SliceDataset:
+    """Paired T1/T2 slices of one or more planes, normalised, with context and padding.
+
+    ``t1`` and ``t2`` must share their grid (shape and geometry).  Intensities
+    are divided by ``t1_scale`` / ``t2_scale`` (default: each volume's own
+    :func:`foreground_scale`).  Slices where neither volume has foreground are
+    skipped.  :meth:`epoch_batches` gives the shuffled per-plane batches of an
+    epoch; :meth:`arrays` turns one into network-ready arrays.
+    """
+
+    def __init__(
+        self,
+        t1: Volume,
+        t2: Volume,
+        planes=PLANES,
+        context: int = 1,
+        multiple: int = 1,
+        t1_scale: float | None = None,
+        t2_scale: float | None = None,
+        percentile: float = DEFAULT_PERCENTILE,
+        skip_empty: bool = True,
+        augment: bool = False,
+    ):
+        check_paired(t1, t2)
+        self.planes = tuple(check_planes(planes))
+        self.context = check_context(context)
+        self.multiple = int(multiple)
+        self.augment = augment
+        self.t1_scale = float(t1_scale) if t1_scale else foreground_scale(t1.array, percentile)
+        self.t2_scale = float(t2_scale) if t2_scale else foreground_scale(t2.array, percentile)
+        self.t1 = t1.array / np.float32(self.t1_scale)
+        self.t2 = t2.array / np.float32(self.t2_scale)
+        self.axes = {plane: t1.plane_axis(plane) for plane in self.planes}
+        self.shape = t1.shape
+
+        foreground = (t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array))
+        self.slice_indices = {}
+        for plane, axis in self.axes.items():
+            other = tuple(a for a in range(3) if a != axis)
+            keep = foreground.any(axis=other) if skip_empty else np.ones(self.shape[axis], bool)
+            self.slice_indices[plane] = np.flatnonzero(keep)
+        if sum(len(v) for v in self.slice_indices.values()) == 0:
+            raise T1ToT2Error("no slice of the training volumes has any foreground: check that T1 and T2 contain the object")
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.slice_indices.values())
+
+    def slice_shape(self, plane: str) -> tuple:
+        axis = self.axes[plane]
+        return tuple(s for a, s in enumerate(self.shape) if a != axis)
+
+    def epoch_batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list:
+        """The shuffled batches of ``epoch``; a pure function of its arguments (so resuming repeats it).
+
+        With ``world_size`` > 1 each rank takes every world_size-th batch, all
+        ranks the same number, so distributed steps stay in lock-step.
+        """
+        if batch_size < 1:
+            raise T1ToT2Error(f"batch size {batch_size} must be at least 1")
+        rng = np.random.default_rng([int(seed), int(epoch)])
+        batches = []
+        for plane in self.planes:
+            order = rng.permutation(self.slice_indices[plane])
+            batches += [Batch(plane, tuple(int(i) for i in order[s:s + batch_size])) for s in range(0, len(order), batch_size)]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        if world_size > 1:
+            per_rank = len(batches) // world_size
+            if per_rank == 0:
+                raise T1ToT2Error(f"only {len(batches)} batches for {world_size} processes: use fewer processes or a smaller batch")
+            batches = batches[rank::world_size][:per_rank]
+        return batches
+
+    def arrays(self, batch: Batch, rng: np.random.Generator | None = None):
+        """(real_a, real_b) float32 arrays, shapes (n, context, H, W) and (n, 1, H, W), padded."""
+        axis = self.axes[batch.plane]
+        t1_slices = np.moveaxis(self.t1, axis, 0)
+        t2_slices = np.moveaxis(self.t2, axis, 0)
+        idx = np.asarray(batch.indices)
+        a = context_stack(t1_slices, idx, self.context)
+        b = t2_slices[idx][:, None]
+        if self.augment and rng is not None:
+            if rng.random() < 0.5:
+                a, b = a[..., ::-1], b[..., ::-1]
+            if rng.random() < 0.5:
+                a, b = a[..., ::-1, :], b[..., ::-1, :]
+        a, _ = pad_to_multiple(np.ascontiguousarray(a, dtype=np.float32), self.multiple)
+        b, _ = pad_to_multiple(np.ascontiguousarray(b, dtype=np.float32), self.multiple)
+        return a, b
+
+
+def check_planes(planes) -> list:
+    if isinstance(planes, str):
+        planes = [p.strip() for p in planes.split(",") if p.strip()]
+    planes = list(planes)
+    if not planes:
+        raise T1ToT2Error("no plane given: use axial, coronal and/or sagittal")
+    for plane in planes:
+        if plane not in PLANES:
+            raise T1ToT2Error(f"unknown plane {plane!r}: use one or more of {', '.join(PLANES)} (comma-separated)")
+    return list(dict.fromkeys(planes))
+
+
+def check_paired(t1: Volume, t2: Volume, what=("T1", "T2")) -> None:
+    """T1 and T2 must be voxel-aligned: same shape and geometry."""
+    if t1.shape != t2.shape:
+        raise T1ToT2Error(
+            f"{what[0]} shape {t1.shape} differs from {what[1]} shape {t2.shape}: resample {what[1]} onto the {what[0]} grid first "
+            "(e.g. Slicer's Resample Scalar/Vector/DWI Volume or SimpleITK.Resample)"
+        )
+    if not t1.same_geometry(t2, tol=1e-4):
+        raise T1ToT2Error(
+            f"{what[0]} and {what[1]} have the same shape but different geometry (spacing/origin/direction): "
+            f"register and resample {what[1]} onto the {what[0]} grid first"
+        )
