@@ -1,0 +1,196 @@
+"""Synthesising a T2 volume from a T1 volume with a trained model file.
+
+The T1 is divided by its own foreground scale, cut into slices along the
+chosen plane's array axis (2.5-D stacks when the model takes neighbours),
+padded to the network's multiple and run in batches under
+``torch.inference_mode``.  Each prediction is cropped back and written into a
+preallocated output, mapped to T2 units with the model's training T2 scale.
+The result keeps the input's exact geometry and is marked synthetic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .data import context_stack, foreground_scale, pad_to_multiple
+from .errors import T1ToT2Error
+from .volume import PLANES, Volume, read_volume, volume_to_sitk
+
+PLANE_MODES = (*PLANES, "fuse")
+
+
+class SynthesisCancelled(T1ToT2Error):
+    """Raised when the cancel event is set; nothing was written."""
+
+
+def _check_plane_mode(plane: str) -> str:
+    if plane not in PLANE_MODES:
+        raise T1ToT2Error(f"unknown plane {plane!r}: use one of {', '.join(PLANE_MODES)}")
+    return plane
+
+
+def synthetic_description(model_name: str) -> str:
+    """The label a synthetic volume carries in file metadata (NIfTI descrip holds 80 characters)."""
+    return f"SYNTHETIC T2 by T1ToT2 {model_name}"[:79]
+
+
+def _predict_plane(generator, normalised: np.ndarray, axis: int, in_channels: int, multiple: int,
+                   device, precision: str, batch_size: int, out: np.ndarray, tick, cancel_event) -> None:
+    """Predict every slice along ``axis`` and add it into ``out`` (same shape as ``normalised``)."""
+    import torch
+
+    from .devices import autocast_context
+
+    slices = np.moveaxis(normalised, axis, 0)
+    target = np.moveaxis(out, axis, 0)  # a view: writing it writes ``out``
+    for start in range(0, slices.shape[0], batch_size):
+        if cancel_event is not None and cancel_event.is_set():
+            raise SynthesisCancelled("synthesis cancelled; nothing was written")
+        indices = np.arange(start, min(start + batch_size, slices.shape[0]))
+        stack = context_stack(slices, indices, in_channels)
+        padded, crop = pad_to_multiple(np.ascontiguousarray(stack, dtype=np.float32), multiple)
+        with torch.inference_mode(), autocast_context(device, precision):
+            predicted = generator(torch.from_numpy(padded).to(device))
+        predicted = predicted.float().cpu().numpy()[:, 0]
+        target[indices] += crop.apply(predicted)
+        tick(len(indices))
+
+
+def synthesize_volume(model, t1: Volume, plane: str = "axial", device="auto", precision: str = "fp32",
+                      batch_size: int = 8, progress=None, cancel_event: threading.Event | None = None) -> Volume:
+    """The synthetic T2 of ``t1`` on exactly ``t1``'s grid.
+
+    ``model`` is a model file path or a :class:`~T1ToT2Lib.modelfile.LoadedModel`.
+    ``plane`` "fuse" averages the axial, coronal and sagittal predictions.
+    ``progress`` receives {"event": "slices", "done", "total"} dicts.  A CUDA
+    out-of-memory error makes the whole volume run again on the CPU.
+    """
+    import torch
+
+    from .devices import effective_precision, resolve_device, run_with_oom_fallback
+    from .modelfile import LoadedModel, load_model
+
+    plane = _check_plane_mode(plane)
+    if int(batch_size) < 1:
+        raise T1ToT2Error(f"batch size {batch_size} must be at least 1")
+    if not isinstance(t1, Volume):
+        raise T1ToT2Error("synthesize_volume needs a Volume: read files with T1ToT2Lib.volume.read_volume")
+    target_device = device if isinstance(device, torch.device) else resolve_device(device)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
+    planes = PLANES if plane == "fuse" else (plane,)
+    normalised = t1.array / np.float32(foreground_scale(t1.array, loaded.t1_percentile))
+    total = sum(t1.shape[t1.plane_axis(p)] for p in planes)
+    emit = progress or (lambda event: None)
+
+    def work(run_device):
+        generator = loaded.generator.to(run_device).eval()
+        run_precision = effective_precision(run_device, precision)
+        out = np.zeros(t1.shape, dtype=np.float32)
+        done = [0]
+
+        def tick(n):
+            done[0] += n
+            emit({"event": "slices", "done": done[0], "total": total})
+
+        for p in planes:
+            _predict_plane(generator, normalised, t1.plane_axis(p), loaded.in_channels, loaded.multiple,
+                           run_device, run_precision, int(batch_size), out, tick, cancel_event)
+        return out
+
+    out = run_with_oom_fallback(work, target_device)
+    if len(planes) > 1:
+        out /= np.float32(len(planes))
+    out *= np.float32(loaded.t2_scale)
+    np.maximum(out, 0.0, out=out)
+    return t1.with_array(
+        out,
+        synthetic=True,
+        model=loaded.name,
+        plane=plane,
+        description=synthetic_description(loaded.name),
+    )
+
+
+def write_synthetic_volume(volume: Volume, path) -> Path:
+    """Write atomically with the synthetic label in the file's metadata (NIfTI descrip, NRRD/MHA key)."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith((".nii.gz", ".nii", ".nrrd", ".mha")):
+        raise T1ToT2Error(f"cannot write '{path.name}': use .nii.gz, .nii, .nrrd or .mha")
+    image = volume_to_sitk(volume)
+    description = volume.meta.get("description") or synthetic_description(str(volume.meta.get("model", "")))
+    image.SetMetaData("descrip", description)
+    image.SetMetaData("ITK_FileNotes", description)  # what ITK's NIfTI writer puts into the header's descrip field
+    image.SetMetaData("T1ToT2_synthetic", "true")
+    image.SetMetaData("T1ToT2_description", description)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return path
+
+
+def synthesize_file(model, t1_path, out_path, **kwargs) -> Path:
+    """Read ``t1_path`` (file or DICOM folder), synthesise, write ``out_path`` atomically."""
+    t1 = read_volume(t1_path)
+    volume = synthesize_volume(model, t1, **kwargs)
+    return write_synthetic_volume(volume, out_path)
+
+
+# --- command line ----------------------------------------------------------------------
+def register_cli(subparsers):
+    p = subparsers.add_parser("synthesize", help="make a synthetic T2 volume from a T1 volume with a model file")
+    p.add_argument("model", help="model file (.safetensors) written by 't1tot2 train'")
+    p.add_argument("t1", help="T1 volume (NIfTI/NRRD/MHA file or DICOM folder)")
+    p.add_argument("out", help="output volume (.nii.gz, .nii, .nrrd or .mha)")
+    p.add_argument("--plane", default="axial", choices=PLANE_MODES, help="slice plane, or 'fuse' to average all three")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--batch", type=int, default=8, help="slices per forward pass")
+    p.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
+    p.set_defaults(func=run_synthesize)
+
+
+def run_synthesize(args) -> int:
+    from .modelfile import load_model
+
+    started = time.time()
+    model = load_model(args.model)  # fails early, before the T1 is read, on a bad model file
+    bar = None
+
+    def emit_json(event):
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+    def emit_bar(event):
+        nonlocal bar
+        from tqdm import tqdm
+
+        if bar is None:
+            bar = tqdm(total=event["total"], unit="slice", desc="synthesize", file=sys.stderr)
+        bar.n = event["done"]
+        bar.refresh()
+
+    progress = {"json": emit_json, "bar": emit_bar, "none": None}[args.progress]
+    try:
+        path = synthesize_file(model, args.t1, args.out, plane=args.plane, device=args.device,
+                               precision=args.precision, batch_size=args.batch, progress=progress)
+    except T1ToT2Error as exc:
+        if args.progress == "json":
+            emit_json({"event": "error", "message": str(exc)})
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.progress == "json":
+        emit_json({"event": "done", "output": str(path), "seconds": round(time.time() - started, 2)})
+    else:
+        print(f"synthetic T2 written to {path}", file=sys.stderr)
+    return 0

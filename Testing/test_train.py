@@ -1,0 +1,150 @@
+"""Training: the loss falls, resume is exact, cancel keeps the checkpoint, and the CLI reports in JSON."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from T1ToT2Lib.cli import main
+from T1ToT2Lib.data import SliceDataset
+from T1ToT2Lib.errors import T1ToT2Error
+from T1ToT2Lib.modelfile import load_model
+from T1ToT2Lib.train import CHECKPOINT_NAME, TrainConfig, TrainingCancelled, train
+from T1ToT2Lib.volume import Volume, write_volume
+
+TINY_NET = {"ngf": 8, "ndf": 8, "depth": 3}
+
+
+def tiny_pair(shape=(24, 32, 40), seed=0, spacing=(1.0, 1.2, 2.0), direction=None):
+    """A small T1/T2 pair with the phantom's key property: fat is dark on T1 but bright on T2, like bone on both."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt((k / 0.8) ** 2 + (j / 0.7) ** 2 + (i / 0.75) ** 2)
+    t1 = np.zeros(shape, np.float32)
+    t2 = np.zeros(shape, np.float32)
+    muscle = r < 0.8
+    fat = (r >= 0.8) & (r < 1.0)
+    bone = np.sqrt((j / 0.25) ** 2 + (i / 0.25) ** 2) < 1
+    fluid = ((k - 0.3) ** 2 + (j + 0.3) ** 2 + (i - 0.3) ** 2) < 0.05
+    t1[muscle], t2[muscle] = 100, 40
+    t1[fat], t2[fat] = 12, 150
+    t1[bone & muscle], t2[bone & muscle] = 8, 5
+    t1[fluid], t2[fluid] = 60, 220
+    t1 += rng.normal(0, 2, shape).astype(np.float32)
+    t2 += rng.normal(0, 2, shape).astype(np.float32)
+    a = Volume.from_geometry(np.abs(t1), spacing=spacing, origin=(3.0, -7.0, 11.0), direction=direction)
+    return a, a.with_array(np.abs(t2))
+
+
+def tiny_config(tmp_path, **overrides):
+    t1, t2 = tiny_pair()
+    values = dict(t1=t1, t2=t2, out=tmp_path / "model.safetensors", network=TINY_NET, planes=("axial",),
+                  epochs=1, device="cpu", seed=3, max_steps_per_epoch=6)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def generator_l1(generator, dataset, batches):
+    """Mean L1 between the generator's output and the T2 target over ``batches``, in eval mode."""
+    was = generator.training
+    generator.eval()
+    total = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            a, b = dataset.arrays(batch)
+            total += float(torch.mean(torch.abs(generator(torch.from_numpy(a)) - torch.from_numpy(b))))
+    generator.train(was)
+    return total / len(batches)
+
+
+def test_one_epoch_lowers_the_l1_loss(tmp_path):
+    from T1ToT2Lib import networks
+
+    config = tiny_config(tmp_path, epochs=1, max_steps_per_epoch=None, lr=1e-3)
+    # The untrained generator: built exactly as train() builds it, from the same seed.
+    torch.manual_seed(config.seed)
+    net_config = networks.default_config("pix2pix", in_channels=1, **TINY_NET)
+    before = networks.build_model(net_config).generator
+    dataset = SliceDataset(config.t1, config.t2, ("axial",), multiple=networks.required_multiple(net_config))
+    batches = dataset.epoch_batches(4, seed=99, epoch=0)
+
+    path = train(config)
+    after = load_model(path).generator
+    l1_before, l1_after = generator_l1(before, dataset, batches), generator_l1(after, dataset, batches)
+    assert l1_after < 0.8 * l1_before, (l1_before, l1_after)
+
+
+def test_resume_after_cancel_matches_an_uninterrupted_run(tmp_path):
+    straight = train(tiny_config(tmp_path / "a", epochs=2))
+
+    cancel = threading.Event()
+
+    def cancel_after_first_epoch(event):
+        if event["event"] == "epoch" and event["epoch"] == 1:
+            cancel.set()
+
+    interrupted = tiny_config(tmp_path / "b", epochs=2)
+    with pytest.raises(TrainingCancelled):
+        train(interrupted, progress=cancel_after_first_epoch, cancel_event=cancel)
+    assert not interrupted.out.exists(), "a cancelled run must not leave a model file"
+    assert (interrupted.resolved_checkpoint_dir() / CHECKPOINT_NAME).exists()
+    assert not list(interrupted.out.parent.glob("*.partial*"))
+
+    interrupted.resume = True
+    resumed = train(interrupted)
+    a, b = load_model(straight).generator.state_dict(), load_model(resumed).generator.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    config = tiny_config(tmp_path, epochs=1)
+    train(config)
+    config.epochs, config.resume, config.lr = 2, True, 1e-3
+    with pytest.raises(T1ToT2Error, match="lr"):
+        train(config)
+
+
+def test_cli_json_progress_reports_every_event(tmp_path, capsys):
+    t1, t2 = tiny_pair()
+    write_volume(t1, tmp_path / "t1.nii.gz")
+    write_volume(t2, tmp_path / "t2.nii.gz")
+    out = tmp_path / "m.safetensors"
+    code = main([
+        "train", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
+        "--val-t1", str(tmp_path / "t1.nii.gz"), "--val-t2", str(tmp_path / "t2.nii.gz"),
+        "--planes", "axial,coronal", "--epochs", "1", "--max-steps-per-epoch", "3", "--ngf", "8", "--ndf", "8",
+        "--depth", "3", "--device", "cpu", "--out", str(out), "--progress", "json", "--loss-csv", str(tmp_path / "loss.csv"),
+    ])
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    kinds = [e["event"] for e in events]
+    assert kinds == ["start", "step", "step", "step", "epoch", "done"]
+    step = events[1]
+    assert {"epoch", "step", "steps", "losses", "eta_s"} <= step.keys() and step["steps"] == 3
+    assert all(np.isfinite(v) for v in step["losses"].values())
+    epoch = events[4]
+    assert set(epoch["val_metrics"]) >= {"nrmse", "psnr", "ssim"}
+    assert all(np.isfinite(epoch["val_metrics"][k]) for k in ("nrmse", "psnr", "ssim"))
+    assert epoch["val_metrics"]["nrmse"] > 0
+    assert epoch["checkpoint"].endswith(CHECKPOINT_NAME)
+    assert events[-1]["model"] == str(out) and out.exists()
+    rows = (tmp_path / "loss.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,") and len(rows) == 4
+    assert load_model(out).metadata["validation_metrics"]["nrmse"] == pytest.approx(epoch["val_metrics"]["nrmse"])
+
+
+def test_cli_refuses_mismatched_t1_t2_in_one_line(tmp_path, capsys):
+    t1, _ = tiny_pair()
+    _, t2 = tiny_pair(shape=(24, 32, 36))
+    write_volume(t1, tmp_path / "t1.nii.gz")
+    write_volume(t2, tmp_path / "t2.nii.gz")
+    code = main(["train", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
+                 "--out", str(tmp_path / "m.safetensors"), "--device", "cpu", "--progress", "none"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "resample" in err and err.startswith("t1tot2 train: error:")
+    assert not (tmp_path / "m.safetensors").exists()
