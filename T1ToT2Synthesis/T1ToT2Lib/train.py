@@ -405,6 +405,8 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
                     "event": "step", "epoch": epoch + 1, "step": step + 1, "steps": len(batches),
                     "losses": losses, "eta_s": round(remaining_steps * sum(recent) / len(recent), 1),
                 })
+            if distributed:
+                _average_buffers(model, world)
             mean_losses = {k: v / max(1, len(batches)) for k, v in sums.items()}
             val_metrics = None
             if is_main and validation is not None:
@@ -486,6 +488,21 @@ def validate(model, net_config, validation, planes, t2_scale, config, device) ->
         }
     summary["plane"] = plane
     return summary
+
+
+def _average_buffers(model, world: int) -> None:
+    """Average floating-point buffers (batch-norm running statistics) over the ranks.
+
+    DDP keeps parameters in step but each rank updates its running statistics
+    from its own batches; averaging them makes every rank hold the same model.
+    """
+    import torch
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        if torch.is_floating_point(buffer):
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(world)
 
 
 def _write_debug_hash(model, rank: int) -> None:
