@@ -1,0 +1,59 @@
+"""`t1tot2 compare --budget tiny` trains every model on the phantom's left hand, scores the right hand
+and writes a report that opens in Chromium with every figure."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from T1ToT2Lib.cli import main
+
+pytest.importorskip("T1ToT2Lib.phantom")
+networks = pytest.importorskip("T1ToT2Lib.networks")
+if not hasattr(networks, "build_generator"):
+    pytest.skip("T1ToT2Lib.networks has not landed yet", allow_module_level=True)
+
+
+@pytest.mark.slow
+def test_tiny_comparison_writes_a_complete_report(tmp_path, capsys):
+    from test_report import check_report_in_browser
+
+    from T1ToT2Lib import compare
+    from T1ToT2Lib.modelfile import read_metadata
+    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.volume import read_volume
+
+    out = tmp_path / "cmp"
+    assert main(["compare", str(out), "--budget", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    assert "Recommended vs paper Pix2Pix" in printed
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["metrics"]) == list(compare.MODELS)
+    for name, result in summary["metrics"].items():
+        assert result["masked"] and result["overall"]["n_slices"] > 0
+        assert np.isfinite(result["overall"]["psnr"]["mean"])
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 * len(compare.MODELS) and {r["model"] for r in rows} == set(compare.MODELS)
+
+    right_t1 = make_phantom(size="small", seed=0)["right_t1"]
+    for name in compare.MODELS:
+        slug = compare._slug(name)
+        meta = read_metadata(out / "models" / f"{slug}.safetensors")
+        assert meta["config"]["arch"] == compare.MODELS[name]["model"]
+        volume = read_volume(out / "volumes" / f"{slug}_synthetic_t2.nii.gz")
+        np.testing.assert_allclose(volume.ijk_to_ras, right_t1.ijk_to_ras, atol=1e-5)
+    assert read_metadata(out / "models" / "recommended.safetensors")["in_channels"] == 3
+
+    # figure 8, profiles, histograms, two occlusion plots, grid energy, rendering
+    text, table_rows = check_report_in_browser(out / "index.html", expect_images=7)
+    assert len(table_rows) == 1 + len(compare.MODELS)
+    assert "SYNTHETIC" in text and "Table 2" in text
+    assert not list(tmp_path.glob(".cmp.*"))  # no temporary folder left behind
+
+    # The output folder is never overwritten silently.
+    assert main(["compare", str(out), "--budget", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err
