@@ -144,6 +144,15 @@ def test_lookup_model_file_runs_through_synthesize(tmp_path):
     assert out.same_geometry(t1)
     np.testing.assert_allclose(out.array, t2.array, atol=2e-3 * t2.array.max())
 
+    # The same file through the command lines: synthesize, and evaluate straight from the model.
+    write_volume(t1, tmp_path / "t1.nii.gz")
+    write_volume(t2, tmp_path / "t2.nii.gz")
+    assert main(["synthesize", str(path), str(tmp_path / "t1.nii.gz"), str(tmp_path / "syn.nii.gz")]) == 0
+    np.testing.assert_allclose(read_volume(tmp_path / "syn.nii.gz").array, t2.array, atol=2e-3 * t2.array.max())
+    assert main(["evaluate", str(path), str(tmp_path / "t2.nii.gz"), "--t1", str(tmp_path / "t1.nii.gz"),
+                 "--json", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["overall"]["ssim"]["mean"] > 0.999
+
 
 def test_occlusion_of_a_box_filter_model_converges_at_the_filter_width():
     conv = torch.nn.Conv2d(1, 1, 5, padding=2, bias=False)

@@ -349,12 +349,14 @@ def register_cli(subparsers):
         description="Score GENERATED against ACTUAL as Grant-Jacob et al. 2021 do: NRMSE, PSNR and SSIM per 2-D slice, "
         "mean ± std per plane and over all planes, plus the grid-artefact energies E_2, E_4, E_8 of the residual.",
     )
-    p.add_argument("generated", help="synthetic T2 volume (NIfTI/NRRD/MHA or DICOM folder)")
+    p.add_argument("generated", help="synthetic T2 volume (NIfTI/NRRD/MHA or DICOM folder), or a .safetensors model with --t1")
     p.add_argument("actual", help="acquired T2 volume on the same grid")
     p.add_argument("--mask", metavar="LABELS", help="label map on the same grid: score only labels > 0 (dilated by --dilate voxels)")
     p.add_argument("--dilate", type=int, default=2, help="voxels to grow the --mask foreground by (default 2)")
     p.add_argument("--planes", default=",".join(PLANES), help="comma-separated planes to score (default all three)")
     p.add_argument("--gaussian", action="store_true", help="SSIM with the 11-tap Gaussian window instead of the 7x7 uniform one")
+    p.add_argument("--t1", help="when GENERATED is a model file: the T1 to synthesize from (on ACTUAL's grid)")
+    p.add_argument("--synthesis-plane", default="axial", help="when GENERATED is a model file: axial, coronal, sagittal or fuse")
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     p.add_argument("--csv", metavar="FILE", help="write the per-plane table as CSV")
     p.set_defaults(func=run_evaluate)
@@ -363,8 +365,15 @@ def register_cli(subparsers):
 def run_evaluate(args) -> int:
     from .volume import read_volume
 
-    generated = read_volume(args.generated)
     actual = read_volume(args.actual)
+    if str(args.generated).endswith(".safetensors"):
+        if not args.t1:
+            raise T1ToT2Error("GENERATED is a model file: pass the T1 to synthesize from with --t1")
+        from .synthesize import synthesize_volume
+
+        generated = synthesize_volume(args.generated, read_volume(args.t1), plane=args.synthesis_plane)
+    else:
+        generated = read_volume(args.generated)
     mask = None
     if args.mask:
         labels = read_volume(args.mask)
