@@ -66,6 +66,14 @@ def central_slice(volume: Volume | np.ndarray, plane="axial", index=None) -> np.
     return np.flipud(stack[index])
 
 
+def pixel_aspect(volume: Volume, plane: str) -> float:
+    """Height/width of one pixel of ``plane`` slices, so that images show true proportions."""
+    axis = volume.plane_axis(plane)
+    row_axis, col_axis = [a for a in range(3) if a != axis]
+    spacing_kji = volume.spacing[::-1]
+    return float(spacing_kji[row_axis] / spacing_kji[col_axis])
+
+
 # --- difference maps -----------------------------------------------------------
 def difference_map(generated: Volume, actual: Volume) -> Volume:
     """|G - I| as a Volume with the inputs' exact geometry (the paper's figures 8 and 9)."""
@@ -326,11 +334,11 @@ def render_volume(volume: Volume, path, title="SYNTHETIC T2", cmap=SYNTHETIC_CMA
     fig = new_figure(13, 3.8)
     axes = fig.subplots(1, 4)
     for ax, plane in zip(axes, PLANES):
-        ax.imshow(central_slice(volume, plane), cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
+        ax.imshow(central_slice(volume, plane), cmap=cmap, vmin=0, vmax=vmax, aspect=pixel_aspect(volume, plane))
         ax.set_title(f"{plane} (central slice)")
         ax.set_axis_off()
     mip = np.flipud(volume.slices("coronal").max(axis=0))
-    shown = axes[3].imshow(mip, cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
+    shown = axes[3].imshow(mip, cmap=cmap, vmin=0, vmax=vmax, aspect=pixel_aspect(volume, "coronal"))
     axes[3].set_title("maximum-intensity projection (coronal)")
     axes[3].set_axis_off()
     fig.colorbar(shown, ax=axes[3], shrink=0.8)
