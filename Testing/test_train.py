@@ -148,3 +148,35 @@ def test_cli_refuses_mismatched_t1_t2_in_one_line(tmp_path, capsys):
     assert code == 2
     assert len(err.splitlines()) == 1 and "resample" in err and err.startswith("t1tot2 train: error:")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_sigterm_stops_the_cli_keeping_the_last_checkpoint_and_no_model(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    t1, t2 = tiny_pair()
+    write_volume(t1, tmp_path / "t1.nii.gz")
+    write_volume(t2, tmp_path / "t2.nii.gz")
+    out = tmp_path / "m.safetensors"
+    command = [sys.executable, "-m", "T1ToT2Lib.cli", "train", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
+               "--planes", "axial", "--epochs", "200", "--max-steps-per-epoch", "3", "--ngf", "8", "--ndf", "8", "--depth", "3",
+               "--device", "cpu", "--out", str(out), "--progress", "json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in process.stdout:
+            if json.loads(line)["event"] == "epoch":
+                process.send_signal(signal.SIGTERM)
+                break
+        rest, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert json.loads(rest.strip().splitlines()[-1])["event"] == "cancelled"
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+    with safe_open(str(tmp_path / "m.checkpoints" / CHECKPOINT_NAME), framework="pt") as handle:
+        assert 1 <= int(handle.metadata()["epoch"]) < 200

@@ -379,9 +379,8 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
             sums = {}
             for step, batch in enumerate(batches):
                 if cancel_event is not None and cancel_event.is_set():
-                    raise TrainingCancelled(
-                        f"training cancelled during epoch {epoch + 1}; the checkpoint after epoch {epoch} is kept: continue with --resume"
-                    )
+                    kept = f"the checkpoint after epoch {epoch} is kept: continue with --resume" if epoch else "no epoch was complete, so nothing was kept: start again"
+                    raise TrainingCancelled(f"training cancelled during epoch {epoch + 1}; {kept}")
                 tick = time.perf_counter()
                 augment_rng = np.random.default_rng([config.seed, epoch, step, rank]) if config.augment else None
                 a, b = dataset.arrays(batch, augment_rng)
@@ -610,9 +609,15 @@ def run_train(args) -> int:
     cancel = threading.Event()
     handled = (signal.SIGTERM, signal.SIGINT)
     previous = {}
+    def request_cancel(signum, frame):
+        # The first signal stops at the next step boundary; restoring the old handlers lets a second one interrupt at once.
+        cancel.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
     if threading.current_thread() is threading.main_thread():
         for sig in handled:
-            previous[sig] = signal.signal(sig, lambda *_: cancel.set())
+            previous[sig] = signal.signal(sig, request_cancel)
     try:
         train(config, progress=progress, cancel_event=cancel)
     except TrainingCancelled as exc:
