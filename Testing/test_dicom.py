@@ -1,0 +1,350 @@
+"""DICOM import and export (issue #5): validity, geometry round trips, reference patient/study, refusals, CLI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import oblique_direction
+from pydicom.uid import generate_uid
+
+from T1ToT2Lib import T1ToT2Error
+from T1ToT2Lib.cli import main
+from T1ToT2Lib.dicom import (
+    ANONYMOUS_PATIENT_NAME,
+    export_dicom_series,
+    list_dicom_series,
+    read_dicom_series,
+    write_dicom_series,
+)
+from T1ToT2Lib.volume import Volume, volume_from_sitk, write_volume
+
+# Right-handed RAS directions whose K axis is the named plane's normal.
+DIRECTIONS = {
+    "axial": np.eye(3),
+    "coronal": np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]),
+    "sagittal": np.array([[0.0, 0, -1], [1, 0, 0], [0, -1, 0]]),
+    "oblique": oblique_direction(),
+}
+FAKE_PATIENT = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "HOSP-0042",
+    "PatientBirthDate": "19800101",
+    "PatientSex": "F",
+    "ReferringPhysicianName": "House^Gregory",
+    "AccessionNumber": "ACC7777",
+    "StudyID": "S12",
+    "StudyDate": "20240102",
+    "StudyTime": "101500",
+    "InstitutionName": "Test Hospital",
+}
+
+
+def make_volume(orientation: str, rng, shape=(5, 6, 7), offset=100.0) -> Volume:
+    """A small non-isotropic volume with a non-zero origin and smooth float intensities."""
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    array = offset + 40 * np.sin(i / 2.0) + 15 * j - 7 * k + rng.normal(0, 3, shape)
+    direction = DIRECTIONS[orientation]
+    assert np.isclose(np.linalg.det(direction), 1.0)
+    return Volume.from_geometry(array, spacing=(0.55, 0.8, 1.7), origin=(12.5, -30.25, 41.0), direction=direction)
+
+
+def quantisation_step(path) -> float:
+    return float(pydicom.dcmread(path, stop_before_pixels=True).RescaleSlope)
+
+
+def dciodvfy_errors(path) -> list[str]:
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def write_fake_t1(volume: Volume, folder, series_description="T1 VIBE WE") -> list:
+    """An 'acquired' T1 series with a fake patient, through the lower-level writer."""
+    tags = dict(
+        FAKE_PATIENT,
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        FrameOfReferenceUID=generate_uid(),
+        SeriesNumber=7,
+        SeriesDescription=series_description,
+        BodyPartExamined="HAND",
+        Laterality="L",
+        PatientPosition="FFS",
+    )
+    return write_dicom_series(volume, folder, tags, synthetic=False)
+
+
+def one_line_error(excinfo) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message and ":" in message, message
+    return message
+
+
+# --------------------------------------------------------------------------- validity
+@pytest.mark.skipif(shutil.which("dciodvfy") is None or shutil.which("dcmdump") is None, reason="needs dicom3tools and dcmtk")
+def test_every_exported_instance_passes_dciodvfy_and_dcmdump(tmp_path, rng):
+    folders = []
+    for orientation in ("axial", "oblique"):
+        folders.append(export_dicom_series(make_volume(orientation, rng), tmp_path / orientation, model_name="pix2pix"))
+    t1 = make_volume("coronal", rng, offset=-500.0)  # negative values: scaled storage with a negative intercept
+    folders.append(write_fake_t1(t1, tmp_path / "t1"))
+    folders.append(export_dicom_series(t1.with_array(t1.array * 0.01), tmp_path / "t2ref", reference=tmp_path / "t1"))
+    integer = make_volume("sagittal", rng).with_array(np.round(make_volume("sagittal", rng).array) - 200)
+    folders.append(export_dicom_series(integer, tmp_path / "int", model_name="cyclegan"))  # signed integers as is
+    paths = [p for folder in folders for p in folder]
+    assert len(paths) == 25
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path
+        dump = subprocess.run(["dcmdump", "-q", str(path)], capture_output=True, text=True)
+        assert dump.returncode == 0 and "(0020,0037)" in dump.stdout, (path, dump.stderr)
+    signed = pydicom.dcmread(folders[-1][0])
+    assert signed.PixelRepresentation == 1 and float(signed.RescaleSlope) == 1.0
+
+
+# --------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("orientation", list(DIRECTIONS))
+def test_round_trip_with_own_reader_and_simpleitk(tmp_path, rng, orientation):
+    import SimpleITK as sitk
+
+    volume = make_volume(orientation, rng)
+    paths = export_dicom_series(volume, tmp_path / "series")
+    assert [p.name for p in paths] == sorted(p.name for p in (tmp_path / "series").iterdir())
+    assert len(paths) == volume.shape[0]
+    step = quantisation_step(paths[0])
+    assert 0 < step < np.ptp(volume.array) / 30000  # 16-bit resolution, not 8
+
+    ours = read_dicom_series(tmp_path / "series")
+    np.testing.assert_allclose(ours.ijk_to_ras, volume.ijk_to_ras, atol=1e-4)
+    assert np.max(np.abs(ours.array - volume.array)) <= step
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "series")))
+    theirs = volume_from_sitk(reader.Execute())
+    np.testing.assert_allclose(theirs.spacing, volume.spacing, atol=1e-4)
+    np.testing.assert_allclose(theirs.origin, volume.origin, atol=1e-4)
+    np.testing.assert_allclose(theirs.direction, volume.direction, atol=1e-4)
+    assert np.max(np.abs(theirs.array - volume.array)) <= step
+
+
+def test_round_trip_through_slicer_volumes_logic(tmp_path, rng):
+    pytest.importorskip("slicer")
+    import slicer.util
+    from slicer_scene import headless_scene
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    scene = headless_scene()
+    volumes_logic = scene._t1tot2_logics[1]["Volumes"]
+    for orientation in DIRECTIONS:
+        volume = make_volume(orientation, rng)
+        paths = export_dicom_series(volume, tmp_path / orientation)
+        node = volumes_logic.AddArchetypeVolume(str(paths[2]), f"synthetic_{orientation}")
+        assert node is not None, orientation
+        matrix = vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        np.testing.assert_allclose(ijk_to_ras, volume.ijk_to_ras, atol=1e-4, err_msg=orientation)
+        array = slicer.util.arrayFromVolume(node)
+        assert array.shape == volume.shape, orientation
+        assert np.max(np.abs(array - volume.array)) <= quantisation_step(paths[0]), orientation
+    scene.Clear(True)
+
+
+def test_integer_volume_is_stored_exactly(tmp_path, rng):
+    volume = make_volume("axial", rng)
+    volume = volume.with_array(np.round(volume.array * 10))
+    export_dicom_series(volume, tmp_path / "s")
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "s").array, volume.array)
+
+
+# --------------------------------------------------------------------------- reference and labels
+def test_export_with_reference_joins_patient_study_and_frame(tmp_path, rng):
+    t1 = make_volume("oblique", rng)
+    t1_paths = write_fake_t1(t1, tmp_path / "t1")
+    t1_read = read_dicom_series(tmp_path / "t1")
+    assert t1_read.meta["dicom"]["PatientName"] == "Doe^Jane"
+    t2 = t1_read.with_array(500 - t1_read.array)
+
+    for reference, name in ((tmp_path / "t1", "from_folder"), (t1_read, "from_volume")):
+        paths = export_dicom_series(t2, tmp_path / name, reference=reference, model_name="pix2pix-hand-v1")
+        ref = pydicom.dcmread(t1_paths[0])
+        out = [pydicom.dcmread(p) for p in paths]
+        for ds in out:
+            for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "PatientName", "PatientID",
+                            "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate", "Laterality"):
+                assert ds[keyword].value == ref[keyword].value, keyword
+            assert ds.SeriesInstanceUID != ref.SeriesInstanceUID
+            assert ds.SeriesNumber > ref.SeriesNumber
+            assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == ref.SeriesInstanceUID
+        assert len({ds.SOPInstanceUID for ds in out} | {pydicom.dcmread(p).SOPInstanceUID for p in t1_paths}) == 10
+        assert len({ds.SeriesInstanceUID for ds in out}) == 1
+        # Same grid: output slice k was computed from reference slice k.
+        for ds, t1_path in zip(out, t1_paths):
+            source = ds.SourceImageSequence[0]
+            assert source.ReferencedSOPInstanceUID == pydicom.dcmread(t1_path).SOPInstanceUID
+            assert source.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+        labelled = out[0]
+        assert list(labelled.ImageType)[:2] == ["DERIVED", "SECONDARY"] and "SYNTHETIC" in labelled.ImageType
+        assert "SYNTHETIC" in labelled.SeriesDescription and "pix2pix-hand-v1" in labelled.SeriesDescription
+        assert "pix2pix-hand-v1" in labelled.DerivationDescription and "not acquired" in labelled.DerivationDescription
+        assert labelled.BurnedInAnnotation == "NO"
+        read_back = read_dicom_series(tmp_path / name)
+        np.testing.assert_allclose(read_back.ijk_to_ras, t1.ijk_to_ras, atol=1e-4)
+
+
+def _string_values(ds) -> list[str]:
+    values = []
+    for element in ds.iterall():
+        if element.VR in ("PN", "LO", "SH", "DA", "CS", "ST", "LT", "UT", "AS", "UI"):
+            values.append(str(element.value))
+    return values
+
+
+def test_export_without_reference_is_anonymous_even_if_volume_came_from_a_patient(tmp_path, rng):
+    write_fake_t1(make_volume("axial", rng), tmp_path / "t1")
+    t1 = read_dicom_series(tmp_path / "t1")
+    synthetic = t1.with_array(t1.array * 2)  # carries the patient's tags in meta["dicom"]
+    assert synthetic.meta["dicom"]["PatientID"] == "HOSP-0042"
+    paths = export_dicom_series(synthetic, tmp_path / "anon", series_description="my T2")
+    t1_uids = {t1.meta["dicom"][k] for k in ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesInstanceUID")}
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        assert str(ds.PatientName) == ANONYMOUS_PATIENT_NAME
+        assert ds.PatientID.startswith("T1TOT2-")
+        assert ds.PatientBirthDate == "" and ds.PatientSex == "" and str(ds.ReferringPhysicianName) == ""
+        assert ds.SeriesDescription == "SYNTHETIC my T2"
+        values = _string_values(ds)
+        for secret in list(FAKE_PATIENT.values()) + list(t1_uids):
+            assert not any(secret == v or (len(secret) > 3 and secret in v) for v in values), secret
+        assert "SourceImageSequence" not in ds and "ReferencedSeriesSequence" not in ds
+    other = export_dicom_series(synthetic, tmp_path / "anon2")
+    assert pydicom.dcmread(other[0]).PatientID != pydicom.dcmread(paths[0]).PatientID
+
+
+# --------------------------------------------------------------------------- refusals
+def test_import_refuses_a_folder_without_dicom(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(T1ToT2Error) as excinfo:
+        read_dicom_series(tmp_path)
+    assert "no DICOM" in one_line_error(excinfo)
+
+
+def test_import_refuses_missing_slice_uneven_spacing_and_mixed_orientation(tmp_path, rng):
+    volume = make_volume("oblique", rng, shape=(6, 4, 5))
+    paths = export_dicom_series(volume, tmp_path / "missing")
+    paths[3].unlink()
+    with pytest.raises(T1ToT2Error) as excinfo:
+        read_dicom_series(tmp_path / "missing")
+    assert "1 slice(s) missing" in one_line_error(excinfo)
+
+    paths = export_dicom_series(volume, tmp_path / "uneven")
+    ds = pydicom.dcmread(paths[5])
+    k_column = volume.ijk_to_ras[:3, 2] * np.array([-1, -1, 1])
+    ds.ImagePositionPatient = [float(v) + 0.4 * float(d) for v, d in zip(ds.ImagePositionPatient, k_column)]
+    ds.save_as(paths[5])
+    with pytest.raises(T1ToT2Error) as excinfo:
+        read_dicom_series(tmp_path / "uneven")
+    assert "uneven slice spacing" in one_line_error(excinfo)
+
+    paths = export_dicom_series(volume, tmp_path / "mixed")
+    ds = pydicom.dcmread(paths[2])
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.save_as(paths[2])
+    with pytest.raises(T1ToT2Error) as excinfo:
+        read_dicom_series(tmp_path / "mixed")
+    assert "mixes orientations" in one_line_error(excinfo)
+
+
+def test_import_refuses_non_image_objects(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    report = Dataset()
+    report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    report.SOPInstanceUID = generate_uid()
+    report.SeriesInstanceUID = generate_uid()
+    report.StudyInstanceUID = generate_uid()
+    report.Modality = "SR"
+    report.file_meta = FileMetaDataset()
+    report.file_meta.MediaStorageSOPClassUID = report.SOPClassUID
+    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    with pytest.raises(T1ToT2Error) as excinfo:
+        read_dicom_series(tmp_path)
+    message = one_line_error(excinfo)
+    assert "Basic Text SR" in message and "not an MR image" in message
+
+
+def test_multi_series_folder_needs_the_series_named(tmp_path, rng):
+    t1 = make_volume("axial", rng)
+    write_fake_t1(t1, tmp_path / "both" / "t1", series_description="T1 VIBE left")
+    t2_paths = export_dicom_series(t1.with_array(t1.array + 1000), tmp_path / "both" / "t2", reference=tmp_path / "both" / "t1")
+    uids = {s["description"]: s["uid"] for s in list_dicom_series(tmp_path / "both")}
+    assert len(uids) == 2
+    with pytest.raises(T1ToT2Error) as excinfo:
+        read_dicom_series(tmp_path / "both")
+    message = one_line_error(excinfo)
+    for description, uid in uids.items():
+        assert uid in message and description in message
+    t2_uid = pydicom.dcmread(t2_paths[0]).SeriesInstanceUID
+    chosen = read_dicom_series(tmp_path / "both", series_uid=t2_uid)
+    assert chosen.meta["dicom"]["SeriesInstanceUID"] == t2_uid
+    assert np.max(np.abs(chosen.array - (t1.array + 1000))) <= quantisation_step(t2_paths[0])
+    with pytest.raises(T1ToT2Error) as excinfo:
+        read_dicom_series(tmp_path / "both", series_uid="1.2.3")
+    assert "1.2.3" in one_line_error(excinfo)
+
+
+def test_export_refuses_bad_volumes_and_leaves_nothing(tmp_path, rng, monkeypatch):
+    volume = make_volume("axial", rng)
+    bad = volume.with_array(np.where(volume.array > 120, np.nan, volume.array))
+    with pytest.raises(T1ToT2Error) as excinfo:
+        export_dicom_series(bad, tmp_path / "nan")
+    assert "NaN" in one_line_error(excinfo)
+    sheared = Volume(volume.array, volume.ijk_to_ras @ np.array([[1, 0, 0.3, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    with pytest.raises(T1ToT2Error) as excinfo:
+        export_dicom_series(sheared, tmp_path / "sheared")
+    assert "sheared" in one_line_error(excinfo)
+
+    # A failure half-way through leaves neither a series nor a temporary folder behind.
+    calls = []
+
+    def failing_write(path, ds, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real_write(path, ds, **kwargs)
+
+    real_write = pydicom.dcmwrite
+    monkeypatch.setattr(pydicom, "dcmwrite", failing_write)
+    with pytest.raises(OSError):
+        export_dicom_series(volume, tmp_path / "half")
+    assert len(calls) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- command line
+def test_cli_export_refuses_to_overwrite_without_flag(tmp_path, rng, capsys):
+    volume = make_volume("coronal", rng)
+    write_volume(volume, tmp_path / "vol.nii.gz")
+    out = tmp_path / "dicom_out"
+    assert main(["export-dicom", str(tmp_path / "vol.nii.gz"), str(out), "--model-name", "unit"]) == 0
+    first = {p.name: pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()}
+    assert len(first) == volume.shape[0]
+    assert "unit" in pydicom.dcmread(next(out.iterdir())).SeriesDescription
+    capsys.readouterr()
+
+    assert main(["export-dicom", str(tmp_path / "vol.nii.gz"), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("t1tot2 export-dicom: error:") and "--overwrite" in err and err.count("\n") == 1
+    assert {p.name: pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()} == first
+
+    assert main(["export-dicom", str(tmp_path / "vol.nii.gz"), str(out), "--overwrite"]) == 0
+    second = {p.name: pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()}
+    assert second.keys() == first.keys() and not set(second.values()) & set(first.values())
+    read_back = read_dicom_series(out)
+    np.testing.assert_allclose(read_back.ijk_to_ras, volume.ijk_to_ras, atol=1e-4)
+    assert main(["export-dicom", str(tmp_path / "missing.nii.gz"), str(tmp_path / "x")]) == 2
