@@ -1,0 +1,161 @@
+"""Which Python packages the Slicer modules still need, and how to install them safely.
+
+Pure helpers without Qt or Slicer: the modules call them, then do the
+installing with ``PyTorchUtils`` or ``slicer.util.pip_install``.  Nothing
+here imports torch; presence is checked through package metadata so that a
+missing or broken install is found without loading it.
+
+Slicer ships its own numpy, SimpleITK and VTK, built against the
+application; a ``pip install`` that replaced them would break Slicer.  The
+requirements file therefore must not name them, and every install is run with
+constraints that pin them to the versions already present.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+from pathlib import Path
+
+from .errors import T1ToT2Error
+
+#: The torch version range the library is written for.
+TORCH_REQUIREMENT = "torch>=2.1"
+#: Packages Slicer provides itself; never installed or upgraded by T1ToT2.
+PROTECTED_PACKAGES = ("numpy", "simpleitk", "vtk")
+#: CUDA builds published on download.pytorch.org, as (major, minor) -> index tag.
+TORCH_CUDA_BUILDS = {(11, 8): "cu118", (12, 1): "cu121", (12, 4): "cu124", (12, 6): "cu126", (12, 8): "cu128"}
+TORCH_INDEX_BASE = "https://download.pytorch.org/whl/"
+
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def normalize_name(name: str) -> str:
+    """PEP 503 normalised project name (``scikit_image`` -> ``scikit-image``), lower case."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    """The project name of a requirement line such as ``scikit-image>=0.21``."""
+    match = _NAME.match(requirement)
+    if not match:
+        raise T1ToT2Error(f"cannot read the requirement {requirement!r}: write it as 'name>=version'")
+    return normalize_name(match.group(1))
+
+
+def read_requirements(path) -> list:
+    """The requirement lines of a requirements file, comments and blank lines dropped.
+
+    Raises :class:`T1ToT2Error` if the file names a package Slicer provides itself.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise T1ToT2Error(f"requirements file '{path}' is missing: reinstall the T1ToT2 extension")
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            lines.append(line)
+    check_not_protected(lines)
+    return lines
+
+
+def check_not_protected(requirements) -> None:
+    protected = [r for r in requirements if requirement_name(r) in PROTECTED_PACKAGES]
+    if protected:
+        raise T1ToT2Error(
+            f"requirements {', '.join(protected)} would replace packages Slicer ships: remove them from requirements.txt"
+        )
+
+
+def installed_version(name: str, version_lookup=importlib.metadata.version):
+    """Installed version of project ``name``, or None when it is not installed."""
+    try:
+        return version_lookup(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def is_satisfied(requirement: str, version_lookup=importlib.metadata.version) -> bool:
+    """Whether ``requirement`` is installed in a version its specifier accepts."""
+    version = installed_version(requirement_name(requirement), version_lookup)
+    if version is None:
+        return False
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # without packaging, presence is the best check available
+        return True
+    return Requirement(requirement).specifier.contains(version, prereleases=True)
+
+
+def missing_requirements(requirements, version_lookup=importlib.metadata.version) -> list:
+    """The requirements that are not installed, or installed in a version outside their range."""
+    return [r for r in requirements if not is_satisfied(r, version_lookup)]
+
+
+def protected_constraints(version_lookup=importlib.metadata.version) -> list:
+    """``name==version`` lines pinning the Slicer-provided packages that are installed.
+
+    Passed to pip as a constraints file so that installing, e.g., scikit-image
+    cannot upgrade Slicer's numpy.
+    """
+    pins = []
+    for name in PROTECTED_PACKAGES:
+        version = installed_version(name, version_lookup)
+        if version is not None:
+            pins.append(f"{name}=={version}")
+    return pins
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported, checked without importing it."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def parse_cuda_driver_version(nvidia_smi_output: str):
+    """(major, minor) of the "CUDA Version: 12.4" that ``nvidia-smi`` prints, or None."""
+    match = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", nvidia_smi_output or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def torch_index_url(system: str, cuda_driver_version=None):
+    """The pip index for a torch build that runs here, or None for PyPI's default build.
+
+    macOS: PyPI (its wheels carry MPS).  Linux and Windows with an NVIDIA
+    driver: the newest CUDA build the driver supports.  Otherwise the CPU build,
+    which avoids downloading several GB of CUDA libraries that cannot be used.
+    """
+    if system == "Darwin":
+        return None
+    if cuda_driver_version is not None:
+        usable = [v for v in TORCH_CUDA_BUILDS if v <= tuple(cuda_driver_version)]
+        if usable:
+            return TORCH_INDEX_BASE + TORCH_CUDA_BUILDS[max(usable)]
+    return TORCH_INDEX_BASE + "cpu"
+
+
+def torch_pip_arguments(system: str, cuda_driver_version=None) -> str:
+    """The argument string for ``slicer.util.pip_install`` that installs a suitable torch."""
+    url = torch_index_url(system, cuda_driver_version)
+    requirement = f'"{TORCH_REQUIREMENT}"'
+    return requirement if url is None else f"{requirement} --index-url {url}"
+
+
+def requirements_pip_arguments(requirements, constraints_file) -> str:
+    """The argument string installing ``requirements`` under the protected-package constraints."""
+    quoted = " ".join(f'"{r}"' for r in requirements)
+    return f'{quoted} -c "{constraints_file}"'
+
+
+def find_bundled_model(module_dir, file_name: str = "demo_model.safetensors"):
+    """The demo model installed with the Synthesis module, or None.
+
+    Installed extensions have it under ``<module>/Resources/Models``; in a
+    source checkout it is in the repository's top-level ``Resources``.
+    """
+    module_dir = Path(module_dir)
+    for candidate in (module_dir / "Resources" / "Models" / file_name, module_dir.parent / "Resources" / file_name):
+        if candidate.is_file():
+            return candidate
+    return None

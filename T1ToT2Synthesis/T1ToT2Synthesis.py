@@ -1,0 +1,529 @@
+"""3D Slicer module: synthesize a T2 SPACE volume from a T1 VIBE volume, compare, profile, export.
+
+Thin by design: the widget binds a parameter node and the logic calls
+T1ToT2Lib, where all the work is done (and tested outside Slicer).  Torch is
+never imported when the module loads; it is checked and, with the user's
+consent, installed on first use.
+"""
+
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLMarkupsLineNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+PLANE_CHOICES = ["axial", "coronal", "sagittal", "fuse"]
+DEVICE_CHOICES = ["auto", "cuda", "mps", "cpu"]
+PRECISION_CHOICES = ["fp32", "bf16", "fp16"]
+#: Application setting holding the last model the Training module wrote, offered here.
+LAST_TRAINED_MODEL_SETTING = "T1ToT2/LastTrainedModel"
+POLL_INTERVAL_MS = 200
+
+
+class T1ToT2Synthesis(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("T1 to T2 Synthesis")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Filtering")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["T1ToT2 developers"]
+        self.parent.helpText = _(
+            "Makes a <b>synthetic</b> T2 SPACE volume from a T1 VIBE volume with a trained Pix2Pix, CycleGAN "
+            "or UNIT network, shows it beside the acquired T2 with a difference map, samples line profiles, "
+            "computes NRMSE/PSNR/SSIM and exports a DICOM series flagged as derived and synthetic.<br>"
+            "<b>Synthetic images are for research only and must not be used for diagnosis.</b> "
+            "The bundled demo model was trained on a computer-generated hand phantom."
+        )
+        self.parent.acknowledgementText = _(
+            "Method after R. M. Grant-Jacob et al., \"Introducing a new method for MRI: the synthesis of T2 SPACE "
+            "images from T1 VIBE images with deep learning\", J. Phys. Commun. 5, 095015 (2021)."
+        )
+
+
+@parameterNodeWrapper
+class T1ToT2SynthesisParameterNode:
+    inputT1: vtkMRMLScalarVolumeNode
+    useBundledModel: bool = True
+    modelPath: pathlib.Path
+    plane: Annotated[str, Choice(PLANE_CHOICES)] = "axial"
+    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
+    precision: Annotated[str, Choice(PRECISION_CHOICES)] = "fp32"
+    acquiredT2: vtkMRMLScalarVolumeNode
+    syntheticT2: vtkMRMLScalarVolumeNode
+    profileLine: vtkMRMLMarkupsLineNode
+    metricsTable: vtkMRMLTableNode
+
+
+class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._jobT1Node = None
+        self._jobOutput = None
+        self._jobTimer = None
+        self._lineProfile = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/T1ToT2Synthesis.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = T1ToT2SynthesisLogic()
+        self.ui.bundledModelLabel.text = self.logic.bundledModelDescription()
+        self.ui.modelPathLineEdit.filters = self.ui.modelPathLineEdit.Files
+        self.ui.modelPathLineEdit.nameFilters = [_("Model files (*.safetensors)")]
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+
+        self._jobTimer = qt.QTimer()
+        self._jobTimer.setInterval(POLL_INTERVAL_MS)
+        self._jobTimer.connect("timeout()", self.onJobTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.synthesizeButton.connect("clicked(bool)", self.onSynthesizeButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.lineProfileButton.connect("clicked(bool)", self.onLineProfileButton)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
+        self.ui.metricsButton.connect("clicked(bool)", self.onMetricsButton)
+        self.ui.useLastTrainedButton.connect("clicked(bool)", self.onUseLastTrainedButton)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self._stopLineProfile()
+        if self._job is not None and self._job.is_running:
+            self._job.cancel()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._stopLineProfile()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputT1:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputT1 = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        running = self._job is not None and self._job.is_running
+        hasModel = bool(p and (p.useBundledModel and self.logic.bundledModelPath() or (not p.useBundledModel and p.modelPath and p.modelPath.is_file())))
+        self.ui.synthesizeButton.enabled = bool(p and p.inputT1 and hasModel and not running)
+        self.ui.synthesizeButton.toolTip = _("Make a synthetic T2 from the T1 volume") if self.ui.synthesizeButton.enabled else _(
+            "Select a T1 volume and a model file")
+        self.ui.modelPathLineEdit.enabled = bool(p and not p.useBundledModel)
+        hasSynthetic = bool(p and p.syntheticT2)
+        self.ui.compareButton.enabled = hasSynthetic
+        self.ui.lineProfileButton.enabled = hasSynthetic
+        self.ui.exportDicomButton.enabled = hasSynthetic
+        self.ui.metricsButton.enabled = bool(hasSynthetic and p.acquiredT2)
+
+    # --- synthesis in a background process -------------------------------------------
+    def onSynthesizeButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the synthesis."), waitCursor=True):
+            if not self.logic.ensureDependencies(askConfirmation=True):
+                return
+            p = self._parameterNode
+            self._jobOutput = tempfile.mkdtemp(prefix="T1ToT2-")
+            self._jobT1Node = p.inputT1
+            self._job = self.logic.startSynthesisJob(
+                p.inputT1, self.logic.modelPathFromParameters(p), p.plane, p.device, p.precision, self._jobOutput)
+            self.ui.progressBar.setValue(0)
+            self.ui.progressBar.show()
+            self.ui.cancelButton.show()
+            self.ui.statusLabel.text = _("Synthesizing...")
+            self._jobTimer.start()
+            self._updateButtons()
+
+    def onJobTimer(self) -> None:
+        job = self._job
+        if job is None:
+            self._jobTimer.stop()
+            return
+        for event in job.poll():
+            if event.get("event") == "slices" and event.get("total"):
+                self.ui.progressBar.setValue(int(100 * event["done"] / event["total"]))
+        if job.is_running:
+            return
+        self._jobTimer.stop()
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        self._job = None
+        try:
+            if job.cancelled:
+                self.ui.statusLabel.text = _("Cancelled: no synthetic volume was made.")
+                return
+            with slicer.util.tryWithErrorDisplay(_("Synthesis failed."), waitCursor=True):
+                node = self.logic.finishSynthesisJob(job, self._jobT1Node)
+                self._parameterNode.syntheticT2 = node
+                slicer.util.setSliceViewerLayers(background=node, fit=True)
+                self.ui.statusLabel.text = _("Synthetic T2 '{name}' made (not for diagnosis).").format(name=node.GetName())
+        finally:
+            shutil.rmtree(self._jobOutput, ignore_errors=True)
+            self._updateButtons()
+
+    def onCancelButton(self) -> None:
+        if self._job is not None:
+            self.ui.statusLabel.text = _("Cancelling...")
+            self._job.cancel()
+
+    # --- analysis ---------------------------------------------------------------------
+    def onCompareButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the comparison."), waitCursor=True):
+            p = self._parameterNode
+            self.logic.showComparison(p.inputT1, p.acquiredT2, p.syntheticT2)
+
+    def onMetricsButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute the metrics."), waitCursor=True):
+            p = self._parameterNode
+            p.metricsTable = self.logic.computeMetrics(p.syntheticT2, p.acquiredT2, p.metricsTable)
+            self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
+
+    def onLineProfileButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to make the line profile."), waitCursor=True):
+            p = self._parameterNode
+            if not p.profileLine:
+                p.profileLine = self.logic.createProfileLine(p.syntheticT2)
+                slicer.modules.markups.logic().StartPlaceMode(False)
+            self._stopLineProfile()
+            volumes = [n for n in (p.inputT1, p.acquiredT2, p.syntheticT2) if n]
+            self._lineProfile = self.logic.lineProfile(p.profileLine, volumes)
+            self.logic.showPlot(self._lineProfile.chart_node)
+
+    def _stopLineProfile(self) -> None:
+        if self._lineProfile is not None:
+            self._lineProfile.remove_observers()
+            self._lineProfile = None
+
+    def onExportDicomButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("DICOM export failed."), waitCursor=True):
+            folder = qt.QFileDialog.getExistingDirectory(
+                slicer.util.mainWindow(), _("Folder for the synthetic T2 DICOM series"))
+            if not folder:
+                return
+            p = self._parameterNode
+            written = self.logic.exportDicom(p.syntheticT2, p.inputT1, folder)
+            self.ui.statusLabel.text = _("Wrote {count} DICOM files to {folder}.").format(count=len(written), folder=folder)
+
+    def onUseLastTrainedButton(self) -> None:
+        path = self.logic.lastTrainedModel()
+        if path is None:
+            slicer.util.warningDisplay(_("No model has been trained in the T1 to T2 Training module yet."))
+            return
+        self._parameterNode.useBundledModel = False
+        self._parameterNode.modelPath = path
+
+
+class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
+    """Everything the widget does, without Qt widgets, so that it can be scripted and tested."""
+
+    def getParameterNode(self):
+        return T1ToT2SynthesisParameterNode(super().getParameterNode())
+
+    # --- dependencies -----------------------------------------------------------------
+    @staticmethod
+    def moduleDir() -> pathlib.Path:
+        return pathlib.Path(__file__).resolve().parent
+
+    def missingRequirements(self) -> list:
+        from T1ToT2Lib import dependencies
+
+        requirements = dependencies.read_requirements(self.moduleDir() / "Resources" / "requirements.txt")
+        return dependencies.missing_requirements(requirements)
+
+    def ensureDependencies(self, askConfirmation=True) -> bool:
+        """Make torch and the requirements importable; returns False if the user declined."""
+        from T1ToT2Lib import dependencies
+
+        if not dependencies.torch_installed():
+            try:
+                import PyTorchUtils
+            except ImportError:
+                PyTorchUtils = None
+            if PyTorchUtils is not None:
+                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=askConfirmation, torchVersionRequirement=dependencies.TORCH_REQUIREMENT[len("torch"):])
+                if torch is None:
+                    return False
+            else:
+                if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                        _("T1 to T2 needs PyTorch, which is not installed. Install it now? This can take several minutes.")):
+                    return False
+                slicer.util.pip_install(dependencies.torch_pip_arguments(platform.system(), self.cudaDriverVersion()))
+        missing = self.missingRequirements()
+        if missing:
+            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                    _("T1 to T2 needs these Python packages: {packages}. Install them now?").format(packages=", ".join(missing))):
+                return False
+            constraints = pathlib.Path(tempfile.mkdtemp(prefix="T1ToT2-")) / "constraints.txt"
+            constraints.write_text("\n".join(dependencies.protected_constraints()) + "\n")
+            slicer.util.pip_install(dependencies.requirements_pip_arguments(missing, constraints))
+        return True
+
+    @staticmethod
+    def cudaDriverVersion():
+        from T1ToT2Lib import dependencies
+
+        smi = shutil.which("nvidia-smi")
+        if not smi:
+            return None
+        try:
+            output = subprocess.run([smi], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return dependencies.parse_cuda_driver_version(output)
+
+    # --- models -----------------------------------------------------------------------
+    def bundledModelPath(self):
+        from T1ToT2Lib.dependencies import find_bundled_model
+
+        return find_bundled_model(self.moduleDir())
+
+    def bundledModelDescription(self) -> str:
+        if self.bundledModelPath() is None:
+            return _("Bundled demo model: not installed")
+        return _("Bundled demo model (phantom, not for diagnosis)")
+
+    def modelPathFromParameters(self, parameterNode) -> pathlib.Path:
+        from T1ToT2Lib.errors import T1ToT2Error
+
+        if parameterNode.useBundledModel:
+            path = self.bundledModelPath()
+            if path is None:
+                raise T1ToT2Error("the bundled demo model is not installed: choose a model file or reinstall the extension")
+            return path
+        if not parameterNode.modelPath or not pathlib.Path(parameterNode.modelPath).is_file():
+            raise T1ToT2Error(f"model file '{parameterNode.modelPath}' does not exist: choose a .safetensors model file")
+        return pathlib.Path(parameterNode.modelPath)
+
+    @staticmethod
+    def lastTrainedModel():
+        value = slicer.app.settings().value(LAST_TRAINED_MODEL_SETTING)
+        return pathlib.Path(value) if value and pathlib.Path(value).is_file() else None
+
+    # --- synthesis --------------------------------------------------------------------
+    def synthesize(self, t1Node, modelPath, plane="axial", device="auto", precision="fp32", batchSize=8):
+        """Synthesize in this process (blocks); returns the synthetic T2 node with the T1's geometry."""
+        from T1ToT2Lib import modelfile, scene, synthesize
+
+        model = modelfile.load_model(modelPath)
+        t1 = scene.volume_from_node(t1Node)
+        volume = synthesize.synthesize_volume(model, t1, plane=plane, device=device, precision=precision, batch_size=batchSize)
+        return scene.create_or_update_synthetic_node(t1Node, volume, model.name)
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        """Slicer's Python launcher for child processes (this interpreter outside Slicer)."""
+        import sys
+
+        return shutil.which("PythonSlicer") or sys.executable
+
+    def startSynthesisJob(self, t1Node, modelPath, plane, device, precision, workDir):
+        """Start ``t1tot2 synthesize`` on the T1 node in a separate process; returns the running job."""
+        from T1ToT2Lib import scene, volume, worker
+
+        workDir = pathlib.Path(workDir)
+        t1Path = volume.write_volume(scene.volume_from_node(t1Node), workDir / "t1.nrrd")
+        argv = worker.cli_command("synthesize", modelPath, t1Path, workDir / "synthetic_t2.nrrd", "--plane", plane,
+                                  "--device", device, "--precision", precision, "--progress", "json",
+                                  python=self.pythonExecutable())
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.moduleDir()), env.get("PYTHONPATH", "")])
+        job = worker.BackgroundJob(argv, env=env)
+        job.modelPath = pathlib.Path(modelPath)
+        job.outputPath = workDir / "synthetic_t2.nrrd"
+        return job.start()
+
+    def finishSynthesisJob(self, job, t1Node):
+        """Load a finished job's output into the T1's synthetic node; raises the job's error as a T1ToT2Error."""
+        from T1ToT2Lib import scene, volume
+        from T1ToT2Lib.errors import T1ToT2Error
+
+        if job.returncode != 0 or job.error_message:
+            raise T1ToT2Error(job.error_message or f"the synthesis process exited with status {job.returncode}")
+        done = [e for e in job.events if e.get("event") == "done"]
+        output = pathlib.Path(done[-1]["output"]) if done else job.outputPath
+        synthetic = volume.read_volume(output)
+        # The file holds the T1's geometry; reuse the node's exact matrix so no rounding creeps in.
+        synthetic = scene.volume_from_node(t1Node).with_array(synthetic.array)
+        from T1ToT2Lib.modelfile import model_summary
+
+        try:
+            name = model_summary(job.modelPath).split(":")[0]
+        except Exception:  # noqa: BLE001 - the name is a label only
+            name = job.modelPath.name
+        return scene.create_or_update_synthetic_node(t1Node, synthetic, name)
+
+    # --- analysis ---------------------------------------------------------------------
+    def showComparison(self, t1Node, acquiredNode, syntheticNode):
+        """T1 | acquired T2 | synthetic T2 side by side, linked, with |difference| as an overlay when acquired exists."""
+        from T1ToT2Lib import scene
+
+        difference = scene.difference_node(syntheticNode, acquiredNode) if acquiredNode else None
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            # Red, Yellow and Green in one row.
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+        scene.set_compare_layout_volumes(slicer.mrmlScene, t1Node, acquiredNode, syntheticNode, difference)
+        if layoutManager is not None:
+            slicer.util.resetSliceViews()
+        return difference
+
+    def computeMetrics(self, syntheticNode, acquiredNode, tableNode=None):
+        from T1ToT2Lib import metrics, scene
+
+        values = metrics.evaluate_volumes(scene.volume_from_node(syntheticNode), scene.volume_from_node(acquiredNode))
+        return scene.metrics_table_node(values, node=tableNode)
+
+    def createProfileLine(self, volumeNode):
+        """A Markups line across the middle of the volume's bounds, ready to be moved."""
+        bounds = [0.0] * 6
+        volumeNode.GetRASBounds(bounds)
+        centre = [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2]
+        line = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", "T1ToT2 profile line")
+        line.AddControlPoint(vtk.vtkVector3d(bounds[0], centre[1], centre[2]))
+        line.AddControlPoint(vtk.vtkVector3d(bounds[1], centre[1], centre[2]))
+        return line
+
+    def lineProfile(self, lineNode, volumeNodes):
+        from T1ToT2Lib import scene
+
+        return scene.LineProfile(lineNode, volumeNodes)
+
+    @staticmethod
+    def showPlot(chartNode):
+        """Switch to a layout with a plot view and show ``chartNode`` in it."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
+        slicer.modules.plots.logic().ShowChartInLayout(chartNode)
+
+    def exportDicom(self, syntheticNode, t1Node, folder):
+        """Write the synthetic T2 as a DICOM series (patient/study from the T1's series when it came from DICOM)."""
+        from T1ToT2Lib import dicom, scene
+
+        reference = self.dicomReferenceFolder(t1Node)
+        return dicom.export_dicom_series(
+            scene.volume_from_node(syntheticNode), folder, reference=reference,
+            series_description=f"{syntheticNode.GetName()} (synthetic, not for diagnosis)",
+            model_name=syntheticNode.GetAttribute("T1ToT2.Model"), overwrite=False)
+
+    @staticmethod
+    def dicomReferenceFolder(volumeNode):
+        """The folder of the DICOM files a volume was loaded from, or None."""
+        uids = volumeNode.GetAttribute("DICOM.instanceUIDs")
+        if not uids or not hasattr(slicer, "dicomDatabase") or slicer.dicomDatabase is None:
+            return None
+        path = slicer.dicomDatabase.fileForInstance(uids.split()[0])
+        return pathlib.Path(path).parent if path else None
+
+
+class T1ToT2SynthesisTest(ScriptedLoadableModuleTest):
+    """Drives the logic on the phantom as a user would: synthesize, compare, profile, metrics, export."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_synthesize_phantom_with_bundled_model()
+
+    def test_synthesize_phantom_with_bundled_model(self):
+        import numpy as np
+
+        from T1ToT2Lib import phantom, scene
+
+        logic = T1ToT2SynthesisLogic()
+        self.assertTrue(logic.ensureDependencies(askConfirmation=False))
+        modelPath = logic.bundledModelPath()
+        self.assertIsNotNone(modelPath, "the bundled demo model must be installed with the module")
+
+        self.delayDisplay("Generating the phantom")
+        volumes = phantom.make_phantom(size="small", seed=0)
+        t1Node = scene.node_from_volume(volumes["left_t1"], "left T1")
+        t2Node = scene.node_from_volume(volumes["left_t2"], "left T2")
+
+        self.delayDisplay("Synthesizing in the background process")
+        workDir = tempfile.mkdtemp(prefix="T1ToT2-test-")
+        job = logic.startSynthesisJob(t1Node, modelPath, "axial", "cpu", "fp32", workDir)
+        job.run_to_end(timeout=600)
+        synthetic = logic.finishSynthesisJob(job, t1Node)
+        self.assertEqual(synthetic.GetAttribute("T1ToT2.Synthetic"), "true")
+        self.assertTrue(np.allclose(scene.world_ijk_to_ras(synthetic), scene.world_ijk_to_ras(t1Node), atol=1e-6))
+        self.assertEqual(slicer.util.arrayFromVolume(synthetic).shape, slicer.util.arrayFromVolume(t1Node).shape)
+        self.assertGreater(float(np.std(slicer.util.arrayFromVolume(synthetic))), 0.0)
+
+        self.delayDisplay("In-process synthesis reuses the same node")
+        again = logic.synthesize(t1Node, modelPath, plane="axial", device="cpu")
+        self.assertEqual(again.GetID(), synthetic.GetID())
+
+        self.delayDisplay("Compare, metrics and line profile")
+        difference = logic.showComparison(t1Node, t2Node, synthetic)
+        self.assertIsNotNone(difference)
+        table = logic.computeMetrics(synthetic, t2Node)
+        columns = scene.table_columns(table)
+        self.assertTrue(any("SSIM" in str(name).upper() for name in columns))
+        line = logic.createProfileLine(synthetic)
+        profile = logic.lineProfile(line, [t1Node, t2Node, synthetic])
+        profile.update()
+        self.assertGreater(profile.table_node.GetNumberOfRows(), 10)
+        profile.remove_observers()
+
+        self.delayDisplay("DICOM export")
+        written = logic.exportDicom(synthetic, t1Node, os.path.join(workDir, "dicom"))
+        self.assertEqual(len(written), slicer.util.arrayFromVolume(synthetic).shape[0])
+        shutil.rmtree(workDir, ignore_errors=True)
+        self.delayDisplay("Test passed")
