@@ -152,11 +152,29 @@ def test_round_trip_through_slicer_volumes_logic(tmp_path, rng):
     scene.Clear(True)
 
 
-def test_integer_volume_is_stored_exactly(tmp_path, rng):
+def test_integer_volume_is_stored_exactly_and_single_slices_keep_their_spacing(tmp_path, rng):
     volume = make_volume("axial", rng)
     volume = volume.with_array(np.round(volume.array * 10))
     export_dicom_series(volume, tmp_path / "s")
     np.testing.assert_array_equal(read_dicom_series(tmp_path / "s").array, volume.array)
+
+    single = make_volume("oblique", rng, shape=(1, 4, 5))
+    export_dicom_series(single, tmp_path / "one")
+    np.testing.assert_allclose(read_dicom_series(tmp_path / "one").ijk_to_ras, single.ijk_to_ras, atol=1e-4)
+
+
+def test_left_handed_volume_comes_back_as_the_same_physical_image(tmp_path, rng):
+    """DICOM slices stack along row x column, so a K axis against that normal is read back reversed."""
+    volume = make_volume("axial", rng)
+    flipped_k = volume.ijk_to_ras @ np.diag([1.0, 1.0, -1.0, 1.0])
+    left_handed = Volume(volume.array, flipped_k)
+    export_dicom_series(left_handed, tmp_path / "s")
+    read_back = read_dicom_series(tmp_path / "s")
+    n = volume.shape[0]
+    corners = np.array([[0, 0, 0], [6, 5, 0], [3, 2, 4]], dtype=float)
+    mirrored = corners * [1, 1, -1] + [0, 0, n - 1]
+    np.testing.assert_allclose(read_back.ijk_to_ras_points(mirrored), left_handed.ijk_to_ras_points(corners), atol=1e-4)
+    assert np.max(np.abs(read_back.array[::-1] - left_handed.array)) <= quantisation_step(tmp_path / "s" / "SYNT2_00001.dcm")
 
 
 # --------------------------------------------------------------------------- reference and labels
@@ -219,8 +237,11 @@ def test_export_without_reference_is_anonymous_even_if_volume_came_from_a_patien
         for secret in list(FAKE_PATIENT.values()) + list(t1_uids):
             assert not any(secret == v or (len(secret) > 3 and secret in v) for v in values), secret
         assert "SourceImageSequence" not in ds and "ReferencedSeriesSequence" not in ds
-    other = export_dicom_series(synthetic, tmp_path / "anon2")
-    assert pydicom.dcmread(other[0]).PatientID != pydicom.dcmread(paths[0]).PatientID
+    long_name = "pix2pix-" + "x" * 80
+    other = pydicom.dcmread(export_dicom_series(synthetic, tmp_path / "anon2", model_name=long_name)[0])
+    assert other.PatientID != pydicom.dcmread(paths[0]).PatientID
+    assert len(other.SeriesDescription) <= 64 and other.SeriesDescription.startswith("SYNTHETIC T2 (T1ToT2 pix2pix-")
+    assert other.SeriesDescription.endswith("not acquired") and long_name in other.DerivationDescription
 
 
 # --------------------------------------------------------------------------- refusals
@@ -257,7 +278,7 @@ def test_import_refuses_missing_slice_uneven_spacing_and_mixed_orientation(tmp_p
     assert "mixes orientations" in one_line_error(excinfo)
 
 
-def test_import_refuses_non_image_objects(tmp_path):
+def test_import_refuses_non_image_objects_and_picks_the_only_mr_series_beside_them(tmp_path, rng):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
@@ -277,8 +298,13 @@ def test_import_refuses_non_image_objects(tmp_path):
     message = one_line_error(excinfo)
     assert "Basic Text SR" in message and "not an MR image" in message
 
+    volume = make_volume("sagittal", rng)
+    export_dicom_series(volume, tmp_path / "mr")
+    chosen = read_dicom_series(tmp_path)
+    assert chosen.meta["dicom"]["Modality"] == "MR" and chosen.shape == volume.shape
 
-def test_multi_series_folder_needs_the_series_named(tmp_path, rng):
+
+def test_multi_series_folder_needs_the_series_named(tmp_path, rng, capsys):
     t1 = make_volume("axial", rng)
     write_fake_t1(t1, tmp_path / "both" / "t1", series_description="T1 VIBE left")
     t2_paths = export_dicom_series(t1.with_array(t1.array + 1000), tmp_path / "both" / "t2", reference=tmp_path / "both" / "t1")
@@ -296,6 +322,12 @@ def test_multi_series_folder_needs_the_series_named(tmp_path, rng):
     with pytest.raises(T1ToT2Error) as excinfo:
         read_dicom_series(tmp_path / "both", series_uid="1.2.3")
     assert "1.2.3" in one_line_error(excinfo)
+
+    # The command line takes a DICOM folder as VOLUME and needs --series-uid just the same.
+    assert main(["export-dicom", str(tmp_path / "both"), str(tmp_path / "cli")]) == 2
+    assert "--series-uid" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+    assert main(["export-dicom", str(tmp_path / "both"), str(tmp_path / "cli"), "--series-uid", uids["T1 VIBE left"]]) == 0
+    assert len(list((tmp_path / "cli").iterdir())) == t1.shape[0]
 
 
 def test_export_refuses_bad_volumes_and_leaves_nothing(tmp_path, rng, monkeypatch):

@@ -72,7 +72,9 @@ def _scan_folder(folder: Path) -> dict:
     from pydicom.errors import InvalidDicomError
 
     series: dict[str, list] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    # Hidden entries are skipped: they include the temporary folders of unfinished exports.
+    files = (p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    for path in sorted(files):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError):
@@ -150,6 +152,10 @@ def _check_image_objects(items, folder: Path):
                 f"'{path.name}' in '{folder}' is a {_sop_class_name(sop_class)} object, not an MR image: "
                 "pass a folder holding an MR (or CT) image series"
             )
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or ds.get("PhotometricInterpretation", "MONOCHROME2") not in (
+            "MONOCHROME1", "MONOCHROME2"
+        ):
+            raise T1ToT2Error(f"'{path.name}' is a colour image ({ds.get('PhotometricInterpretation')}): pass a grey-scale MR series")
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise T1ToT2Error(f"'{path.name}' holds several frames: pass a series of single-frame slices")
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
@@ -542,10 +548,11 @@ def export_dicom_series(
     label = f"SYNTHETIC T2 (T1ToT2 {model}) - not acquired"
     if series_description:
         description = series_description if "SYNTHETIC" in series_description.upper() else f"SYNTHETIC {series_description}"
-    else:
+        description = _clip_lo(description)
+    elif len(label) <= 64:
         description = label
-    if len(description) > 64:
-        description = _clip_lo(f"SYNTHETIC T2 (T1ToT2 {_clip_lo(model, 30)}) - not acquired")
+    else:  # SeriesDescription is at most 64 characters: shorten the model name, keep the label
+        description = f"SYNTHETIC T2 (T1ToT2 {_clip_lo(model, 64 - len(label) + len(model))}) - not acquired"
 
     tags: dict = {}
     if ref:
@@ -605,7 +612,7 @@ def export_dicom_series(
 def _run_export(args) -> int:
     from .volume import read_volume
 
-    volume = read_volume(args.volume)
+    volume = read_volume(args.volume, series_uid=args.series_uid)
     paths = export_dicom_series(
         volume, args.outdir, reference=args.reference, series_description=args.series_description,
         model_name=args.model_name, overwrite=args.overwrite,
@@ -626,5 +633,6 @@ def register_cli(subparsers) -> None:
                         help="the T1 series the volume was computed from: the export joins its patient and study")
     parser.add_argument("--series-description", help="SeriesDescription (SYNTHETIC is prefixed if missing)")
     parser.add_argument("--model-name", help="model named in the series and derivation descriptions")
+    parser.add_argument("--series-uid", help="SeriesInstanceUID to read when VOLUME is a folder with several series")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTDIR")
     parser.set_defaults(func=_run_export)
