@@ -284,20 +284,27 @@ def test_line_profile_outside_the_volume_is_nan_and_short_lines_are_refused(mrml
 
 def test_loss_plot_adds_rows_and_series_from_progress_events(mrml_scene):
     plot = sc.LossPlot(name="loss")
-    assert not plot.add_event({"event": "start", "total_steps": 3})
-    assert plot.add_event({"event": "step", "step": 1, "losses": {"G": 2.0, "D": 0.7}})
-    assert plot.add_event(json.dumps({"event": "step", "step": 2, "losses": {"G": 1.5, "D": 0.6, "L1": 0.3}}))
-    assert plot.add_event({"event": "epoch", "step": 3, "epoch": 1, "loss_G": 1.0, "lr": 0.0002})
+    assert not plot.add_event({"event": "start", "epochs": 2})
+    assert plot.add_event({"event": "step", "epoch": 1, "step": 1, "steps": 2, "losses": {"G": 2.0, "D": 0.7}})
+    assert plot.add_event(json.dumps({"event": "step", "epoch": 1, "step": 2, "steps": 2,
+                                      "losses": {"G": 1.5, "D": 0.6, "L1": 0.3}}))
+    assert not plot.add_event({"event": "epoch", "epoch": 1, "losses": {"G": 1.75}})  # step plot ignores epochs
+    assert plot.add_event({"event": "step", "epoch": 2, "step": 1, "steps": 2, "loss_G": 1.0, "lr": 0.0002})
     assert not plot.add_event("not json")
     assert not plot.add_event({"event": "done"})
     columns = sc.table_columns(plot.table_node)
-    assert columns["Step"] == [1.0, 2.0, 3.0]
+    assert columns["Step"] == [1.0, 2.0, 3.0]  # global steps across epochs
     assert columns["G"][:2] == [2.0, 1.5] and np.isnan(columns["G"][2])
     assert np.isnan(columns["L1"][0]) and columns["L1"][1] == 0.3
     assert columns["loss_G"][2] == 1.0 and "lr" not in columns
     chart = plot.chart_node
     assert sorted(chart.GetNthPlotSeriesNode(n).GetYColumnName() for n in range(chart.GetNumberOfPlotSeriesNodes())) == [
         "D", "G", "L1", "loss_G"]
+
+    per_epoch = sc.LossPlot(name="epochs", events=("epoch",))
+    assert not per_epoch.add_event({"event": "step", "epoch": 1, "step": 1, "losses": {"G": 2.0}})
+    assert per_epoch.add_event({"event": "epoch", "epoch": 1, "losses": {"G": 1.75}})
+    assert sc.table_columns(per_epoch.table_node) == {"Epoch": [1.0], "G": [1.75]}
 
 
 def test_compare_layout_sets_three_linked_views_with_overlay(mrml_scene):

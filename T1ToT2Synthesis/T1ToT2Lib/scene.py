@@ -436,16 +436,19 @@ class LossPlot:
     """Training losses as a Table node and a PlotChart (one series per loss), fed with progress events.
 
     ``add_event`` takes the JSON objects ``t1tot2 train --progress json``
-    prints (dicts or JSON text).  "step" and "epoch" events add a row; losses
-    come from the event's ``"losses"`` dict, or else from its numeric fields
-    that are not bookkeeping (step, epoch, time, lr...).
+    prints (dicts or JSON text).  By default every "step" event adds a row at
+    the global step ``(epoch - 1) * steps + step``; pass ``events=("epoch",)``
+    to plot the per-epoch mean losses against the epoch instead.  Losses come
+    from the event's ``"losses"`` dict, or else from its numeric fields that
+    are not bookkeeping (step, epoch, time, lr...).
     """
 
-    def __init__(self, name="T1ToT2 training loss", scene=None, x_column="Step"):
+    def __init__(self, name="T1ToT2 training loss", scene=None, events=("step",)):
         self.scene = _scene(scene)
-        self.x_column = x_column
+        self.events = tuple(events)
+        self.x_column = "Epoch" if self.events == ("epoch",) else "Step"
         self.table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-        self.chart_node = _new_chart(self.scene, name, "Training loss", x_column, "Loss")
+        self.chart_node = _new_chart(self.scene, name, "Training loss", self.x_column, "Loss")
         self.name = name
         self.rows: list[dict] = []
         self.loss_names: list[str] = []
@@ -459,20 +462,29 @@ class LossPlot:
             items = ((k, v) for k, v in event.items() if k not in _NON_LOSS_KEYS)
         return {str(k): float(v) for k, v in items if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
+    def _x(self, event: dict) -> float:
+        if event["event"] == "epoch":
+            return float(event.get("epoch", len(self.rows) + 1))
+        step = event.get("step", event.get("iteration"))
+        if step is None:
+            return float(len(self.rows) + 1)
+        if "epoch" in event and "steps" in event:
+            return float((int(event["epoch"]) - 1) * int(event["steps"]) + int(step))
+        return float(step)
+
     def add_event(self, event) -> bool:
-        """Append a row for a "step" or "epoch" event; returns whether the table changed."""
+        """Append a row for a "step" (or "epoch") event; returns whether the table changed."""
         if isinstance(event, (str, bytes)):
             try:
                 event = json.loads(event)
             except ValueError:
                 return False
-        if not isinstance(event, dict) or event.get("event") not in ("step", "epoch"):
+        if not isinstance(event, dict) or event.get("event") not in self.events:
             return False
         losses = self._losses(event)
         if not losses:
             return False
-        x = event.get("step", event.get("iteration", event.get("epoch", len(self.rows))))
-        self.rows.append({self.x_column: float(x), **losses})
+        self.rows.append({self.x_column: self._x(event), **losses})
         for loss in losses:
             if loss not in self.loss_names:
                 self.loss_names.append(loss)

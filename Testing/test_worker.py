@@ -1,0 +1,166 @@
+"""BackgroundJob: JSON progress from a child process, error messages, clean cancellation."""
+
+import json
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from T1ToT2Lib.worker import BackgroundJob, cli_command
+
+
+def script_job(tmp_path, body, *args):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(body))
+    return BackgroundJob([sys.executable, str(script), *map(str, args)], cwd=tmp_path)
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_cli_command_runs_this_package_with_this_python():
+    assert cli_command("synthesize", "m.safetensors", Path("t1.nii")) == [
+        sys.executable, "-m", "T1ToT2Lib.cli", "synthesize", "m.safetensors", "t1.nii"]
+    assert cli_command("train", python="/opt/Slicer/bin/PythonSlicer")[0] == "/opt/Slicer/bin/PythonSlicer"
+
+
+def test_progress_lines_arrive_while_the_job_runs_and_logs_are_kept(tmp_path):
+    job = script_job(tmp_path, """
+        import json, sys, time
+        print("plain log line")
+        for step in range(1, 4):
+            print(json.dumps({"event": "step", "step": step, "losses": {"G": 1.0 / step}}))
+            time.sleep(0.05)
+        print("warning: something", file=sys.stderr)
+        sys.stdin.readline()  # stdin is closed: returns at once
+        open("release").close() if False else None
+        while not __import__("os").path.exists("release"):
+            time.sleep(0.02)
+        print(json.dumps({"event": "done"}))
+    """)
+    assert not job.is_running and job.returncode is None and job.poll() == []
+    job.start()
+    seen = []
+    assert wait_for(lambda: seen.extend(job.poll()) or len(seen) == 3)
+    # Three events arrived while the child is still waiting: progress is streamed, not buffered.
+    assert job.is_running and job.returncode is None
+    assert [e["step"] for e in seen] == [1, 2, 3] and seen[2]["losses"]["G"] == pytest.approx(1 / 3)
+    (tmp_path / "release").touch()
+    assert job.wait(timeout=20) == 0
+    rest = job.poll()
+    assert rest == [{"event": "done"}] and len(job.events) == 4
+    assert "plain log line" in job.log_text and "warning: something" in job.log_text
+    assert job.error_message is None
+
+
+def test_error_event_and_stderr_become_the_error_message(tmp_path):
+    job = script_job(tmp_path, """
+        import json, sys
+        print(json.dumps({"event": "error", "message": "T1 file 'x' not found: check the path"}))
+        sys.exit(2)
+    """)
+    job.start()
+    assert job.wait(timeout=20) == 2
+    job.poll()
+    assert job.events[-1]["event"] == "error"
+    assert job.error_message == "T1 file 'x' not found: check the path"
+
+    crash = script_job(tmp_path, """
+        import sys
+        print("starting")
+        print("details", file=sys.stderr)
+        print("t1tot2 synthesize: error: bad thing: do X", file=sys.stderr)
+        sys.exit(2)
+    """)
+    crash.start()
+    assert crash.wait(timeout=20) == 2
+    assert crash.error_message == "t1tot2 synthesize: error: bad thing: do X"
+
+
+def test_real_cli_job_reports_a_one_line_error(tmp_path):
+    job = BackgroundJob(cli_command("synthesize", tmp_path / "missing.safetensors", tmp_path / "t1.nii.gz",
+                                    tmp_path / "out.nii.gz", "--progress", "json"))
+    job.start()
+    assert job.wait(timeout=120) == 2
+    message = job.error_message
+    assert message and "missing.safetensors" in message and "Traceback" not in job.log_text
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_cancel_stops_the_process_and_leaves_no_partial_output(tmp_path):
+    final = tmp_path / "out" / "result.nii.gz"
+    job = script_job(tmp_path, """
+        import json, sys, time
+        from T1ToT2Lib.atomic import atomic_path
+        with atomic_path(sys.argv[1]) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            print(json.dumps({"event": "start", "partial": str(tmp)}))
+            while True:
+                time.sleep(0.05)
+    """, final)
+    job.start()
+    assert wait_for(lambda: job.poll() or job.events)
+    partial = Path(job.events[0]["partial"])
+    assert partial.exists() and job.is_running
+    started = time.monotonic()
+    code = job.cancel(timeout=10)
+    assert time.monotonic() - started < 10
+    assert code is not None and code != 0 and job.returncode == code
+    assert not job.is_running and job.cancelled
+    assert not final.exists()
+    assert not partial.exists(), "the interrupted writer should remove its temporary file"
+    assert job.error_message is None  # a cancelled job is not an error to report
+
+
+def test_cancel_kills_a_child_that_ignores_interrupts(tmp_path):
+    job = script_job(tmp_path, """
+        import json, signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(json.dumps({"event": "start"}))
+        while True:
+            time.sleep(0.05)
+    """)
+    job.start()
+    assert wait_for(lambda: job.poll() or job.events)
+    code = job.cancel(timeout=1.0)
+    assert code is not None and not job.is_running
+    assert code < 0 if sys.platform != "win32" else code != 0
+
+
+def test_real_training_job_streams_progress_and_cancels_cleanly(tmp_path):
+    from T1ToT2Lib.volume import Volume, write_volume
+
+    rng = np.random.default_rng(3)
+    t1 = Volume.from_geometry(rng.uniform(0, 100, (8, 32, 32)), spacing=(0.6, 0.6, 1.0))
+    t2 = t1.with_array(100 - t1.array)
+    write_volume(t1, tmp_path / "t1.nii.gz")
+    write_volume(t2, tmp_path / "t2.nii.gz")
+    out = tmp_path / "model.safetensors"
+    job = BackgroundJob(cli_command(
+        "train", "--t1", tmp_path / "t1.nii.gz", "--t2", tmp_path / "t2.nii.gz", "--model", "pix2pix",
+        "--planes", "axial", "--ngf", "4", "--ndf", "4", "--depth", "2", "--epochs", "1000",
+        "--batch-size", "2", "--progress", "json", "--out", out))
+    job.start()
+    steps = []
+    assert wait_for(lambda: steps.extend(e for e in job.poll() if e.get("event") == "step") or len(steps) >= 2
+                    or not job.is_running, timeout=240)
+    assert len(steps) >= 2, job.log_text
+    assert job.events[0]["event"] == "start"
+    assert all(isinstance(v, float) for v in steps[0]["losses"].values()) and steps[0]["losses"]
+    code = job.cancel(timeout=30)
+    assert code is not None and code != 0 and not job.is_running
+    job.poll()
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    assert json.dumps(job.events)  # every event is plain JSON
