@@ -1,0 +1,433 @@
+"""Static checks of the Slicer extension: what a Slicer build or a module load would trip over.
+
+No Slicer application runs here, so these tests read the CMake files, the
+Qt Designer .ui files and the module sources the way Slicer's build and
+``slicer.util.loadUI``/``parameterNodeWrapper`` use them, and fail on a
+missing file, an unlisted library module, a widget the code looks up but the
+.ui lacks, a parameter bound to a widget that cannot show it, a Qt import in
+the library, or a requirement that would replace Slicer's numpy/SimpleITK.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import py_compile
+import re
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from T1ToT2Lib import dependencies
+from T1ToT2Lib.errors import T1ToT2Error
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "T1ToT2Synthesis" / "T1ToT2Lib"
+MODULES = ("T1ToT2Synthesis", "T1ToT2Training")
+WIDGET_PREFIXES = ("Q", "ctk", "qMRML", "qSlicer")
+EXTENSION_FIELDS = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                    "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS")
+#: Keys allowed by Slicer's slicer-extension-catalog-entry-schema v1.0.x (it has additionalProperties false).
+CATALOG_KEYS = {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled", "scm_revision",
+                "scm_type", "scm_url", "tier"}
+
+
+# --- helpers -------------------------------------------------------------------------
+def _strip_comment(line: str) -> str:
+    in_string = False
+    for index, char in enumerate(line):
+        if char == '"' and (index == 0 or line[index - 1] != "\\"):
+            in_string = not in_string
+        elif char == "#" and not in_string:
+            return line[:index]
+    return line
+
+
+def cmake_text(path: Path) -> str:
+    """CMake source without comments (a '#' inside a quoted string is kept)."""
+    return "\n".join(_strip_comment(line) for line in path.read_text().splitlines())
+
+
+def cmake_set(path: Path, variable: str) -> list:
+    """The items of ``set(variable ...)`` with ``${MODULE_NAME}`` expanded."""
+    text = cmake_text(path)
+    module_name = re.search(r"set\(\s*MODULE_NAME\s+(\S+?)\s*\)", text)
+    match = re.search(rf"set\(\s*{variable}\s+(.*?)\)", text, re.S)
+    assert match, f"{path.relative_to(ROOT)} has no set({variable} ...)"
+    items = match.group(1).split()
+    if module_name:
+        items = [item.replace("${MODULE_NAME}", module_name.group(1)) for item in items]
+    return items
+
+
+def cmake_variables(path: Path) -> dict:
+    """Top-level ``set(NAME "value")`` assignments."""
+    return {name: value for name, value in re.findall(r'set\(\s*(\w+)\s+"([^"]*)"\s*\)', cmake_text(path))}
+
+
+def ui_tree(module: str) -> ET.Element:
+    return ET.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui").getroot()
+
+
+def ui_widgets(module: str) -> dict:
+    """{object name: widget class} of every widget in the module's .ui (the root included)."""
+    return {w.get("name"): w.get("class") for w in ui_tree(module).iter("widget")}
+
+
+def ui_parameter_bindings(module: str) -> dict:
+    """{SlicerParameterName: widget element}."""
+    bindings = {}
+    for widget in ui_tree(module).iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                name = prop.find("string").text
+                assert name not in bindings, f"{module}.ui binds parameter {name!r} to two widgets"
+                bindings[name] = widget
+    return bindings
+
+
+def module_source(module: str) -> str:
+    return (ROOT / module / f"{module}.py").read_text()
+
+
+def parameter_fields(module: str) -> dict:
+    """{field: annotation source} of the module's @parameterNodeWrapper class."""
+    tree = ast.parse(module_source(module))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+            (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") for d in node.decorator_list
+        ):
+            return {stmt.target.id: ast.unparse(stmt.annotation) for stmt in node.body if isinstance(stmt, ast.AnnAssign)}
+    raise AssertionError(f"{module}.py has no @parameterNodeWrapper class")
+
+
+def imported_modules(tree: ast.AST, top_level_only=False) -> set:
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def lib_files() -> list:
+    return sorted(p for p in LIB.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+# --- CMake ----------------------------------------------------------------------------
+def test_top_level_cmake_declares_the_extension_and_every_module():
+    path = ROOT / "CMakeLists.txt"
+    values = cmake_variables(path)
+    for field in EXTENSION_FIELDS:
+        assert values.get(field, "").strip(), f"CMakeLists.txt must set {field}"
+    assert values["EXTENSION_CATEGORY"] in ("Filtering", "Deep Learning")
+    assert "PyTorch" in values["EXTENSION_DEPENDS"].split()
+    assert values["EXTENSION_ICONURL"].endswith("Resources/T1ToT2.png")
+    text = cmake_text(path)
+    for required in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                     "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert required in text, f"CMakeLists.txt lacks {required}"
+    subdirectories = re.findall(r"add_subdirectory\(\s*(\S+?)\s*\)", text)
+    assert subdirectories == list(MODULES)
+    assert text.index("include(${Slicer_USE_FILE})") < text.index("add_subdirectory") < text.index("Slicer_EXTENSION_CPACK")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_file_a_module_lists_exists(module):
+    cmake = ROOT / module / "CMakeLists.txt"
+    listed = cmake_set(cmake, "MODULE_PYTHON_SCRIPTS") + cmake_set(cmake, "MODULE_PYTHON_RESOURCES")
+    assert f"{module}.py" in listed and f"Resources/UI/{module}.ui" in listed and f"Resources/Icons/{module}.png" in listed
+    missing = [item for item in listed if not (ROOT / module / item).is_file()]
+    assert not missing, f"{module}/CMakeLists.txt lists files that do not exist: {missing}"
+    assert len(listed) == len(set(listed)), f"{module}/CMakeLists.txt lists a file twice"
+    text = cmake_text(cmake)
+    call = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, re.S).group(1)
+    assert "SCRIPTS ${MODULE_PYTHON_SCRIPTS}" in call and "RESOURCES ${MODULE_PYTHON_RESOURCES}" in call
+    testing = re.search(r"if\(BUILD_TESTING\)(.*?)endif\(\)", text, re.S)
+    assert testing and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in testing.group(1)
+
+
+def test_every_library_module_is_installed_with_the_synthesis_module():
+    listed = set(cmake_set(ROOT / "T1ToT2Synthesis" / "CMakeLists.txt", "MODULE_PYTHON_SCRIPTS"))
+    present = {p.relative_to(LIB.parent).as_posix() for p in lib_files()}
+    unlisted = sorted(present - listed)
+    assert not unlisted, f"add these to MODULE_PYTHON_SCRIPTS in T1ToT2Synthesis/CMakeLists.txt: {unlisted}"
+    assert "T1ToT2Lib/requirements.txt" not in listed
+    assert "Resources/requirements.txt" in cmake_set(ROOT / "T1ToT2Synthesis" / "CMakeLists.txt", "MODULE_PYTHON_RESOURCES")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_testing_folders_register_self_tests_that_exist(module, tmp_path):
+    testing = ROOT / module / "Testing"
+    assert "add_subdirectory(Python)" in cmake_text(testing / "CMakeLists.txt")
+    scripts = re.findall(r"slicer_add_python_unittest\(\s*SCRIPT\s+(\S+?)\s*\)", cmake_text(testing / "Python" / "CMakeLists.txt"))
+    assert scripts
+    for script in scripts:
+        path = testing / "Python" / script.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "")
+        assert path.is_file(), f"{module} registers a missing self-test {path.name}"
+        py_compile.compile(str(path), doraise=True, cfile=str(tmp_path / "selftest.pyc"))
+
+
+def test_demo_model_install_rule_points_at_the_top_level_resources():
+    text = cmake_text(ROOT / "T1ToT2Synthesis" / "CMakeLists.txt")
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/../Resources/demo_model.safetensors" in text
+    assert "Resources/Models" in text  # where T1ToT2Lib.dependencies.find_bundled_model looks in an install
+
+
+# --- .ui files and the code that uses them -------------------------------------------------
+@pytest.mark.parametrize("module", MODULES)
+def test_every_widget_the_code_looks_up_is_in_the_ui(module):
+    widgets = ui_widgets(module)
+    source = module_source(module)
+    used = set(re.findall(r"self\.ui\.(\w+)", source)) | set(re.findall(r"findChild\([^,]+,\s*[\"'](\w+)[\"']\)", source))
+    assert used, f"{module}.py uses no widgets"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"{module}.py uses widgets missing from {module}.ui: {missing}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_uses_only_qt_ctk_and_slicer_widgets_that_it_declares(module):
+    tree = ui_tree(module)
+    classes = {w.get("class") for w in tree.iter("widget")} | {layout.get("class") for layout in tree.iter("layout")}
+    foreign = sorted(c for c in classes if not c.startswith(WIDGET_PREFIXES))
+    assert not foreign, f"{module}.ui uses widget classes Slicer does not provide: {foreign}"
+    declared = {c.findtext("class") for c in tree.iter("customwidget")}
+    custom = {c for c in classes if not c.startswith("Q")}
+    assert custom <= declared, f"{module}.ui does not declare custom widgets {sorted(custom - declared)}"
+    root = tree.find("widget")
+    assert root.get("class") == "qMRMLWidget" and root.get("name") == module
+    names = [w.get("name") for w in tree.iter("widget")]
+    assert len(names) == len(set(names)), f"{module}.ui has duplicate widget names"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_mrml_widget_gets_the_scene(module):
+    """A node selector that is not connected to the scene lists nothing."""
+    tree = ui_tree(module)
+    connected = {c.findtext("receiver") for c in tree.iter("connection")
+                 if c.findtext("sender") == module and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    mrml = {w.get("name") for w in tree.iter("widget") if w.get("class").startswith("qMRML") and w.get("name") != module}
+    assert mrml and mrml <= connected, f"{module}.ui: connect mrmlSceneChanged to {sorted(mrml - connected)}"
+
+
+def _widget_property(widget, name):
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return prop
+    return None
+
+
+def _expected_widget_classes(annotation: str) -> tuple:
+    if "vtkMRML" in annotation:
+        return ("qMRMLNodeComboBox",)
+    if "Choice" in annotation:
+        return ("QComboBox", "ctkComboBox")
+    if annotation == "bool":
+        return ("QCheckBox", "ctkCheckBox", "QRadioButton")
+    if annotation.startswith("pathlib.Path"):
+        return ("ctkPathLineEdit",)
+    if "float" in annotation:
+        return ("QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget")
+    if "int" in annotation:
+        return ("QSpinBox", "ctkSliderWidget")
+    return ("QLineEdit",)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_parameter_names_in_the_ui_match_the_parameter_node_and_fit_their_widgets(module):
+    fields = parameter_fields(module)
+    bindings = ui_parameter_bindings(module)
+    unknown = sorted(set(bindings) - set(fields))
+    assert not unknown, f"{module}.ui binds parameters the parameter node lacks: {unknown}"
+    unbound = sorted(set(fields) - set(bindings))
+    assert not unbound, f"{module}.py parameters with no widget in {module}.ui: {unbound}"
+    for name, widget in bindings.items():
+        annotation = fields[name]
+        assert widget.get("class") in _expected_widget_classes(annotation), (
+            f"{module}.ui shows parameter {name} ({annotation}) in a {widget.get('class')}")
+        if widget.get("class") == "qMRMLNodeComboBox":
+            node_class = annotation.rsplit(".", 1)[-1]
+            types = [s.text for s in _widget_property(widget, "nodeTypes").iter("string")]
+            assert types == [node_class], f"{module}.ui: {widget.get('name')} lists {types}, the parameter holds {node_class}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_choice_parameters_default_to_one_of_their_choices(module):
+    tree = ast.parse(module_source(module))
+    constants = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                 for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, (ast.List, ast.Tuple))}
+    checked = 0
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("ParameterNode")):
+        for stmt in cls.body:
+            if isinstance(stmt, ast.AnnAssign) and "Choice(" in ast.unparse(stmt.annotation) and stmt.value is not None:
+                choice = re.search(r"Choice\((\w+)\)", ast.unparse(stmt.annotation)).group(1)
+                assert ast.literal_eval(stmt.value) in constants[choice], f"{module}: {stmt.target.id} default not in {choice}"
+                checked += 1
+    assert checked >= 2
+
+
+# --- Python sources ----------------------------------------------------------------------
+@pytest.mark.parametrize("module", MODULES)
+def test_module_files_compile_and_follow_the_template(module, tmp_path):
+    path = ROOT / module / f"{module}.py"
+    py_compile.compile(str(path), cfile=str(tmp_path / "m.pyc"), doraise=True)
+    tree = ast.parse(path.read_text())
+    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert classes[module] == ["ScriptedLoadableModule"]
+    assert classes[f"{module}Widget"][0] == "ScriptedLoadableModuleWidget"
+    assert classes[f"{module}Logic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes[f"{module}Test"] == ["ScriptedLoadableModuleTest"]
+    source = path.read_text()
+    assert "tryWithErrorDisplay" in source and "from slicer.i18n import tr as _" in source
+    assert "Grant-Jacob" in source and "not for diagnosis" in source
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_files_import_no_torch_or_library_at_load(module):
+    """Torch may be missing when Slicer loads the module; the library is imported on first use only."""
+    tree = ast.parse(module_source(module))
+    top = imported_modules(tree, top_level_only=True)
+    assert not {m for m in top if m.split(".")[0] in ("torch", "T1ToT2Lib", "safetensors", "skimage")}, top
+    assert "torch" not in imported_modules(tree)
+
+
+def test_library_never_imports_qt_ctk_or_scripted_module_machinery():
+    forbidden = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.i18n", "PythonQt")
+    for path in lib_files():
+        names = imported_modules(ast.parse(path.read_text()))
+        bad = sorted(n for n in names if n in forbidden or n.split(".")[0] in ("qt", "ctk", "PythonQt")
+                     or n.startswith("slicer.ScriptedLoadableModule"))
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}: keep Qt in the module files"
+        if path.name != "scene.py":
+            assert not any(n == "slicer" or n.startswith("slicer.") for n in names), (
+                f"{path.relative_to(ROOT)} imports slicer: only T1ToT2Lib/scene.py touches MRML")
+
+
+def test_importing_what_the_modules_need_before_torch_does_not_import_torch():
+    code = ("import sys, T1ToT2Lib, T1ToT2Lib.dependencies, T1ToT2Lib.worker, T1ToT2Lib.errors;"
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_library_third_party_imports_are_installed_by_requirements_or_shipped_by_slicer():
+    provided_by_slicer = {"numpy", "SimpleITK", "vtk", "vtkmodules", "slicer", "packaging"}
+    import_to_project = {"skimage": "scikit-image", "PIL": "pillow"}
+    required = {dependencies.requirement_name(r) for r in
+                dependencies.read_requirements(ROOT / "T1ToT2Synthesis" / "Resources" / "requirements.txt")}
+    unmet = set()
+    for path in lib_files():
+        for name in imported_modules(ast.parse(path.read_text())):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top in provided_by_slicer or top == "T1ToT2Lib" or top == "torch":
+                continue
+            if dependencies.normalize_name(import_to_project.get(top, top)) not in required:
+                unmet.add(f"{top} ({path.name})")
+    assert not unmet, f"add to Resources/requirements.txt: {sorted(unmet)}"
+
+
+# --- requirements, catalog entry, icons -------------------------------------------------------
+def test_requirements_never_replace_slicer_packages():
+    lines = dependencies.read_requirements(ROOT / "T1ToT2Synthesis" / "Resources" / "requirements.txt")
+    names = {dependencies.requirement_name(line) for line in lines}
+    assert not names & {"numpy", "simpleitk", "vtk", "torch"}
+    assert {"safetensors", "scikit-image", "highdicom", "tqdm"} <= names
+
+
+def test_catalog_entry_parses_and_agrees_with_the_cmake_metadata():
+    entry = json.loads((ROOT / "T1ToT2.json").read_text())
+    assert set(entry) <= CATALOG_KEYS, f"unknown catalog keys {sorted(set(entry) - CATALOG_KEYS)}"
+    assert re.match(r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/"
+                    r"slicer-extension-catalog-entry-schema-v1\.0\.\d\.json#$", entry["$schema"])
+    values = cmake_variables(ROOT / "CMakeLists.txt")
+    assert entry["category"] == values["EXTENSION_CATEGORY"]
+    assert entry["build_dependencies"] == values["EXTENSION_DEPENDS"].split()
+    assert entry["scm_url"].startswith("https://") and entry["build_subdirectory"] == "."
+    assert entry.get("tier", 1) in (1, 3, 5)
+
+
+@pytest.mark.parametrize("path", ["Resources/T1ToT2.png", "T1ToT2Synthesis/Resources/Icons/T1ToT2Synthesis.png",
+                                  "T1ToT2Training/Resources/Icons/T1ToT2Training.png"])
+def test_icons_are_128_pixel_pngs(path):
+    header = (ROOT / path).read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", header[16:24]) == (128, 128)
+
+
+# --- dependencies.py --------------------------------------------------------------------------
+def test_torch_index_follows_platform_and_driver():
+    assert dependencies.torch_index_url("Darwin", (12, 4)) is None
+    assert dependencies.torch_index_url("Linux", None).endswith("/cpu")
+    assert dependencies.torch_index_url("Windows", (12, 5)).endswith("/cu124")
+    assert dependencies.torch_index_url("Linux", (13, 0)).endswith("/cu128")
+    assert dependencies.torch_index_url("Linux", (11, 4)).endswith("/cpu")  # driver too old for any build
+    args = dependencies.torch_pip_arguments("Linux", (12, 1))
+    assert args.startswith('"torch>=') and args.endswith("--index-url https://download.pytorch.org/whl/cu121")
+    assert "--index-url" not in dependencies.torch_pip_arguments("Darwin")
+
+
+def test_cuda_driver_version_is_read_from_nvidia_smi_output():
+    banner = "| NVIDIA-SMI 550.54.15    Driver Version: 550.54.15    CUDA Version: 12.4     |"
+    assert dependencies.parse_cuda_driver_version(banner) == (12, 4)
+    assert dependencies.parse_cuda_driver_version("command not found") is None
+    assert dependencies.parse_cuda_driver_version("") is None
+
+
+def test_requirement_names_and_protected_packages(tmp_path):
+    assert dependencies.requirement_name("scikit_image>=0.21") == "scikit-image"
+    assert dependencies.requirement_name("SimpleITK") == "simpleitk"
+    with pytest.raises(T1ToT2Error, match="name>=version"):
+        dependencies.requirement_name(">=1.0")
+    bad = tmp_path / "requirements.txt"
+    bad.write_text("# comment\nsafetensors>=0.4\nNumPy<2  # no\n\n")
+    with pytest.raises(T1ToT2Error, match=r"NumPy<2 would replace packages Slicer ships: remove them"):
+        dependencies.read_requirements(bad)
+    bad.write_text("safetensors>=0.4  # weights\n\ntqdm\n")
+    assert dependencies.read_requirements(bad) == ["safetensors>=0.4", "tqdm"]
+    with pytest.raises(T1ToT2Error, match="missing: reinstall"):
+        dependencies.read_requirements(tmp_path / "absent.txt")
+
+
+def test_missing_requirements_checks_presence_and_version_range():
+    import importlib.metadata
+
+    installed = {"safetensors": "0.3.1", "tqdm": "4.66.0", "numpy": "1.26.4", "simpleitk": "2.3.1"}
+
+    def lookup(name):
+        if name.lower() in installed:
+            return installed[name.lower()]
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    wanted = ["safetensors>=0.4", "tqdm>=4.60", "scikit-image>=0.21"]
+    assert dependencies.missing_requirements(wanted, lookup) == ["safetensors>=0.4", "scikit-image>=0.21"]
+    assert dependencies.protected_constraints(lookup) == ["numpy==1.26.4", "simpleitk==2.3.1"]
+    args = dependencies.requirements_pip_arguments(["tqdm>=4.60", "scikit-image>=0.21"], "/tmp/c.txt")
+    assert args == '"tqdm>=4.60" "scikit-image>=0.21" -c "/tmp/c.txt"'
+
+
+def test_real_environment_satisfies_the_requirements_and_has_torch():
+    lines = dependencies.read_requirements(ROOT / "T1ToT2Synthesis" / "Resources" / "requirements.txt")
+    assert dependencies.missing_requirements(lines) == []
+    assert dependencies.torch_installed()
+
+
+def test_bundled_model_is_found_installed_or_in_a_source_checkout(tmp_path):
+    module_dir = tmp_path / "T1ToT2Synthesis"
+    module_dir.mkdir()
+    assert dependencies.find_bundled_model(module_dir) is None
+    source_copy = tmp_path / "Resources" / "demo_model.safetensors"
+    source_copy.parent.mkdir()
+    source_copy.write_bytes(b"x")
+    assert dependencies.find_bundled_model(module_dir) == source_copy
+    installed = module_dir / "Resources" / "Models" / "demo_model.safetensors"
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(b"x")
+    assert dependencies.find_bundled_model(module_dir) == installed
