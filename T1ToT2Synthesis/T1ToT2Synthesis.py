@@ -49,7 +49,7 @@ class T1ToT2Synthesis(ScriptedLoadableModule):
             "Makes a <b>synthetic</b> T2 SPACE volume from a T1 VIBE volume with a trained Pix2Pix, CycleGAN "
             "or UNIT network, shows it beside the acquired T2 with a difference map, samples line profiles, "
             "computes NRMSE/PSNR/SSIM and exports a DICOM series flagged as derived and synthetic.<br>"
-            "<b>Synthetic images are for research only and must not be used for diagnosis.</b> "
+            "<b>Synthetic images are for research only, not for diagnosis.</b> "
             "The bundled demo model was trained on a computer-generated hand phantom."
         )
         self.parent.acknowledgementText = _(

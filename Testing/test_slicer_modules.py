@@ -1,0 +1,319 @@
+"""The two Slicer modules' Logic, driven on a real headless MRML scene as the panels drive it.
+
+The module files are loaded unchanged with stand-ins for Slicer's GUI layer
+(``slicer_module_shim``); the volumes, tables, markups and background
+processes are real.  When the networks and the bundled demo model are
+present, the modules' own in-Slicer self-test classes run here too.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+
+import slicer  # noqa: E402
+import slicer_module_shim  # noqa: E402
+from conftest import oblique_direction  # noqa: E402
+from slicer_scene import mrml_scene  # noqa: E402,F401  (fixture)
+
+from T1ToT2Lib import scene as sc  # noqa: E402
+from T1ToT2Lib.errors import T1ToT2Error  # noqa: E402
+from T1ToT2Lib.volume import Volume, read_volume  # noqa: E402
+from T1ToT2Lib.worker import BackgroundJob  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def networks_available() -> bool:
+    try:
+        from T1ToT2Lib import networks
+
+        return hasattr(networks, "build_generator")
+    except ImportError:
+        return False
+
+
+needs_networks = pytest.mark.skipif(not networks_available(), reason="T1ToT2Lib.networks is not in this checkout yet")
+
+
+@pytest.fixture
+def modules(mrml_scene, tmp_path):
+    """The two module files, imported with the shim, and their logics."""
+    slicer_module_shim.install(tmp_path)
+    import T1ToT2Synthesis
+    import T1ToT2Training
+
+    yield T1ToT2Synthesis, T1ToT2Training
+    slicer_module_shim.uninstall()
+
+
+def small_t1(shape=(6, 20, 24)) -> Volume:
+    rng = np.random.default_rng(3)
+    array = rng.uniform(10, 200, size=shape).astype(np.float32)
+    return Volume.from_geometry(array, spacing=(0.7, 1.1, 2.3), origin=(-12.0, 30.5, 7.25), direction=oblique_direction())
+
+
+def fake_child(script: str, tmp_path) -> list:
+    path = tmp_path / "child.py"
+    path.write_text(textwrap.dedent(script))
+    return [sys.executable, str(path)]
+
+
+# --- loading --------------------------------------------------------------------------
+def test_module_files_load_without_importing_torch_or_the_library(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / 'Testing')!r})
+        import slicer_module_shim
+        slicer_module_shim.install({str(tmp_path)!r})
+        import T1ToT2Synthesis, T1ToT2Training
+        print(sorted(m for m in sys.modules if m == "torch" or m.startswith("T1ToT2Lib")))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().replace("'", '"')) == []
+
+
+def test_module_descriptions_warn_and_cite(modules):
+    synthesis, training = modules
+    for module_class in (synthesis.T1ToT2Synthesis, training.T1ToT2Training):
+        parent = type("Parent", (), {})()
+        module_class(parent)
+        assert parent.title.startswith("T1 to T2")
+        assert "not for diagnosis" in parent.helpText
+        assert "Grant-Jacob" in parent.acknowledgementText and "2021" in parent.acknowledgementText
+    assert parent.dependencies == ["T1ToT2Synthesis"]
+
+
+# --- synthesis ------------------------------------------------------------------------------
+def test_finished_job_output_becomes_the_synthetic_node_with_the_t1_geometry(modules, tmp_path):
+    synthesis, _ = modules
+    logic = synthesis.T1ToT2SynthesisLogic()
+    t1 = small_t1()
+    t1_node = sc.node_from_volume(t1, "T1")
+    out = tmp_path / "synthetic.nrrd"
+    from T1ToT2Lib.volume import write_volume
+
+    write_volume(t1.with_array(t1.array * 2), tmp_path / "source.nrrd")
+    argv = fake_child(f"""
+        import json, shutil
+        print(json.dumps({{"event": "slices", "done": 3, "total": 6}}), flush=True)
+        shutil.copy({str(tmp_path / 'source.nrrd')!r}, {str(out)!r})
+        print(json.dumps({{"event": "done", "output": {str(out)!r}}}), flush=True)
+    """, tmp_path)
+    job = BackgroundJob(argv)
+    job.modelPath = tmp_path / "some_model.safetensors"
+    job.outputPath = out
+    job.run_to_end(timeout=60)
+    node = logic.finishSynthesisJob(job, t1_node)
+    assert node.GetAttribute("T1ToT2.Synthetic") == "true"
+    assert node.GetName() == "T1 synthetic T2"
+    assert np.array_equal(sc.world_ijk_to_ras(node), sc.world_ijk_to_ras(t1_node))
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node), t1.array * 2, rtol=1e-6)
+    again = logic.finishSynthesisJob(job, t1_node)
+    assert again.GetID() == node.GetID()  # a second run updates the same node
+
+
+def test_failed_job_raises_its_one_line_error(modules, tmp_path):
+    synthesis, _ = modules
+    logic = synthesis.T1ToT2SynthesisLogic()
+    t1_node = sc.node_from_volume(small_t1(), "T1")
+    job = logic.startSynthesisJob(t1_node, tmp_path / "missing.safetensors", "axial", "cpu", "fp32", tmp_path / "work")
+    assert (tmp_path / "work" / "t1.nrrd").is_file()  # the node went to the child as a file
+    assert read_volume(tmp_path / "work" / "t1.nrrd").same_geometry(sc.volume_from_node(t1_node), tol=1e-5)
+    job.run_to_end(timeout=120)
+    with pytest.raises(T1ToT2Error) as info:
+        logic.finishSynthesisJob(job, t1_node)
+    assert "missing.safetensors" in str(info.value) and "\n" not in str(info.value)
+    assert t1_node.GetNodeReference("T1ToT2.Synthetic") is None or not job.returncode == 0
+
+
+def test_model_choice_bundled_or_file_with_clear_errors(modules, tmp_path):
+    synthesis, _ = modules
+    logic = synthesis.T1ToT2SynthesisLogic()
+    p = logic.getParameterNode()
+    assert (p.plane, p.device, p.precision, p.useBundledModel) == ("axial", "auto", "fp32", True)
+    bundled = logic.bundledModelPath()
+    if bundled is None:
+        with pytest.raises(T1ToT2Error, match="bundled demo model is not installed"):
+            logic.modelPathFromParameters(p)
+        assert "not installed" in logic.bundledModelDescription()
+    else:
+        assert logic.modelPathFromParameters(p) == bundled
+        assert "not for diagnosis" in logic.bundledModelDescription()
+    p.useBundledModel = False
+    p.modelPath = tmp_path / "nope.safetensors"
+    with pytest.raises(T1ToT2Error, match="does not exist: choose a .safetensors"):
+        logic.modelPathFromParameters(p)
+    model = tmp_path / "mine.safetensors"
+    model.write_bytes(b"x")
+    p.modelPath = model
+    assert logic.modelPathFromParameters(p) == model
+
+
+def test_compare_metrics_profile_and_dicom_export(modules, tmp_path):
+    synthesis, _ = modules
+    logic = synthesis.T1ToT2SynthesisLogic()
+    t1 = small_t1(shape=(10, 20, 24))  # metrics need 8 voxels along every axis (grid energy E_8)
+    t1_node = sc.node_from_volume(t1, "T1")
+    acquired = sc.node_from_volume(t1.with_array(t1.array + 5), "T2")
+    synthetic = sc.create_or_update_synthetic_node(t1_node, t1.with_array(t1.array + 1), "test model")
+
+    difference = logic.showComparison(t1_node, acquired, synthetic)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(difference), -4.0, atol=1e-4)
+    assert logic.showComparison(t1_node, None, synthetic) is None
+
+    table = logic.computeMetrics(synthetic, acquired)
+    columns = sc.table_columns(table)
+    assert columns["Plane"][-1] == "all planes"
+    assert all(v < 1.0 for v in columns["SSIM mean"])  # a 4-unit offset is not perfect agreement
+
+    line = logic.createProfileLine(synthetic)
+    assert line.GetNumberOfControlPoints() == 2
+    profile = logic.lineProfile(line, [t1_node, acquired, synthetic])
+    profile.update()
+    values = sc.table_columns(profile.table_node)
+    assert profile.table_node.GetNumberOfRows() > 10
+    series = [np.asarray(v, dtype=float) for k, v in values.items() if k not in list(values)[:1]]
+    finite = [s[np.isfinite(s)] for s in series]
+    assert any(len(f) for f in finite)
+    profile.remove_observers()
+
+    written = logic.exportDicom(synthetic, t1_node, tmp_path / "dicom")
+    assert len(written) == t1.shape[0]
+    import pydicom
+
+    ds = pydicom.dcmread(str(written[0]))
+    assert "SYNTHETIC" in ds.SeriesDescription.upper() and "DERIVED" in list(ds.ImageType)
+    assert logic.dicomReferenceFolder(t1_node) is None  # not loaded from DICOM
+
+
+# --- training ------------------------------------------------------------------------------
+def test_train_arguments_follow_the_panel(modules, tmp_path):
+    _, training = modules
+    logic = training.T1ToT2TrainingLogic()
+    p = logic.getParameterNode()
+    t1 = small_t1()
+    p.trainT1 = sc.node_from_volume(t1, "T1")
+    p.outputModelPath = tmp_path / "out" / "model.safetensors"
+    with pytest.raises(T1ToT2Error, match="training T1 or T2 volume is not selected"):
+        logic.trainArguments(p, tmp_path / "work")
+    p.trainT2 = sc.node_from_volume(t1.with_array(t1.array * 0.5), "T2")
+    p.planeAxial = p.planeCoronal = p.planeSagittal = False
+    with pytest.raises(T1ToT2Error, match="tick at least one"):
+        logic.trainArguments(p, tmp_path / "work")
+    p.planeAxial = p.planeSagittal = True
+    p.modelType, p.residualBlocks, p.learningRate, p.epochs = "cyclegan", 5, 1e-4, 3
+    args = logic.trainArguments(p, tmp_path / "work", resume=True)
+    option = {args[i]: args[i + 1] for i in range(1, len(args) - 1) if args[i].startswith("--") and not args[i + 1].startswith("--")}
+    assert args[0] == "train" and args[-1] == "--resume"
+    assert option["--planes"] == "axial,sagittal" and option["--model"] == "cyclegan" and option["--n-blocks"] == "5"
+    assert float(option["--lr"]) == 1e-4 and option["--epochs"] == "3" and option["--progress"] == "json"
+    assert read_volume(option["--t2"]).same_geometry(t1, tol=1e-5)
+    assert "--val-t1" not in option and "--max-steps-per-epoch" not in option
+    assert Path(option["--checkpoint-dir"]).name == "model.checkpoints"
+    p.modelType = "pix2pix"
+    assert "--n-blocks" not in logic.trainArguments(p, tmp_path / "work")
+    # The arguments are ones the real command line accepts.
+    from T1ToT2Lib.cli import build_parser
+
+    parsed = build_parser().parse_args(args)
+    assert parsed.resume and parsed.model == "cyclegan" and parsed.n_blocks == 5
+
+
+def test_progress_validation_table_and_phantom_nodes(modules):
+    _, training = modules
+    logic = training.T1ToT2TrainingLogic()
+    assert logic.progressFraction({"event": "step", "epoch": 2, "step": 5, "steps": 10, "epochs": 4}) == pytest.approx(0.375)
+    assert logic.progressFraction({"event": "epoch", "epoch": 1}) is None
+    table = logic.newValidationTable()
+    assert not logic.addValidationRow(table, {"event": "epoch", "epoch": 1, "val_metrics": None})
+    assert logic.addValidationRow(table, {"event": "epoch", "epoch": 1, "val_metrics": {"nrmse": 0.1, "psnr": 20.0, "ssim": 0.5}})
+    assert logic.addValidationRow(table, {"event": "epoch", "epoch": 2, "val_metrics": {"nrmse": 0.05, "psnr": 25.0, "ssim": 0.7}})
+    columns = sc.table_columns(table)
+    assert list(columns) == list(training.VALIDATION_COLUMNS)
+    assert columns["Epoch"] == [1.0, 2.0] and columns["PSNR (dB)"] == [20.0, 25.0]
+    assert logic.newValidationTable(table).GetNumberOfRows() == 0  # Start again empties it
+
+    nodes = logic.generatePhantomNodes()
+    assert set(nodes) >= {"left_t1", "left_t2", "right_t1", "right_t2"}
+    from T1ToT2Lib import phantom
+
+    expected = phantom.make_phantom(size="small", seed=0)
+    for key in ("left_t1", "right_t2"):
+        assert np.allclose(sc.world_ijk_to_ras(nodes[key]), expected[key].ijk_to_ras)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes[key]), expected[key].array)
+        assert "Phantom" in nodes[key].GetName()
+
+
+def test_finished_training_is_offered_to_the_synthesis_module(modules, tmp_path):
+    synthesis, training = modules
+    logic = training.T1ToT2TrainingLogic()
+    job = BackgroundJob(fake_child('print(\'{"event": "error", "message": "T2 grid differs: resample it"}\'); raise SystemExit(2)', tmp_path))
+    job.workDir = tmp_path / "inputs"
+    job.outputPath = tmp_path / "model.safetensors"
+    job.run_to_end(timeout=60)
+    with pytest.raises(T1ToT2Error, match="T2 grid differs: resample it"):
+        logic.finishTrainingJob(job)
+    assert synthesis.T1ToT2SynthesisLogic.lastTrainedModel() is None
+
+
+# --- end to end, with real networks ----------------------------------------------------------
+@needs_networks
+def test_training_job_then_background_synthesis_equals_in_process(modules, tmp_path):
+    synthesis, training = modules
+    train_logic = training.T1ToT2TrainingLogic()
+    p = train_logic.getParameterNode()
+    t1 = small_t1(shape=(8, 32, 32))
+    t2 = t1.with_array(np.sqrt(t1.array) * 10)
+    p.trainT1, p.trainT2 = sc.node_from_volume(t1, "T1"), sc.node_from_volume(t2, "T2")
+    p.validationT1, p.validationT2 = p.trainT1, p.trainT2
+    p.planeCoronal = p.planeSagittal = False
+    p.epochs, p.generatorWidth, p.maxStepsPerEpoch, p.batchSize, p.device = 2, 4, 1, 2, "cpu"
+    p.outputModelPath = tmp_path / "tiny.safetensors"
+    job = train_logic.startTrainingJob(p, workDir=tmp_path / "inputs")
+    loss_plot = train_logic.newLossPlot()
+    table = train_logic.newValidationTable()
+    job.run_to_end(timeout=300)
+    for event in job.events:
+        loss_plot.add_event(event)
+        train_logic.addValidationRow(table, event)
+    model = train_logic.finishTrainingJob(job)
+    assert model == p.outputModelPath and model.is_file()
+    assert loss_plot.table_node.GetNumberOfRows() >= 2 and table.GetNumberOfRows() == 2
+    assert synthesis.T1ToT2SynthesisLogic.lastTrainedModel() == model
+    offered = synthesis.T1ToT2SynthesisLogic().getParameterNode()
+    assert offered.useBundledModel is False and Path(offered.modelPath) == model
+
+    logic = synthesis.T1ToT2SynthesisLogic()
+    t1_node = p.trainT1
+    job = logic.startSynthesisJob(t1_node, model, "axial", "cpu", "fp32", tmp_path / "synth")
+    job.run_to_end(timeout=300)
+    background = slicer.util.arrayFromVolume(logic.finishSynthesisJob(job, t1_node)).copy()
+    in_process = logic.synthesize(t1_node, model, plane="axial", device="cpu")
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(in_process), background, rtol=1e-4, atol=1e-3)
+    assert np.array_equal(sc.world_ijk_to_ras(in_process), sc.world_ijk_to_ras(t1_node))
+
+
+@needs_networks
+def test_training_module_self_test_runs_headless(modules):
+    _, training = modules
+    result = training.T1ToT2TrainingTest("test_train_one_tiny_epoch_on_phantom").run()
+    assert result.wasSuccessful(), (result.failures + result.errors)[0][1]
+
+
+@needs_networks
+def test_synthesis_module_self_test_runs_headless(modules):
+    synthesis, _ = modules
+    if synthesis.T1ToT2SynthesisLogic().bundledModelPath() is None:
+        pytest.skip("Resources/demo_model.safetensors is not in this checkout yet")
+    result = synthesis.T1ToT2SynthesisTest("test_synthesize_phantom_with_bundled_model").run()
+    assert result.wasSuccessful(), (result.failures + result.errors)[0][1]
