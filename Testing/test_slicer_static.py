@@ -225,19 +225,26 @@ def _widget_property(widget, name):
 
 
 def _expected_widget_classes(annotation: str) -> tuple:
+    """Widget classes Slicer's parameterNodeWrapper gui connectors accept for a parameter type.
+
+    The connectors match the widget's exact type (``type(widget) == qt.QDoubleSpinBox``),
+    so e.g. a float in a ctkDoubleSpinBox is refused when the module opens.
+    """
     if "vtkMRML" in annotation:
-        return ("qMRMLNodeComboBox",)
+        return ("qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView")
     if "Choice" in annotation:
-        return ("QComboBox", "ctkComboBox")
+        return ("QComboBox",)
     if annotation == "bool":
-        return ("QCheckBox", "ctkCheckBox", "QRadioButton")
+        return ("QCheckBox", "QPushButton")
     if annotation.startswith("pathlib.Path"):
-        return ("ctkPathLineEdit",)
-    if "float" in annotation:
-        return ("QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget")
-    if "int" in annotation:
-        return ("QSpinBox", "ctkSliderWidget")
-    return ("QLineEdit",)
+        return ("ctkPathLineEdit", "ctkDirectoryButton")
+    if re.match(r"(Annotated\[)?float\b", annotation):
+        return ("QDoubleSpinBox", "ctkSliderWidget")
+    if re.match(r"(Annotated\[)?int\b", annotation):
+        return ("QSpinBox", "QSlider")
+    if re.match(r"(Annotated\[)?str\b", annotation):
+        return ("QLineEdit", "QTextEdit")
+    raise AssertionError(f"no Slicer gui connector for a parameter of type {annotation}")
 
 
 @pytest.mark.parametrize("module", MODULES)
