@@ -10,7 +10,7 @@ DESIGN.md, "Phantom"):
    times finer than the output (signed distances of tubes and ellipsoids).
 3. Each sequence's signal equation turns labels into signal; averaging the
    fine grid down gives partial-volume edges.
-4. A smooth coil bias field, Rician noise and (optionally) a small rigid
+4. Mild tissue texture, a smooth coil bias field, Rician noise and (optionally) a small rigid
    misregistration of the T2 relative to the T1 finish the images.
 
 The property the paper hinges on is kept: subcutaneous fat, fatty marrow and
@@ -93,6 +93,7 @@ HAND_CENTRE_R = {"left": -150.0, "right": 150.0}
 INTENSITY_SCALE = 1000.0
 NOISE_SIGMA = 12.0
 BIAS_AMPLITUDE = 0.15
+TEXTURE_AMPLITUDE = 0.04
 #: Largest misregistration of T2 against T1: rotation (degrees) and translation (mm) per axis.
 MISREGISTRATION = (1.5, 1.0)
 
@@ -246,8 +247,9 @@ def rasterize(hand, axes) -> np.ndarray:
 
 
 def _block_mean(a, f):
-    k, j, i = (n // f for n in a.shape)
-    return a.reshape(k, f, j, f, i, f).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+    from skimage.measure import block_reduce
+
+    return block_reduce(a, (f, f, f), np.mean).astype(np.float32)
 
 
 def _block_mode(labels, f):
@@ -294,6 +296,15 @@ def bias_field(shape, rng, amplitude=BIAS_AMPLITUDE) -> np.ndarray:
     log_field = sum(ci * t for ci, t in zip(c, terms))
     log_field = log_field * (amplitude / max(float(np.abs(log_field).max()), 1e-6))
     return np.exp(log_field).astype(np.float32)
+
+
+def tissue_texture(shape, spacing, rng, amplitude=TEXTURE_AMPLITUDE, scale_mm=1.5) -> np.ndarray:
+    """Mild smooth heterogeneity within tissues (multiplicative, mean 1), shared by both sequences of a hand."""
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), scale_mm / spacing)
+    field *= amplitude / max(float(field.std()), 1e-6)
+    return 1.0 + field
 
 
 def rician(signal, sigma, rng) -> np.ndarray:
@@ -356,6 +367,8 @@ def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = Fal
     try:
         for side in ("left", "right"):
             labels, t1, t2 = render_hand(hands[side], size, progress=bar.update if bar else None)
+            texture = tissue_texture(t1.shape, spacing, rng)
+            t1, t2 = t1 * texture, t2 * texture
             t1 = t1 * bias_field(t1.shape, rng)
             t2 = t2 * bias_field(t2.shape, rng)
             motion = None
