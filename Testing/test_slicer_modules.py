@@ -317,3 +317,82 @@ def test_synthesis_module_self_test_runs_headless(modules):
         pytest.skip("Resources/demo_model.safetensors is not in this checkout yet")
     result = synthesis.T1ToT2SynthesisTest("test_synthesize_phantom_with_bundled_model").run()
     assert result.wasSuccessful(), (result.failures + result.errors)[0][1]
+
+
+# --- dependencies inside Slicer ------------------------------------------------------------------
+@pytest.fixture
+def slicer_installers(monkeypatch):
+    """Record pip installs and answer the confirmation dialog; no package is really installed."""
+    calls = {"pip": [], "asked": [], "answer": True}
+
+    def confirm(text, *args, **kwargs):
+        calls["asked"].append(text)
+        return calls["answer"]
+
+    monkeypatch.setattr(slicer.util, "pip_install", lambda args: calls["pip"].append(args), raising=False)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", confirm, raising=False)
+    return calls
+
+
+def test_missing_torch_is_installed_through_pytorchutils_when_present(modules, slicer_installers, monkeypatch):
+    synthesis, _ = modules
+    from T1ToT2Lib import dependencies
+
+    requested = []
+
+    class FakePyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+            requested.append((askConfirmation, torchVersionRequirement))
+            return object()
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", type(sys)("PyTorchUtils"))
+    sys.modules["PyTorchUtils"].PyTorchUtilsLogic = FakePyTorchUtilsLogic
+    monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
+    logic = synthesis.T1ToT2SynthesisLogic()
+    monkeypatch.setattr(logic, "missingRequirements", lambda: [])
+    assert logic.ensureDependencies(askConfirmation=True)
+    assert requested == [(True, ">=2.1")]
+    assert slicer_installers["pip"] == []
+
+
+def test_without_pytorchutils_the_user_is_asked_and_slicer_packages_are_pinned(modules, slicer_installers, monkeypatch):
+    synthesis, _ = modules
+    from T1ToT2Lib import dependencies
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import fails as if the extension were absent
+    monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
+    logic = synthesis.T1ToT2SynthesisLogic()
+    monkeypatch.setattr(logic, "cudaDriverVersion", staticmethod(lambda: None))
+    monkeypatch.setattr(logic, "missingRequirements", lambda: ["scikit-image>=0.21"])
+
+    slicer_installers["answer"] = False
+    assert not logic.ensureDependencies(askConfirmation=True)
+    assert len(slicer_installers["asked"]) == 1 and "PyTorch" in slicer_installers["asked"][0]
+    assert slicer_installers["pip"] == []
+
+    slicer_installers["answer"] = True
+    assert logic.ensureDependencies(askConfirmation=True)
+    torch_args, requirement_args = slicer_installers["pip"]
+    assert torch_args.startswith('"torch>=2.1"')
+    if platform_is_mac():
+        assert "--index-url" not in torch_args
+    else:
+        assert torch_args.endswith("--index-url https://download.pytorch.org/whl/cpu")
+    assert requirement_args.startswith('"scikit-image>=0.21" -c ')
+    constraints = Path(requirement_args.split("-c ", 1)[1].strip('"'))
+    import numpy
+
+    assert f"numpy=={numpy.__version__}" in constraints.read_text().split()
+
+
+def test_installed_requirements_need_no_prompt(modules, slicer_installers):
+    synthesis, _ = modules
+    assert synthesis.T1ToT2SynthesisLogic().missingRequirements() == []
+    assert synthesis.T1ToT2SynthesisLogic().ensureDependencies(askConfirmation=True)
+    assert slicer_installers["asked"] == [] and slicer_installers["pip"] == []
+
+
+def platform_is_mac() -> bool:
+    import platform
+
+    return platform.system() == "Darwin"
