@@ -314,7 +314,7 @@ def rician(signal, sigma, rng) -> np.ndarray:
     return np.sqrt(real * real + imag * imag).astype(np.float32)
 
 
-def random_rigid(rng, spacing, limits=MISREGISTRATION):
+def random_rigid(rng, limits=MISREGISTRATION):
     """A small random rotation (degrees) and translation (mm) as (rotation matrix, translation) in the hand frame."""
     from scipy.spatial.transform import Rotation
 
@@ -373,7 +373,7 @@ def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = Fal
             t2 = t2 * bias_field(t2.shape, rng)
             motion = None
             if misregistration:
-                rotation, shift, angles = random_rigid(rng, spacing)
+                rotation, shift, angles = random_rigid(rng)
                 t2 = _move_image(t2, rotation, shift, spacing)
                 motion = {"rotation_deg_xyz": angles.round(4).tolist(), "translation_mm_xyz": shift.round(4).tolist()}
             t1 = rician(t1, NOISE_SIGMA, rng)

@@ -135,7 +135,7 @@ class Blob:
 
     def moved(self, transform) -> "Blob":
         centre = transform(self.center[None])[0]
-        axes = transform(self.center[None] + self.rotation.T)[:, :] - centre
+        axes = transform(self.center[None] + self.rotation.T) - centre
         return replace(self, center=centre, rotation=axes.T)
 
     def sdf(self, z, y, x):
@@ -231,22 +231,6 @@ def vary_parameters(p: dict, rng: np.random.Generator) -> dict:
     q["forearm_width"] = p["forearm_width"] * (1.0 + 0.02 * rng.standard_normal())
     q["muscle_bulk"] = p["muscle_bulk"] * (1.0 + 0.05 * rng.standard_normal())
     return q
-
-
-def _digit_chain(base, direction, lengths, flexion_deg, spread_deg):
-    """Joint positions of one digit: each bone follows the previous one, bending volar by ``flexion``."""
-    points = [np.asarray(base, dtype=np.float64)]
-    d = _unit(direction)
-    for n, length in enumerate(lengths):
-        if length <= 0:
-            continue
-        if n > 0:
-            d = _unit(_rotation("x", flexion_deg) @ _rotation("y", spread_deg * 0.3) @ d)
-        start = points[-1] + (d * JOINT_GAP if n > 0 else 0.0)
-        points.append(start)
-        points.append(start + d * length)
-    # points = [base0, base0 again, end0, start1, end1, ...]: drop the duplicate
-    return [points[0]] + points[2:]
 
 
 def _long_bone(start, end, r_end0, r_shaft, r_end1, cortex_shaft, name, squash=1.0, cortex_end=1.0):
