@@ -235,8 +235,8 @@ class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to make the line profile."), waitCursor=True):
             p = self._parameterNode
             if not p.profileLine:
+                # A line across the volume that the user then drags; the profile follows it.
                 p.profileLine = self.logic.createProfileLine(p.syntheticT2)
-                slicer.modules.markups.logic().StartPlaceMode(False)
             self._stopLineProfile()
             volumes = [n for n in (p.inputT1, p.acquiredT2, p.syntheticT2) if n]
             self._lineProfile = self.logic.lineProfile(p.profileLine, volumes)
@@ -398,13 +398,19 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         synthetic = volume.read_volume(output)
         # The file holds the T1's geometry; reuse the node's exact matrix so no rounding creeps in.
         synthetic = scene.volume_from_node(t1Node).with_array(synthetic.array)
-        from T1ToT2Lib.modelfile import model_summary
+        return scene.create_or_update_synthetic_node(t1Node, synthetic, self.modelName(job.modelPath))
 
+    @staticmethod
+    def modelName(modelPath) -> str:
+        """"<architecture> (<file name>)", the label synthetic nodes and DICOM series carry."""
+        from T1ToT2Lib.errors import T1ToT2Error
+        from T1ToT2Lib.modelfile import read_metadata
+
+        path = pathlib.Path(modelPath)
         try:
-            name = model_summary(job.modelPath).split(":")[0]
-        except Exception:  # noqa: BLE001 - the name is a label only
-            name = job.modelPath.name
-        return scene.create_or_update_synthetic_node(t1Node, synthetic, name)
+            return f"{read_metadata(path)['config'].get('arch', 'model')} ({path.name})"
+        except T1ToT2Error:
+            return path.name
 
     # --- analysis ---------------------------------------------------------------------
     def showComparison(self, t1Node, acquiredNode, syntheticNode):

@@ -89,6 +89,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._lossPlot = None
+        self._totalEpochs = None
         self._timer = None
 
     def setup(self) -> None:
@@ -197,8 +198,12 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
             return
         for event in job.poll():
-            self._lossPlot.add_event(event)
-            fraction = self.logic.progressFraction(event)
+            if event.get("event") == "start":
+                self._totalEpochs = event.get("epochs")
+            stepEvent = self.logic.globalStepEvent(event)
+            if stepEvent is not None:
+                self._lossPlot.add_event(stepEvent)
+            fraction = self.logic.progressFraction(event, self._totalEpochs)
             if fraction is not None:
                 self.ui.progressBar.setValue(int(100 * fraction))
             if event.get("event") == "epoch":
@@ -212,6 +217,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.hide()
         try:
             if job.cancelled:
+                shutil.rmtree(job.workDir, ignore_errors=True)
                 self.ui.statusLabel.text = _("Cancelled: the last epoch's checkpoint is kept; press Resume to continue.")
                 return
             with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
@@ -310,12 +316,19 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
         return job.start()
 
     @staticmethod
-    def progressFraction(event):
-        """Fraction of the run done after a "step" or "epoch" event, or None."""
-        total = event.get("epochs")
+    def progressFraction(event, totalEpochs=None):
+        """Fraction of the run done after a "step" event (``totalEpochs`` comes from the "start" event), or None."""
+        total = event.get("epochs") or totalEpochs
         if event.get("event") == "step" and event.get("steps") and total:
             return ((event["epoch"] - 1) + event["step"] / event["steps"]) / total
         return None
+
+    @staticmethod
+    def globalStepEvent(event):
+        """A "step" event numbered over the whole run (steps restart every epoch), for the loss chart; None otherwise."""
+        if event.get("event") != "step" or not event.get("steps"):
+            return None
+        return {"event": "step", "step": (event["epoch"] - 1) * event["steps"] + event["step"], "losses": event.get("losses", {})}
 
     def finishTrainingJob(self, job) -> pathlib.Path:
         """The model a finished job wrote (remembered for the Synthesis module); raises the job's error."""
@@ -420,11 +433,13 @@ class T1ToT2TrainingTest(ScriptedLoadableModuleTest):
         table = logic.newValidationTable()
         job.run_to_end(timeout=600)
         for event in job.events:
-            lossPlot.add_event(event)
+            stepEvent = logic.globalStepEvent(event)
+            if stepEvent is not None:
+                lossPlot.add_event(stepEvent)
             logic.addValidationRow(table, event)
         path = logic.finishTrainingJob(job)
         self.assertTrue(path.is_file())
-        self.assertGreater(lossPlot.table_node.GetNumberOfRows(), 0)
+        self.assertEqual(lossPlot.table_node.GetNumberOfRows(), 2)
         self.assertEqual(table.GetNumberOfRows(), 1)
 
         self.delayDisplay("The model loads and is offered in the Synthesis module")

@@ -110,12 +110,13 @@ def test_finished_job_output_becomes_the_synthetic_node_with_the_t1_geometry(mod
         print(json.dumps({{"event": "done", "output": {str(out)!r}}}), flush=True)
     """, tmp_path)
     job = BackgroundJob(argv)
-    job.modelPath = tmp_path / "some_model.safetensors"
+    job.modelPath = tmp_path / "some_model.safetensors"  # unreadable: the node is labelled with its file name
     job.outputPath = out
     job.run_to_end(timeout=60)
     node = logic.finishSynthesisJob(job, t1_node)
     assert node.GetAttribute("T1ToT2.Synthetic") == "true"
     assert node.GetName() == "T1 synthetic T2"
+    assert node.GetAttribute("T1ToT2.Model") == "some_model.safetensors"
     assert np.array_equal(sc.world_ijk_to_ras(node), sc.world_ijk_to_ras(t1_node))
     np.testing.assert_allclose(slicer.util.arrayFromVolume(node), t1.array * 2, rtol=1e-6)
     again = logic.finishSynthesisJob(job, t1_node)
@@ -232,8 +233,12 @@ def test_train_arguments_follow_the_panel(modules, tmp_path):
 def test_progress_validation_table_and_phantom_nodes(modules):
     _, training = modules
     logic = training.T1ToT2TrainingLogic()
-    assert logic.progressFraction({"event": "step", "epoch": 2, "step": 5, "steps": 10, "epochs": 4}) == pytest.approx(0.375)
-    assert logic.progressFraction({"event": "epoch", "epoch": 1}) is None
+    step = {"event": "step", "epoch": 2, "step": 5, "steps": 10, "losses": {"G_L1": 0.5}}
+    assert logic.progressFraction(step, totalEpochs=4) == pytest.approx(0.375)
+    assert logic.progressFraction(step) is None  # total unknown before the "start" event
+    assert logic.progressFraction({"event": "epoch", "epoch": 1}, 4) is None
+    assert logic.globalStepEvent(step) == {"event": "step", "step": 15, "losses": {"G_L1": 0.5}}
+    assert logic.globalStepEvent({"event": "epoch", "epoch": 2, "losses": {"G_L1": 0.4}}) is None
     table = logic.newValidationTable()
     assert not logic.addValidationRow(table, {"event": "epoch", "epoch": 1, "val_metrics": None})
     assert logic.addValidationRow(table, {"event": "epoch", "epoch": 1, "val_metrics": {"nrmse": 0.1, "psnr": 20.0, "ssim": 0.5}})
@@ -284,11 +289,14 @@ def test_training_job_then_background_synthesis_equals_in_process(modules, tmp_p
     table = train_logic.newValidationTable()
     job.run_to_end(timeout=300)
     for event in job.events:
-        loss_plot.add_event(event)
+        step_event = train_logic.globalStepEvent(event)
+        if step_event is not None:
+            loss_plot.add_event(step_event)
         train_logic.addValidationRow(table, event)
     model = train_logic.finishTrainingJob(job)
     assert model == p.outputModelPath and model.is_file()
-    assert loss_plot.table_node.GetNumberOfRows() >= 2 and table.GetNumberOfRows() == 2
+    assert sc.table_columns(loss_plot.table_node)["Step"] == [1.0, 2.0]  # numbered over the run
+    assert table.GetNumberOfRows() == 2
     assert synthesis.T1ToT2SynthesisLogic.lastTrainedModel() == model
     offered = synthesis.T1ToT2SynthesisLogic().getParameterNode()
     assert offered.useBundledModel is False and Path(offered.modelPath) == model
