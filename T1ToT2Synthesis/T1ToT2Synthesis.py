@@ -6,7 +6,6 @@ never imported when the module loads; it is checked and, with the user's
 consent, installed on first use.
 """
 
-import logging
 import os
 import pathlib
 import platform
@@ -370,18 +369,25 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
 
         return shutil.which("PythonSlicer") or sys.executable
 
+    def cliCommand(self, *args) -> list:
+        """argv running ``t1tot2 ARGS`` with Slicer's Python, finding T1ToT2Lib next to this module.
+
+        Scripted-module folders are on Slicer's own ``sys.path`` but not necessarily on
+        a child launcher's, so the child adds this folder itself before importing.
+        """
+        bootstrap = (f"import sys; sys.path.insert(0, {str(self.moduleDir())!r}); "
+                     "from T1ToT2Lib.cli import main; sys.exit(main())")
+        return [self.pythonExecutable(), "-c", bootstrap, *(str(a) for a in args)]
+
     def startSynthesisJob(self, t1Node, modelPath, plane, device, precision, workDir):
         """Start ``t1tot2 synthesize`` on the T1 node in a separate process; returns the running job."""
         from T1ToT2Lib import scene, volume, worker
 
         workDir = pathlib.Path(workDir)
         t1Path = volume.write_volume(scene.volume_from_node(t1Node), workDir / "t1.nrrd")
-        argv = worker.cli_command("synthesize", modelPath, t1Path, workDir / "synthetic_t2.nrrd", "--plane", plane,
-                                  "--device", device, "--precision", precision, "--progress", "json",
-                                  python=self.pythonExecutable())
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(self.moduleDir()), env.get("PYTHONPATH", "")])
-        job = worker.BackgroundJob(argv, env=env)
+        argv = self.cliCommand("synthesize", modelPath, t1Path, workDir / "synthetic_t2.nrrd", "--plane", plane,
+                               "--device", device, "--precision", precision, "--progress", "json")
+        job = worker.BackgroundJob(argv)
         job.modelPath = pathlib.Path(modelPath)
         job.outputPath = workDir / "synthetic_t2.nrrd"
         return job.start()

@@ -7,7 +7,6 @@ table, and stays responsive.  The finished model is offered in the T1 to T2
 Synthesis module.  All the work is in T1ToT2Lib, installed by that module.
 """
 
-import os
 import pathlib
 import shutil
 import tempfile
@@ -305,12 +304,8 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
         from T1ToT2Lib import worker
 
         workDir = pathlib.Path(workDir or tempfile.mkdtemp(prefix="T1ToT2-train-"))
-        synthesisLogic = T1ToT2SynthesisLogic()
-        argv = worker.cli_command(*self.trainArguments(parameterNode, workDir, resume),
-                                  python=synthesisLogic.pythonExecutable())
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(synthesisLogic.moduleDir()), env.get("PYTHONPATH", "")])
-        job = worker.BackgroundJob(argv, env=env)
+        argv = T1ToT2SynthesisLogic().cliCommand(*self.trainArguments(parameterNode, workDir, resume))
+        job = worker.BackgroundJob(argv)
         job.workDir = workDir
         job.outputPath = pathlib.Path(parameterNode.outputModelPath)
         return job.start()

@@ -137,6 +137,16 @@ def test_failed_job_raises_its_one_line_error(modules, tmp_path):
     assert t1_node.GetNodeReference("T1ToT2.Synthetic") is None or not job.returncode == 0
 
 
+def test_child_command_finds_the_library_next_to_the_module(modules, tmp_path):
+    synthesis, _ = modules
+    argv = synthesis.T1ToT2SynthesisLogic().cliCommand("--version")
+    assert str(ROOT / "T1ToT2Synthesis") in argv[2]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    from T1ToT2Lib import __version__
+
+    assert result.returncode == 0 and result.stdout.strip() == f"t1tot2 {__version__}", result.stderr
+
+
 def test_model_choice_bundled_or_file_with_clear_errors(modules, tmp_path):
     synthesis, _ = modules
     logic = synthesis.T1ToT2SynthesisLogic()
