@@ -139,6 +139,18 @@ def test_top_level_cmake_declares_the_extension_and_every_module():
     assert text.index("include(${Slicer_USE_FILE})") < text.index("add_subdirectory") < text.index("Slicer_EXTENSION_CPACK")
 
 
+def test_icon_and_screenshot_urls_name_files_of_this_repository():
+    values = cmake_variables(ROOT / "CMakeLists.txt")
+    urls = [values["EXTENSION_ICONURL"]] + values["EXTENSION_SCREENSHOTURLS"].split()
+    for url in urls:
+        match = re.match(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/[^/]+/(.+)$", url)
+        assert match, f"{url} is not a raw GitHub file URL"
+        path = ROOT / match.group(1)
+        # Screenshots are rendered by scripts/render_screenshots.py; once there, the names must match.
+        if "Screenshots/" not in url or path.parent.is_dir():
+            assert path.is_file(), f"{url} names {match.group(1)}, which is not in the repository"
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_every_file_a_module_lists_exists(module):
     cmake = ROOT / module / "CMakeLists.txt"
