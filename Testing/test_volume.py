@@ -97,3 +97,21 @@ def test_failed_write_leaves_nothing_under_the_final_name(tmp_path, rng, monkeyp
     with pytest.raises(RuntimeError):
         write_volume(oblique_volume(rng), tmp_path / "out.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_ordinary_permissions(tmp_path, rng):
+    import os
+    import stat
+
+    path = write_volume(oblique_volume(rng), tmp_path / "v.nrrd")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_synthetic_volumes_are_labelled_in_the_file(tmp_path, rng):
+    import SimpleITK as sitk
+
+    vol = oblique_volume(rng).with_array(np.zeros((7, 9, 11)), synthetic=True)
+    path = write_volume(vol, tmp_path / "synthetic.nii.gz")
+    assert "SYNTHETIC" in sitk.ReadImage(str(path)).GetMetaData("descrip")

@@ -210,6 +210,12 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
         raise T1ToT2Error(f"cannot write '{path.name}': use one of {', '.join(VOLUME_EXTENSIONS)}")
     import SimpleITK as sitk
 
+    image = volume_to_sitk(volume)
+    description = volume.meta.get("description")
+    if volume.meta.get("synthetic") and not description:
+        description = "SYNTHETIC image made by T1ToT2, not acquired"
+    if description:
+        image.SetMetaData("ITK_FileNotes", str(description)[:79])  # NIfTI descrip (80 bytes), NRRD/MHA note
     with atomic_path(path) as tmp:
-        sitk.WriteImage(volume_to_sitk(volume), str(tmp), useCompression=compress)
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
     return path
