@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from typing import Annotated
 
 import qt
@@ -209,6 +210,8 @@ class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.syntheticT2 = node
                 slicer.util.setSliceViewerLayers(background=node, fit=True)
                 self.ui.statusLabel.text = _("Synthetic T2 '{name}' made (not for diagnosis).").format(name=node.GetName())
+                if self._parameterNode.acquiredT2:
+                    self.onMetricsButton()
         finally:
             shutil.rmtree(self._jobOutput, ignore_errors=True)
             self._updateButtons()
@@ -216,7 +219,8 @@ class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancelButton(self) -> None:
         if self._job is not None:
             self.ui.statusLabel.text = _("Cancelling...")
-            self._job.cancel()
+            # cancel() waits for the process to stop; the timer keeps the panel live meanwhile.
+            threading.Thread(target=self._job.cancel, daemon=True).start()
 
     # --- analysis ---------------------------------------------------------------------
     def onCompareButton(self) -> None:
@@ -397,6 +401,8 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         from T1ToT2Lib import scene, volume
         from T1ToT2Lib.errors import T1ToT2Error
 
+        job.wait(timeout=30)  # the process has ended; let the reader threads hand over its last lines
+        job.poll()
         if job.returncode != 0 or job.error_message:
             raise T1ToT2Error(job.error_message or f"the synthesis process exited with status {job.returncode}")
         done = [e for e in job.events if e.get("event") == "done"]

@@ -10,6 +10,7 @@ Synthesis module.  All the work is in T1ToT2Lib, installed by that module.
 import pathlib
 import shutil
 import tempfile
+import threading
 from typing import Annotated
 
 import qt
@@ -196,20 +197,11 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is None:
             self._timer.stop()
             return
-        for event in job.poll():
-            if event.get("event") == "start":
-                self._totalEpochs = event.get("epochs")
-            stepEvent = self.logic.globalStepEvent(event)
-            if stepEvent is not None:
-                self._lossPlot.add_event(stepEvent)
-            fraction = self.logic.progressFraction(event, self._totalEpochs)
-            if fraction is not None:
-                self.ui.progressBar.setValue(int(100 * fraction))
-            if event.get("event") == "epoch":
-                self.logic.addValidationRow(self._parameterNode.validationTable, event)
-                self.ui.statusLabel.text = _("Epoch {epoch} done.").format(epoch=event.get("epoch"))
+        self._handleEvents(job.poll())
         if job.is_running:
             return
+        job.wait(timeout=30)  # ended: collect the lines its reader threads still hold
+        self._handleEvents(job.poll())
         self._timer.stop()
         self._job = None
         self.ui.progressBar.hide()
@@ -227,16 +219,32 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._updateButtons()
 
+    def _handleEvents(self, events) -> None:
+        for event in events:
+            if event.get("event") == "start":
+                self._totalEpochs = event.get("epochs")
+            stepEvent = self.logic.globalStepEvent(event)
+            if stepEvent is not None:
+                self._lossPlot.add_event(stepEvent)
+            fraction = self.logic.progressFraction(event, self._totalEpochs)
+            if fraction is not None:
+                self.ui.progressBar.setValue(int(100 * fraction))
+            if event.get("event") == "epoch":
+                self.logic.addValidationRow(self._parameterNode.validationTable, event)
+                self.ui.statusLabel.text = _("Epoch {epoch} done.").format(epoch=event.get("epoch"))
+
     def onCancelButton(self) -> None:
         if self._job is not None:
             self.ui.statusLabel.text = _("Cancelling at the next step...")
-            self._job.cancel(timeout=30)
+            # cancel() waits for the process to stop; the timer keeps the panel live meanwhile.
+            threading.Thread(target=self._job.cancel, kwargs={"timeout": 30}, daemon=True).start()
 
     def onEvaluateButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to evaluate the model."), waitCursor=True):
             p = self._parameterNode
             result = self.logic.evaluateModel(p.outputModelPath, p.validationT1, p.validationT2)
-            self.ui.validationTableView.setMRMLTableNode(result["metrics"])
+            self.ui.statusLabel.text = _("Validation pair: difference map, profile and metrics table '{table}' made.").format(
+                table=result["metrics"].GetName())
 
 
 class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
@@ -330,6 +338,8 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
         from T1ToT2Lib.errors import T1ToT2Error
         from T1ToT2Lib.modelfile import read_metadata
 
+        job.wait(timeout=30)  # the process has ended; let the reader threads hand over its last lines
+        job.poll()
         shutil.rmtree(getattr(job, "workDir", ""), ignore_errors=True)
         if job.returncode != 0 or job.error_message:
             raise T1ToT2Error(job.error_message or f"the training process exited with status {job.returncode}")

@@ -43,6 +43,15 @@ class _App:
     def settings(self):
         return self._settings
 
+    def setOverrideCursor(self, cursor):
+        pass
+
+    def restoreOverrideCursor(self):
+        pass
+
+    def testingEnabled(self):
+        return True  # tryWithErrorDisplay re-raises instead of opening a message box
+
     def layoutManager(self):
         return None
 
@@ -70,6 +79,19 @@ def parameterNodeWrapper(cls):
             if name not in annotations:
                 raise AttributeError(f"{cls.__name__} has no parameter {name!r}")
             self._store[name] = value
+
+        # The widget binds the GUI and observes changes; without Qt both are no-ops.
+        def connectGui(self, ui):
+            return object()
+
+        def disconnectGui(self, tag):
+            pass
+
+        def AddObserver(self, event, callback, priority=0.0):
+            return 1
+
+        def RemoveObserver(self, tag):
+            pass
 
     Wrapper.__name__ = Wrapper.__qualname__ = cls.__name__
     return Wrapper
@@ -100,6 +122,7 @@ def install(scene_folder) -> None:
     import slicer
 
     qt = types.ModuleType("qt")
+    qt.Qt = types.SimpleNamespace(WaitCursor=3)
     sys.modules.setdefault("qt", qt)
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
     for obj in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest):
@@ -119,6 +142,50 @@ def install(scene_folder) -> None:
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
     PARAMETER_STORES.clear()
+
+
+class FakeWidget:
+    """Stands in for any Qt widget a panel touches: state in attributes, show/hide/setValue recorded."""
+
+    def __init__(self, name):
+        self.objectName = name
+        self.enabled = True
+        self.visible = True
+        self.text = ""
+        self.toolTip = ""
+        self.value = 0
+        self.tableNode = None
+
+    def hide(self):
+        self.visible = False
+
+    def show(self):
+        self.visible = True
+
+    def setValue(self, value):
+        self.value = value
+
+    def setMRMLTableNode(self, node):
+        self.tableNode = node
+
+
+class FakeTimer:
+    def __init__(self):
+        self.active = False
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+def fake_ui(ui_path) -> types.SimpleNamespace:
+    """One FakeWidget per widget the .ui file names, as ``slicer.util.childWidgetVariables`` gives."""
+    import xml.etree.ElementTree as ET
+
+    names = [w.get("name") for w in ET.parse(ui_path).getroot().iter("widget")]
+    return types.SimpleNamespace(**{name: FakeWidget(name) for name in names})
 
 
 def uninstall() -> None:

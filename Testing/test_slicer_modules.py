@@ -281,6 +281,121 @@ def test_finished_training_is_offered_to_the_synthesis_module(modules, tmp_path)
     assert synthesis.T1ToT2SynthesisLogic.lastTrainedModel() is None
 
 
+def write_fake_model(path):
+    """A model file with real metadata (no usable network): enough for the panels' bookkeeping."""
+    import torch
+
+    from T1ToT2Lib.modelfile import save_model
+
+    return save_model(path, {"weight": torch.zeros(2)}, {"config": {"arch": "pix2pix"}, "planes": ["axial"],
+                                                       "in_channels": 1, "intensity": {"t2_scale": 1.0}})
+
+
+def test_training_panel_follows_a_job_to_the_end(modules, tmp_path, monkeypatch):
+    """The Start button's flow: loss chart, progress, per-epoch table, model offered to Synthesis."""
+    synthesis, training = modules
+    widget = training.T1ToT2TrainingWidget()
+    widget.ui = slicer_module_shim.fake_ui(ROOT / "T1ToT2Training" / "Resources" / "UI" / "T1ToT2Training.ui")
+    widget.logic = training.T1ToT2TrainingLogic()
+    widget._timer = slicer_module_shim.FakeTimer()
+    widget.setParameterNode(widget.logic.getParameterNode())
+    assert not widget.ui.startButton.enabled  # nothing selected yet
+
+    p = widget._parameterNode
+    t1 = small_t1()
+    p.trainT1, p.trainT2 = sc.node_from_volume(t1, "T1"), sc.node_from_volume(t1, "T2")
+    p.outputModelPath = tmp_path / "model.safetensors"
+    widget._updateButtons()
+    assert widget.ui.startButton.enabled and not widget.ui.residualBlocksSpinBox.enabled  # pix2pix has no ResNet blocks
+
+    events = [{"event": "start", "epochs": 2, "steps_per_epoch": 2}]
+    for epoch in (1, 2):
+        events += [{"event": "step", "epoch": epoch, "step": step, "steps": 2, "losses": {"G_GAN": 1.0 / (epoch + step), "G_L1": 0.5}}
+                   for step in (1, 2)]
+        events.append({"event": "epoch", "epoch": epoch, "losses": {"G_L1": 0.5},
+                       "val_metrics": {"nrmse": 0.2 / epoch, "psnr": 20.0 + epoch, "ssim": 0.5}})
+    events.append({"event": "done", "model": str(p.outputModelPath)})
+    lines = "".join(f"print({json.dumps(json.dumps(e))}, flush=True)\ntime.sleep(0.02)\n" for e in events[:-1])
+    script = f"""
+import json, sys, time
+sys.path.insert(0, {str(ROOT / 'Testing')!r})
+{lines}
+from test_slicer_modules import write_fake_model
+write_fake_model({str(p.outputModelPath)!r})
+print({json.dumps(json.dumps(events[-1]))}, flush=True)
+"""
+
+    def fake_start(parameterNode, resume=False, workDir=None):
+        job = BackgroundJob(fake_child(script, tmp_path))
+        job.workDir, job.outputPath = tmp_path / "inputs", Path(parameterNode.outputModelPath)
+        return job.start()
+
+    monkeypatch.setattr(widget.logic, "startTrainingJob", fake_start)
+    widget.startTraining(resume=False)
+    assert widget._timer.active and widget.ui.cancelButton.visible and not widget.ui.startButton.enabled
+    import time
+
+    deadline = time.time() + 120
+    while widget._job is not None:
+        assert time.time() < deadline
+        widget.onTimer()
+        time.sleep(0.02)
+
+    assert not widget._timer.active and not widget.ui.cancelButton.visible and widget.ui.startButton.enabled
+    assert widget.ui.progressBar.value == 100
+    losses = sc.table_columns(widget._lossPlot.table_node)
+    assert losses["Step"] == [1.0, 2.0, 3.0, 4.0] and losses["G_GAN"][0] == pytest.approx(0.5)
+    table = sc.table_columns(p.validationTable)
+    assert table["Epoch"] == [1.0, 2.0] and table["NRMSE"] == pytest.approx([0.2, 0.1])
+    assert widget.ui.validationTableView.tableNode is p.validationTable
+    assert "Model saved" in widget.ui.statusLabel.text
+    offered = synthesis.T1ToT2SynthesisLogic().getParameterNode()
+    assert offered.useBundledModel is False and Path(offered.modelPath) == p.outputModelPath
+    assert synthesis.T1ToT2SynthesisLogic.lastTrainedModel() == p.outputModelPath
+
+
+def test_synthesis_panel_runs_cancels_and_reports(modules, tmp_path, monkeypatch):
+    synthesis, _ = modules
+    widget = synthesis.T1ToT2SynthesisWidget()
+    widget.ui = slicer_module_shim.fake_ui(ROOT / "T1ToT2Synthesis" / "Resources" / "UI" / "T1ToT2Synthesis.ui")
+    widget.logic = synthesis.T1ToT2SynthesisLogic()
+    widget._jobTimer = slicer_module_shim.FakeTimer()
+    widget.setParameterNode(widget.logic.getParameterNode())
+    p = widget._parameterNode
+    t1 = small_t1()
+    p.inputT1 = sc.node_from_volume(t1, "T1")
+    p.useBundledModel = False
+    p.modelPath = write_fake_model(tmp_path / "model.safetensors")
+    widget._updateButtons()
+    assert widget.ui.synthesizeButton.enabled and not widget.ui.compareButton.enabled
+
+    slow = fake_child("""
+import json, time
+print(json.dumps({"event": "slices", "done": 1, "total": 4}), flush=True)
+time.sleep(60)
+""", tmp_path)
+    monkeypatch.setattr(widget.logic, "startSynthesisJob",
+                        lambda *a, **k: BackgroundJob(slow).start())
+    widget.onSynthesizeButton()
+    assert widget.ui.cancelButton.visible and not widget.ui.synthesizeButton.enabled
+    import time
+
+    deadline = time.time() + 30
+    while widget.ui.progressBar.value != 25:
+        assert time.time() < deadline
+        widget.onJobTimer()
+        time.sleep(0.02)
+    started = time.time()
+    widget.onCancelButton()
+    assert time.time() - started < 1.0  # the panel does not wait for the process
+    while widget._job is not None:
+        assert time.time() < deadline
+        widget.onJobTimer()
+        time.sleep(0.02)
+    assert "Cancelled" in widget.ui.statusLabel.text and p.syntheticT2 is None
+    assert widget.ui.synthesizeButton.enabled and not widget.ui.cancelButton.visible
+
+
 # --- end to end, with real networks ----------------------------------------------------------
 @needs_networks
 def test_training_job_then_background_synthesis_equals_in_process(modules, tmp_path):
