@@ -311,7 +311,7 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
                     _("T1 to T2 needs these Python packages: {packages}. Install them now?").format(packages=", ".join(missing))):
                 return False
             constraints = pathlib.Path(tempfile.mkdtemp(prefix="T1ToT2-")) / "constraints.txt"
-            constraints.write_text("\n".join(dependencies.protected_constraints()) + "\n")
+            constraints.write_text("\n".join(dependencies.protected_constraints(installing=missing)) + "\n")
             slicer.util.pip_install(dependencies.requirements_pip_arguments(missing, constraints))
         return True
 

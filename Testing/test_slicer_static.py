@@ -351,6 +351,10 @@ def test_library_third_party_imports_are_installed_by_requirements_or_shipped_by
             if dependencies.normalize_name(import_to_project.get(top, top)) not in required:
                 unmet.add(f"{top} ({path.name})")
     assert not unmet, f"add to Resources/requirements.txt: {sorted(unmet)}"
+    imported = {dependencies.normalize_name(import_to_project.get(n.split(".")[0], n.split(".")[0]))
+                for path in lib_files() for n in imported_modules(ast.parse(path.read_text()))}
+    unused = sorted(required - imported)
+    assert not unused, f"requirements.txt installs packages the library never imports: {unused}"
 
 
 # --- requirements, catalog entry, icons -------------------------------------------------------
@@ -358,7 +362,7 @@ def test_requirements_never_replace_slicer_packages():
     lines = dependencies.read_requirements(ROOT / "T1ToT2Synthesis" / "Resources" / "requirements.txt")
     names = {dependencies.requirement_name(line) for line in lines}
     assert not names & {"numpy", "simpleitk", "vtk", "torch"}
-    assert {"safetensors", "scikit-image", "highdicom", "tqdm"} <= names
+    assert {"safetensors", "scikit-image", "tqdm"} <= names
 
 
 def test_catalog_entry_parses_and_agrees_with_the_cmake_metadata():
@@ -428,6 +432,9 @@ def test_missing_requirements_checks_presence_and_version_range():
     wanted = ["safetensors>=0.4", "tqdm>=4.60", "scikit-image>=0.21"]
     assert dependencies.missing_requirements(wanted, lookup) == ["safetensors>=0.4", "scikit-image>=0.21"]
     assert dependencies.protected_constraints(lookup) == ["numpy==1.26.4", "simpleitk==2.3.1"]
+    installed["pydicom"] = "2.4.3"  # Slicer's own: a dependency must not pull pydicom 3 over it
+    assert "pydicom==2.4.3" in dependencies.protected_constraints(lookup)
+    assert "pydicom==2.4.3" not in dependencies.protected_constraints(lookup, installing=["pydicom>=3"])
     args = dependencies.requirements_pip_arguments(["tqdm>=4.60", "scikit-image>=0.21"], "/tmp/c.txt")
     assert args == '"tqdm>=4.60" "scikit-image>=0.21" -c "/tmp/c.txt"'
 

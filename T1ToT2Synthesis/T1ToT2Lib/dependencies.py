@@ -22,8 +22,11 @@ from .errors import T1ToT2Error
 
 #: The torch version range the library is written for.
 TORCH_REQUIREMENT = "torch>=2.1"
-#: Packages Slicer provides itself; never installed or upgraded by T1ToT2.
+#: Packages Slicer builds itself; requirements.txt must not name them.
 PROTECTED_PACKAGES = ("numpy", "simpleitk", "vtk")
+#: Installed versions pinned during every install, so a dependency cannot upgrade them
+#: (Slicer's DICOM module is written against the pydicom it ships).
+PINNED_PACKAGES = (*PROTECTED_PACKAGES, "pydicom", "pillow")
 #: CUDA builds published on download.pytorch.org, as (major, minor) -> index tag.
 TORCH_CUDA_BUILDS = {(11, 8): "cu118", (12, 1): "cu121", (12, 4): "cu124", (12, 6): "cu126", (12, 8): "cu128"}
 TORCH_INDEX_BASE = "https://download.pytorch.org/whl/"
@@ -94,14 +97,18 @@ def missing_requirements(requirements, version_lookup=importlib.metadata.version
     return [r for r in requirements if not is_satisfied(r, version_lookup)]
 
 
-def protected_constraints(version_lookup=importlib.metadata.version) -> list:
+def protected_constraints(version_lookup=importlib.metadata.version, installing=()) -> list:
     """``name==version`` lines pinning the Slicer-provided packages that are installed.
 
     Passed to pip as a constraints file so that installing, e.g., scikit-image
-    cannot upgrade Slicer's numpy.
+    cannot upgrade Slicer's numpy.  A pinned package that is itself among the
+    requirements being installed (``installing``, too old for them) is left free.
     """
+    upgrading = {requirement_name(r) for r in installing}
     pins = []
-    for name in PROTECTED_PACKAGES:
+    for name in PINNED_PACKAGES:
+        if name in upgrading:
+            continue
         version = installed_version(name, version_lookup)
         if version is not None:
             pins.append(f"{name}=={version}")
