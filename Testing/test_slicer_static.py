@@ -199,6 +199,8 @@ def test_every_widget_the_code_looks_up_is_in_the_ui(module):
     widgets = ui_widgets(module)
     source = module_source(module)
     used = set(re.findall(r"self\.ui\.(\w+)", source)) | set(re.findall(r"findChild\([^,]+,\s*[\"'](\w+)[\"']\)", source))
+    for self_test in (ROOT / module / "Testing" / "Python").glob("*.py"):
+        used |= set(re.findall(r"widget\.ui\.(\w+)", self_test.read_text()))
     assert used, f"{module}.py uses no widgets"
     missing = sorted(used - set(widgets))
     assert not missing, f"{module}.py uses widgets missing from {module}.ui: {missing}"
