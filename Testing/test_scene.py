@@ -320,3 +320,29 @@ def test_compare_layout_sets_three_linked_views_with_overlay(mrml_scene):
     again = sc.set_compare_layout_volumes(mrml_scene, t1, acquired, synthetic)
     assert [c.GetID() for c in again] == [c.GetID() for c in composites]
     assert all(c.GetForegroundVolumeID() is None for c in again)
+
+
+def test_synthesis_turns_a_t1_node_into_a_synthetic_t2_node_on_the_t1_grid(mrml_scene, tmp_path, rng):
+    """The Synthesis module's path: T1 node -> Volume -> tiny trained model -> synthetic T2 node."""
+    from T1ToT2Lib.synthesize import synthesize_volume
+    from T1ToT2Lib.train import TrainConfig, train
+
+    t1_volume = oblique_volume(shape=(28, 32, 36), fill=rng.uniform(0, 100, (28, 32, 36)).astype(np.float32))
+    t1_node = sc.node_from_volume(t1_volume, "T1 VIBE")
+    transform, matrix = linear_transform_node(mrml_scene)
+    t1_node.SetAndObserveTransformNodeID(transform.GetID())
+
+    t1 = sc.volume_from_node(t1_node)
+    model_path = tmp_path / "tiny.safetensors"
+    train(TrainConfig(t1=t1, t2=t1.with_array(100 - t1.array), out=model_path, model="pix2pix", planes=("axial",),
+                      network={"ngf": 4, "ndf": 4, "depth": 2}, epochs=1, max_steps_per_epoch=1, batch_size=2,
+                      device="cpu", checkpoint_dir=tmp_path / "ckpt"))
+    synthetic = synthesize_volume(str(model_path), t1, plane="axial", device="cpu", batch_size=4)
+    node = sc.create_or_update_synthetic_node(t1_node, synthetic, model_path.name)
+
+    values = slicer.util.arrayFromVolume(node)
+    assert values.shape == t1_volume.shape and np.all(np.isfinite(values)) and values.std() > 0
+    assert node.GetTransformNodeID() == transform.GetID()
+    assert np.allclose(sc.world_ijk_to_ras(node), matrix @ t1_volume.ijk_to_ras, atol=1e-6, rtol=0)
+    assert np.allclose(sc.world_ijk_to_ras(node), sc.world_ijk_to_ras(t1_node), atol=1e-6, rtol=0)
+    assert node.GetAttribute("T1ToT2.Synthetic") == "true" and node.GetAttribute("T1ToT2.Model") == "tiny.safetensors"
