@@ -9,11 +9,6 @@ import pytest
 
 from T1ToT2Lib.cli import main
 
-pytest.importorskip("T1ToT2Lib.phantom")
-networks = pytest.importorskip("T1ToT2Lib.networks")
-if not hasattr(networks, "build_generator"):
-    pytest.skip("T1ToT2Lib.networks has not landed yet", allow_module_level=True)
-
 
 @pytest.mark.slow
 def test_tiny_comparison_writes_a_complete_report(tmp_path, capsys):

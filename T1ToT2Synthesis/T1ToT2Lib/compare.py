@@ -41,15 +41,29 @@ MODELS = {
 }
 BASELINE_NAME, RECOMMENDED_NAME = "Pix2Pix (paper)", "recommended"
 
-#: Training budgets: phantom size, epochs, network width and step cap per epoch.
+#: Training budgets: phantom size, epochs, step cap per epoch and network sizes ("all" applies to
+#: every architecture, the others to one).  The U-Net depth is the paper's log2(slice size) at
+#: full size (9); the small phantom's slices (at most 196 pixels) take 6 to keep padding small.
 BUDGETS = {
-    "tiny": {"size": "small", "epochs": 1, "max_steps_per_epoch": 2, "network": {"ngf": 4}, "lr": 2e-4, "bins": 64,
+    "tiny": {"size": "small", "epochs": 1, "max_steps_per_epoch": 2, "lr": 2e-4, "bins": 64,
+             "network": {"all": {"ngf": 4, "ndf": 4}, "pix2pix": {"depth": 4}, "cyclegan": {"n_blocks": 1},
+                         "unit": {"n_blocks": 1}},
              "occlusion_widths": [1, 5, 17, 65, 257]},
-    "cpu": {"size": "small", "epochs": 4, "max_steps_per_epoch": None, "network": {"ngf": 16}, "lr": 2e-4, "bins": 256,
+    "cpu": {"size": "small", "epochs": 3, "max_steps_per_epoch": None, "lr": 2e-4, "bins": 256,
+            "network": {"all": {"ngf": 16, "ndf": 16}, "pix2pix": {"depth": 6}, "cyclegan": {"n_blocks": 5},
+                        "unit": {"n_blocks": 4}},
             "occlusion_widths": None},
-    "paper": {"size": "full", "epochs": 15, "max_steps_per_epoch": None, "network": {"ngf": 64}, "lr": 2e-4, "bins": 256,
+    "paper": {"size": "full", "epochs": 15, "max_steps_per_epoch": None, "lr": 2e-4, "bins": 256,
+              "network": {"all": {"ngf": 64, "ndf": 64}, "pix2pix": {"depth": 9}, "cyclegan": {"n_blocks": 5},
+                          "unit": {"n_blocks": 4}},
               "occlusion_widths": None},
 }
+
+
+def network_overrides(budget: dict, spec: dict) -> dict:
+    """The budget's network sizes for ``spec``'s architecture, then the spec's own options."""
+    sizes = budget["network"]
+    return {**sizes.get("all", {}), **sizes.get(spec["model"], {}), **spec.get("network", {})}
 
 
 def _slug(name: str) -> str:
@@ -68,7 +82,7 @@ def _train_one(name, spec, budget, left, work, device, seed, emit):
     else:
         config = TrainConfig(
             t1=left["t1"], t2=left["t2"], out=path, model=spec["model"],
-            network={**budget["network"], **spec.get("network", {})}, planes=tuple(spec.get("planes", PLANES)),
+            network=network_overrides(budget, spec), planes=tuple(spec.get("planes", PLANES)),
             epochs=budget["epochs"], lr=budget["lr"], context=spec.get("context", 1), device=device, seed=seed,
             max_steps_per_epoch=budget["max_steps_per_epoch"], checkpoint_dir=work / "checkpoints" / _slug(name),
             loss_csv=work / "losses" / f"{_slug(name)}.csv",
