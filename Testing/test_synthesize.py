@@ -154,3 +154,17 @@ def test_volume_input_is_required(model_path):
         synthesize_volume(model_path, np.zeros((4, 4, 4)))
     assert isinstance(load_model(model_path).generator, torch.nn.Module)
     assert Volume  # the type the API takes
+
+
+def test_batch_norm_uses_each_slices_own_statistics(model_path, oblique_t1):
+    model = load_model(model_path)
+    before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    one = synthesize_volume(model, oblique_t1, plane="sagittal", device="cpu", batch_size=1).array
+    many = synthesize_volume(model, oblique_t1, plane="sagittal", device="cpu", batch_size=7).array
+    running = synthesize_volume(model, oblique_t1, plane="sagittal", device="cpu", batch_norm="running").array
+    np.testing.assert_allclose(one, many, rtol=1e-4, atol=1e-4 * one.max())  # slices do not share statistics
+    assert np.abs(running - one).max() > 1e-3 * one.max()  # the mode really changes the normalisation
+    after = model.generator.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running statistics untouched
+    with pytest.raises(T1ToT2Error, match="batch-norm"):
+        synthesize_volume(model, oblique_t1, batch_norm="train")

@@ -333,7 +333,8 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
         for name, params in groups.items()
         if params
     }
-    phases = [p for p in ("discriminator", "generator") if p in optimizers]
+    # Pix2Pix's reference steps D then G, CycleGAN's G then D; a model may state its order.
+    phases = [p for p in getattr(model, "phases", ("discriminator", "generator")) if p in optimizers]
 
     checkpoint_path = config.resolved_checkpoint_dir() / CHECKPOINT_NAME
     start_epoch, history = 0, {"epochs": []}
