@@ -158,6 +158,11 @@ class MultiScaleDiscriminator(nn.Module):
         return outputs
 
 
+def build_discriminator(config: dict, in_channels: int) -> MultiScaleDiscriminator:
+    """The configured discriminator for images of ``in_channels`` channels (``d_scales`` PatchGANs)."""
+    return MultiScaleDiscriminator(in_channels, ndf=config["ndf"], n_layers=config["n_layers_d"], norm=config["norm_d"], scales=config["d_scales"])
+
+
 def gan_loss(predictions, target_is_real: bool, mode: str) -> torch.Tensor:
     """Vanilla (BCE on logits) or least-squares GAN loss, summed over discriminator scales."""
     if not isinstance(predictions, (list, tuple)):

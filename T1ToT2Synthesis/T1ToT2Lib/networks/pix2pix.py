@@ -6,7 +6,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import GANModel, PatchDiscriminator, as_logs, conv_bias, gan_loss, norm_layer, output_head, upsample_conv
+from .blocks import (
+    GANModel,
+    as_logs,
+    build_discriminator,
+    conv_bias,
+    gan_loss,
+    norm_layer,
+    output_head,
+    upsample_conv,
+)
 
 
 def level_channels(depth: int, ngf: int) -> list[int]:
@@ -79,9 +88,7 @@ class Pix2PixModel(GANModel):
     def __init__(self, config: dict, generator: nn.Module):
         super().__init__(config)
         self.generator = generator
-        self.discriminators["pair"] = PatchDiscriminator(
-            config["in_channels"] + 1, ndf=config["ndf"], n_layers=config["n_layers_d"], norm=config["norm_d"]
-        )
+        self.discriminators["pair"] = build_discriminator(config, config["in_channels"] + 1)
 
     def generator_step(self, real_a, real_b):
         fake_b = self.generator(real_a)
