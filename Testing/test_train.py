@@ -53,23 +53,41 @@ def synthesis_l1(model, t1, t2, t2_scale):
     return float(np.mean(np.abs(synthetic.array - t2.array))) / t2_scale
 
 
-def test_one_epoch_lowers_the_l1_loss(tmp_path):
+@pytest.fixture(scope="module")
+def phantom_crop():
+    """20 axial slices through the small phantom's left hand (fat bright on T2, dark on T1, like bone)."""
+    from T1ToT2Lib.phantom import make_phantom
+
+    hand = make_phantom(size="small", seed=0)
+    t1, t2 = hand["left_t1"], hand["left_t2"]
+    axis = t1.plane_axis("axial")
+    keep = [slice(None)] * 3
+    keep[axis] = slice(90, 110)
+    crop = tuple(keep)
+    origin = t1.ijk_to_ras_points([[s.start or 0 for s in crop[::-1]]])[0]
+    matrix = t1.ijk_to_ras.copy()
+    matrix[:3, 3] = origin
+    return Volume(t1.array[crop], matrix), Volume(t2.array[crop], matrix)
+
+
+def test_one_epoch_lowers_the_l1_loss(tmp_path, phantom_crop):
     from T1ToT2Lib import networks
 
-    config = tiny_config(tmp_path, epochs=1, max_steps_per_epoch=None, lr=2e-3)
+    t1, t2 = phantom_crop
+    config = tiny_config(tmp_path, t1=t1, t2=t2, epochs=1, max_steps_per_epoch=None, lr=2e-3)
     # The untrained generator, built exactly as train() builds it from the same seed.
     torch.manual_seed(config.seed)
     net_config = networks.default_config("pix2pix", in_channels=1, **TINY_NET)
-    t2_scale = foreground_scale(config.t2.array)
+    t2_scale = foreground_scale(t2.array)
     untrained = LoadedModel(generator=networks.build_model(net_config).generator, config=net_config, metadata={},
                             planes=["axial"], in_channels=1, t2_scale=t2_scale, t1_percentile=99.5,
                             multiple=networks.required_multiple(net_config))
 
     trained = load_model(train(config))
     assert trained.t2_scale == pytest.approx(t2_scale)
-    before = synthesis_l1(untrained, config.t1, config.t2, t2_scale)
-    after = synthesis_l1(trained, config.t1, config.t2, t2_scale)
-    assert after < 0.85 * before, (before, after)  # measured: 0.0996 -> 0.0819
+    before = synthesis_l1(untrained, t1, t2, t2_scale)
+    after = synthesis_l1(trained, t1, t2, t2_scale)
+    assert after < 0.7 * before, (before, after)  # measured on this machine: 0.197 -> 0.080
 
 
 def test_resume_after_cancel_matches_an_uninterrupted_run(tmp_path):
