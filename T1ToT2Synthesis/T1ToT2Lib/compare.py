@@ -92,7 +92,7 @@ def _train_one(name, spec, budget, left, work, device, seed, emit):
 
 
 def run_comparison(out_dir, budget="cpu", size=None, epochs=None, models=None, device="auto", seed=0,
-                   overwrite=False, embed_images=False, progress=None) -> dict:
+                   overwrite=False, embed_images=False, progress=None, max_steps=None) -> dict:
     """Run the whole comparison into ``out_dir`` (written under a temporary name, then renamed).
 
     Returns a summary dict (also written as ``summary.json``): per-model metrics, timings,
@@ -111,6 +111,8 @@ def run_comparison(out_dir, budget="cpu", size=None, epochs=None, models=None, d
         settings["size"] = size
     if epochs:
         settings["epochs"] = int(epochs)
+    if max_steps:
+        settings["max_steps_per_epoch"] = int(max_steps)
     names = list(MODELS) if not models else list(models)
     unknown = [n for n in names if n not in MODELS]
     if unknown:
@@ -290,6 +292,7 @@ def register_cli(subparsers):
                    help="tiny: seconds (smoke test); cpu: minutes on a CPU; paper: the paper's scale (use a GPU)")
     p.add_argument("--size", choices=["small", "full"], help="phantom size (default from the budget)")
     p.add_argument("--epochs", type=int, help="epochs per model (default from the budget)")
+    p.add_argument("--max-steps", type=int, help="cap on training steps per epoch (default from the budget)")
     p.add_argument("--models", help=f"comma-separated subset of: {', '.join(MODELS)}")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--seed", type=int, default=0)
@@ -306,10 +309,12 @@ def run_compare(args) -> int:
             print(f"{event['model']}: PSNR {event['psnr']:.2f} dB (train {event['train_s']} s, synthesize {event['synthesize_s']} s)", flush=True)
         elif event.get("event") == "train":
             print(f"training {event['model']} ...", flush=True)
+        elif event.get("event") == "epoch":
+            print(f"  {event['model']}: epoch {event['epoch']} done", flush=True)
 
     summary = run_comparison(args.out, budget=args.budget, size=args.size, epochs=args.epochs, models=models,
                              device=args.device, seed=args.seed, overwrite=args.overwrite, embed_images=args.embed,
-                             progress=show)
+                             progress=show, max_steps=args.max_steps)
     from .metrics import format_table
 
     for name, result in summary["metrics"].items():
