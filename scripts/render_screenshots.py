@@ -17,10 +17,11 @@ Steps (one PNG each, in ``--out``):
 5. ``05_metrics_table.png``    the NRMSE/PSNR/SSIM table of the synthetic T2
 
 The model is ``--model`` (default ``Resources/demo_model.safetensors``); the
-short training run of step 4 always happens (it is what the loss chart
-shows) and its model is used for synthesis when no model file exists.
+short training run of step 4 (left hand, coronal slices, on the CPU) always
+happens, since it is what the loss chart shows, and its model is used for
+synthesis when no model file exists.  The pictures show the right hand.
 
-Usage: ``python scripts/render_screenshots.py [--model FILE] [--out DIR] [--steps N]``
+Usage: ``python scripts/render_screenshots.py [--model FILE] [--out DIR] [--epochs N]``
 """
 
 from __future__ import annotations
@@ -119,19 +120,19 @@ def image_axes(fig, rect, image, title):
     return ax
 
 
-def train_job(t1_path, t2_path, model_path, steps, log):
+def train_job(t1_path, t2_path, model_path, epochs, log):
     """Run a short real training job in the background and collect its JSON progress events."""
     from T1ToT2Lib.worker import BackgroundJob, cli_command
 
     argv = cli_command("train", "--t1", t1_path, "--t2", t2_path, "--model", "pix2pix", "--planes", "coronal",
-                       "--ngf", "16", "--ndf", "16", "--depth", "4", "--batch-size", "4", "--epochs", "1",
-                       "--max-steps-per-epoch", str(steps), "--lr", "0.001", "--seed", "1",
+                       "--ngf", "16", "--ndf", "16", "--upsample", "resize", "--norm", "instance", "--context", "3",
+                       "--batch-size", "1", "--epochs", str(epochs), "--seed", "1", "--device", "cpu",
                        "--progress", "json", "--out", model_path)
     job = BackgroundJob(argv).start()
     events = job.run_to_end(timeout=1800)
     if job.returncode != 0:
         sys.exit(f"render_screenshots: error: training failed: {job.error_message or job.log_text[-500:]}")
-    log(f"trained {model_path.name} in {steps} steps")
+    log(f"trained {model_path.name} for {epochs} epochs")
     return events
 
 
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "Resources" / "demo_model.safetensors",
                         help="model file used for synthesis (default: the demo model; the run's tiny model if absent)")
     parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "Screenshots")
-    parser.add_argument("--steps", type=int, default=60, help="training steps of the loss-chart run")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of the loss-chart run (coronal slices of the left hand)")
     parser.add_argument("--plane", default="coronal", help="synthesis plane")
     args = parser.parse_args(argv)
     started = time.time()
@@ -177,16 +178,17 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="t1tot2-shots-") as work:
         work = Path(work)
-        t1_path = write_volume(phantom["right_t1"], work / "t1.nii.gz")
-        t2_path = write_volume(phantom["right_t2"], work / "t2.nii.gz")
+        # Train on the left hand, show the right hand: the pictures never show training data.
+        t1_path = write_volume(phantom["left_t1"], work / "left_t1.nii.gz")
+        t2_path = write_volume(phantom["left_t2"], work / "left_t2.nii.gz")
         tiny_model = work / "tiny.safetensors"
-        events = train_job(t1_path, t2_path, tiny_model, args.steps, log)
+        events = train_job(t1_path, t2_path, tiny_model, args.epochs, log)
         model_path = args.model if args.model.exists() else tiny_model
         loss_plot = scene.LossPlot(name="training loss")
         for event in events:
             loss_plot.add_event(event)
         synthetic = synthesize_volume(str(model_path), phantom["right_t1"], plane=args.plane, device="cpu")
-        model_label = args.model.name if args.model.exists() else f"tiny pix2pix, {args.steps} steps"
+        model_label = args.model.name if args.model.exists() else f"small pix2pix, {args.epochs} epochs"
     log(f"synthesized with {model_path.name}")
 
     # 2. Compare view.
@@ -231,7 +233,7 @@ def main(argv=None) -> int:
 
     # 4. Training loss chart from the LossPlot table.
     columns = scene.table_columns(loss_plot.table_node)
-    fig = figure(7.0, 4.2, "4. Training: loss chart from 't1tot2 train --progress json' (tiny run)")
+    fig = figure(7.0, 4.2, "4. Training: loss chart fed by 't1tot2 train --progress json'")
     ax = fig.add_axes([0.1, 0.14, 0.86, 0.72])
     for name, values in columns.items():
         if name != loss_plot.x_column:
@@ -261,6 +263,10 @@ def main(argv=None) -> int:
         cell.get_text().set_color("white")
         cell.set_edgecolor("#606060")
     save(fig, args.out / "05_metrics_table.png")
+    profile.remove_observers()
+    # Tearing down slicer-core views at interpreter exit makes VTK report errors from half-destroyed
+    # pipelines; every picture is written by now, so they are noise.
+    vtk.vtkObject.GlobalWarningDisplayOff()
     log("done")
     return 0
 
