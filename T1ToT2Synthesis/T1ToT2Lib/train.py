@@ -323,7 +323,11 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
 
-    net_config = networks.default_config(config.model, in_channels=context, **dict(config.network or {}))
+    overrides = dict(config.network or {})
+    if config.model == "pix2pix" and "depth" not in overrides:
+        # The U-Net halves down to 1x1: as many levels as the largest slice side needs (9 at 512, as the paper).
+        overrides["depth"] = networks.depth_for_size(max(max(t1.shape[a] for a in range(3) if a != t1.plane_axis(p)) for p in planes))
+    net_config = networks.default_config(config.model, in_channels=context, **overrides)
     multiple = int(networks.required_multiple(net_config))
     dataset = SliceDataset(t1, t2, planes, context=context, multiple=multiple, percentile=config.percentile, augment=config.augment)
     model = networks.build_model(net_config).to(device)
