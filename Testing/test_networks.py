@@ -123,6 +123,9 @@ def test_non_square_slices_of_the_required_multiple_keep_their_size(arch):
     with torch.no_grad():
         out = networks.build_generator(c).eval()(torch.rand(1, 1, 3 * m, 5 * m))
     assert out.shape == (1, 1, 3 * m, 5 * m)
+    with pytest.raises(T1ToT2Error, match=f"multiples of {m}") as info:
+        networks.build_generator(c)(torch.rand(1, 1, 3 * m, 5 * m + 2))
+    assert "\n" not in str(info.value)
 
 
 def test_paper_unet_at_512_with_nine_downsamplings():

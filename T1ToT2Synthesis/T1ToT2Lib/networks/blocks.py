@@ -70,6 +70,15 @@ def upsample_conv(in_channels: int, out_channels: int, *, mode: str, resize_mode
     raise T1ToT2Error(f"unknown upsample {mode!r}: use one of {', '.join(UPSAMPLES)}")
 
 
+def check_multiple(x: torch.Tensor, multiple: int) -> None:
+    """Refuse, in one line, slices a generator would silently resize or fail on."""
+    height, width = x.shape[-2:]
+    if height % multiple or width % multiple:
+        raise T1ToT2Error(
+            f"a {height}x{width} slice does not fit this network: pad height and width to multiples of {multiple} (required_multiple)"
+        )
+
+
 def output_head(kind: str) -> nn.Module:
     if kind == "linear":
         return nn.Identity()

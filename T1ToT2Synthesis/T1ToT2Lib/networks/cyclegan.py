@@ -16,6 +16,7 @@ from .blocks import (
     as_logs,
     build_discriminator,
     centre_channel,
+    check_multiple,
     conv_bias,
     gan_loss,
     norm_layer,
@@ -51,8 +52,10 @@ class ResnetGenerator(nn.Module):
             channels //= 2
         layers += [*padded_conv(channels, out_channels, 7, "reflect", True), output_head(output)]
         self.model = nn.Sequential(*layers)
+        self.multiple = 2**n_downsampling
 
     def forward(self, x):
+        check_multiple(x, self.multiple)
         return self.model(x)
 
 

@@ -10,6 +10,7 @@ from .blocks import (
     GANModel,
     as_logs,
     build_discriminator,
+    check_multiple,
     conv_bias,
     gan_loss,
     norm_layer,
@@ -65,6 +66,7 @@ class UNetGenerator(nn.Module):
             self.up.append(nn.Sequential(*layers))
 
     def forward(self, x):
+        check_multiple(x, 2**self.depth)
         skips = []
         for block in self.down:
             x = block(x)

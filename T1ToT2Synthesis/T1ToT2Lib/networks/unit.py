@@ -20,6 +20,7 @@ from .blocks import (
     ResnetBlock,
     as_logs,
     build_discriminator,
+    check_multiple,
     conv_bias,
     gan_loss,
     norm_layer,
@@ -65,20 +66,23 @@ def _shared_blocks(config: dict) -> nn.Sequential:
 class UNITTranslator(nn.Module):
     """The T1→T2 path: encoder A, shared encoder blocks (latent mean), shared decoder blocks, decoder B."""
 
-    def __init__(self, encoder_a: nn.Module, shared_encoder: nn.Module, shared_decoder: nn.Module, decoder_b: nn.Module):
+    def __init__(self, encoder_a: nn.Module, shared_encoder: nn.Module, shared_decoder: nn.Module, decoder_b: nn.Module, *,
+                 multiple: int):
         super().__init__()
         self.encoder_a = encoder_a
         self.shared_encoder = shared_encoder
         self.shared_decoder = shared_decoder
         self.decoder_b = decoder_b
+        self.multiple = multiple
 
     @classmethod
     def build(cls, config: dict) -> UNITTranslator:
         n_private = config["n_blocks"] - config["n_shared"]
         return cls(_encoder(config, config["in_channels"], n_private), _shared_blocks(config), _shared_blocks(config),
-                   _decoder(config, 1, n_private))
+                   _decoder(config, 1, n_private), multiple=2 ** config["n_downsampling"])
 
     def forward(self, x):
+        check_multiple(x, self.multiple)
         return self.decoder_b(self.shared_decoder(self.shared_encoder(self.encoder_a(x))))
 
 
