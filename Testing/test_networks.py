@@ -366,3 +366,19 @@ def test_package_import_does_not_import_torch_models():
 
     code = "import sys, T1ToT2Lib.networks as n; n.default_config('unit'); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_weights_start_normal_with_gain_0_02_and_follow_the_callers_seed():
+    config = small_config("pix2pix", ngf=32, depth=5)
+    torch.manual_seed(3)
+    first = networks.build_generator(config)
+    torch.manual_seed(3)
+    second = networks.build_generator(config)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    convs = [m for m in first.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    weights = torch.cat([m.weight.detach().flatten() for m in convs])
+    assert abs(float(weights.mean())) < 1e-3 and abs(float(weights.std()) - 0.02) < 1e-3
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in convs if m.bias is not None)
+    scales = torch.cat([m.weight.detach() for m in first.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert abs(float(scales.mean()) - 1) < 0.01 and abs(float(scales.std()) - 0.02) < 0.01
