@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Train the bundled demo model (Resources/demo_model.safetensors) and write its model card.
+
+    .venv/bin/python scripts/train_demo_model.py [--size small|full] [--epochs N] [--device auto]
+
+The recipe is the recommended configuration (see T1ToT2Lib.compare.RECOMMENDED) on the
+phantom's left hand, scored on its right hand.  On a GPU use ``--size full`` for the paper's
+0.6 mm geometry; on a CPU the small phantom at width 16 trains in minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    from T1ToT2Lib import metrics
+    from T1ToT2Lib.atomic import atomic_path
+    from T1ToT2Lib.compare import RECOMMENDED
+    from T1ToT2Lib.demo import DEMO_TRAINING
+    from T1ToT2Lib.modelfile import read_metadata
+    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.synthesize import synthesize_volume
+    from T1ToT2Lib.train import BarProgress, TrainConfig, train
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["small", "full"], default="small")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "demo_model.safetensors")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    vols = make_phantom(args.size, seed=0)
+    network = {**DEMO_TRAINING["network"], **RECOMMENDED["network"]}
+    if args.size == "full":
+        network.update(ngf=32, ndf=32, depth=9)
+    with tempfile.TemporaryDirectory() as work:
+        config = TrainConfig(
+            t1=vols["left_t1"], t2=vols["left_t2"], val_t1=vols["right_t1"], val_t2=vols["right_t2"],
+            out=args.out, model=RECOMMENDED["model"], network=network, planes=tuple(RECOMMENDED["planes"]),
+            context=RECOMMENDED["context"], epochs=args.epochs, lr=DEMO_TRAINING["lr"], seed=0, device=args.device,
+            checkpoint_dir=Path(work) / "checkpoints",
+        )
+        train(config, progress=BarProgress())
+    train_s = time.perf_counter() - started
+    synthetic = synthesize_volume(args.out, vols["right_t1"], plane=RECOMMENDED["synthesis_plane"], device=args.device)
+    result = metrics.evaluate_volumes(synthetic, vols["right_t2"], mask=metrics.foreground_mask(vols["right_labels"]))
+    meta = read_metadata(args.out)
+    size_mb = args.out.stat().st_size / 2**20
+
+    rows = "\n".join(
+        f"| {plane} | {r['nrmse']['mean']:.4f} ± {r['nrmse']['std']:.4f} | {r['psnr']['mean']:.2f} ± {r['psnr']['std']:.2f} "
+        f"| {r['ssim']['mean']:.4f} ± {r['ssim']['std']:.4f} |"
+        for plane, r in [*result["per_plane"].items(), ("all planes", result["overall"])]
+    )
+    card = f"""# T1ToT2 demo model
+
+**Trained on a computer-generated hand phantom. Not for diagnosis. Its outputs are synthetic images.**
+
+| | |
+|---|---|
+| file | `{args.out.name}` ({size_mb:.1f} MB, safetensors; metadata holds config, scales, training summary) |
+| architecture | Pix2Pix U-Net, {json.dumps(network)}, 2.5-D input of {RECOMMENDED['context']} slices |
+| synthesis | plane mode `{RECOMMENDED['synthesis_plane']}` (axial, coronal and sagittal predictions averaged) |
+| data | T1ToT2 phantom `{args.size}` (seed 0): left hand, all axial, coronal and sagittal slices; right hand held out |
+| budget | {args.epochs} epochs, Adam lr {DEMO_TRAINING['lr']}, betas (0.5, 0.999), batch 1, seed 0 |
+| training time | {train_s / 60:.1f} min on {platform.machine()} ({args.device}) |
+| intensity | T1 divided by its foreground 99.5th percentile; output × T2 scale {json.loads(meta['intensity']).get('t2_scale', 'n/a')} |
+
+## Metrics on the held-out right hand (inside the dilated hand mask)
+
+| plane | NRMSE | PSNR (dB) | SSIM |
+|---|---|---|---|
+{rows}
+
+Grid-artefact energy of the residual: E_2 {result['grid_energy']['2']:.2e}, E_4 {result['grid_energy']['4']:.2e}, E_8 {result['grid_energy']['8']:.2e}.
+
+## Limits
+
+- The phantom is a simplified hand with idealised tissue properties (DESIGN.md "Phantom"); real VIBE/SPACE scans
+  differ in noise, bias, motion, anatomy and scanner. Expect this model to fail on real data: train on your own
+  paired scans with the Training module or `t1tot2 train`.
+- Regenerate with `.venv/bin/python scripts/train_demo_model.py --epochs {args.epochs}`.
+"""
+    card_path = args.out.with_suffix(".md")
+    with atomic_path(card_path) as tmp:
+        tmp.write_text(card)
+    print(card)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
