@@ -90,8 +90,12 @@ def test_one_epoch_lowers_the_l1_loss(tmp_path, phantom_crop):
     assert after < 0.7 * before, (before, after)  # measured on this machine: 0.197 -> 0.080
 
 
-def test_resume_after_cancel_matches_an_uninterrupted_run(tmp_path):
-    straight = train(tiny_config(tmp_path / "a", epochs=2))
+@pytest.mark.parametrize("model,network", [
+    ("pix2pix", TINY_NET),
+    ("cyclegan", {"ngf": 8, "ndf": 8, "n_blocks": 1, "pool_size": 2}),  # its image pool must survive the resume too
+])
+def test_resume_after_cancel_matches_an_uninterrupted_run(tmp_path, model, network):
+    straight = train(tiny_config(tmp_path / "a", epochs=2, model=model, network=network))
 
     cancel = threading.Event()
 
@@ -99,7 +103,7 @@ def test_resume_after_cancel_matches_an_uninterrupted_run(tmp_path):
         if event["event"] == "epoch" and event["epoch"] == 1:
             cancel.set()
 
-    interrupted = tiny_config(tmp_path / "b", epochs=2)
+    interrupted = tiny_config(tmp_path / "b", epochs=2, model=model, network=network)
     with pytest.raises(TrainingCancelled):
         train(interrupted, progress=cancel_after_first_epoch, cancel_event=cancel)
     assert not interrupted.out.exists(), "a cancelled run must not leave a model file"

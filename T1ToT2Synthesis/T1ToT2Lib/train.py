@@ -7,7 +7,7 @@ fake T2, the discriminator(s) take an Adam step, then the generator(s) do.
 a single module that ``DistributedDataParallel`` can wrap.
 
 After every epoch a checkpoint is written atomically: all weights, the Adam
-states, the RNG states and the loss history, so ``resume`` continues exactly
+states, the RNG states, CycleGAN's image pools and the loss history, so ``resume`` continues exactly
 where the run stopped (on the CPU, bit-identical to an uninterrupted run).
 The model file (:mod:`T1ToT2Lib.modelfile`) is written only when training
 finishes; a cancelled run leaves the last complete checkpoint and no model.
@@ -173,6 +173,16 @@ def _set_rng_state(tensors: dict, extra: dict) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def _image_pools(model) -> dict:
+    """CycleGAN-style history pools held by the model's modules, by a stable name (they are not in the state dict)."""
+    pools = {}
+    for module_name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(getattr(value, "images", None), list) and callable(getattr(value, "query", None)):
+                pools[f"{module_name}.{attr}".lstrip(".")] = value
+    return pools
+
+
 def save_checkpoint(path: Path, model, optimizers: dict, epoch: int, config: TrainConfig, extra: dict) -> Path:
     """Write weights, optimiser and RNG state after ``epoch`` (1-based) atomically, as safetensors."""
     from safetensors.torch import save_file
@@ -183,6 +193,10 @@ def save_checkpoint(path: Path, model, optimizers: dict, epoch: int, config: Tra
         named, rest = _flatten_optimizer(f"optim.{name}", optimizer)
         tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in named.items()})
         optim_meta[name] = rest
+    pool_sizes = {}
+    for name, pool in _image_pools(model).items():
+        pool_sizes[name] = len(pool.images)
+        tensors.update({f"pool.{name}.{i}": image.detach().cpu().contiguous().clone() for i, image in enumerate(pool.images)})
     rng_tensors, rng_meta = _rng_state()
     tensors.update({k: v.cpu().contiguous().clone() for k, v in rng_tensors.items()})
     metadata = {
@@ -191,6 +205,7 @@ def save_checkpoint(path: Path, model, optimizers: dict, epoch: int, config: Tra
         "fingerprint": json.dumps(config.fingerprint(), sort_keys=True),
         "optimizers": json.dumps(optim_meta),
         "rng": json.dumps(rng_meta),
+        "pools": json.dumps(pool_sizes),
         "extra": json.dumps(extra, default=str),
     }
     with atomic_path(path) as tmp:
@@ -222,6 +237,10 @@ def load_checkpoint(path: Path, model, optimizers: dict, config: TrainConfig) ->
     optim_meta = json.loads(metadata["optimizers"])
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(_unflatten_optimizer(f"optim.{name}", tensors, optim_meta[name]))
+    pool_sizes = json.loads(metadata.get("pools", "{}"))
+    for name, pool in _image_pools(model).items():
+        device = next(model.parameters()).device
+        pool.images = [tensors[f"pool.{name}.{i}"].to(device) for i in range(pool_sizes.get(name, 0))]
     _set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, json.loads(metadata["rng"]))
     return int(metadata["epoch"]), json.loads(metadata["extra"])
 
