@@ -398,6 +398,7 @@ time.sleep(60)
 
 # --- end to end, with real networks ----------------------------------------------------------
 @needs_networks
+@pytest.mark.slow
 def test_training_job_then_background_synthesis_equals_in_process(modules, tmp_path):
     synthesis, training = modules
     train_logic = training.T1ToT2TrainingLogic()
@@ -437,6 +438,7 @@ def test_training_job_then_background_synthesis_equals_in_process(modules, tmp_p
 
 
 @needs_networks
+@pytest.mark.slow
 def test_training_module_self_test_runs_headless(modules):
     _, training = modules
     result = training.T1ToT2TrainingTest("test_train_one_tiny_epoch_on_phantom").run()
@@ -444,6 +446,7 @@ def test_training_module_self_test_runs_headless(modules):
 
 
 @needs_networks
+@pytest.mark.slow
 def test_synthesis_module_self_test_runs_headless(modules):
     synthesis, _ = modules
     if synthesis.T1ToT2SynthesisLogic().bundledModelPath() is None:
