@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 | data | T1ToT2 phantom `{args.size}` (seed 0): left hand, all axial, coronal and sagittal slices; right hand held out |
 | budget | {args.epochs} epochs, Adam lr {DEMO_TRAINING['lr']}, betas (0.5, 0.999), batch 1, seed 0 |
 | training time | {train_s / 60:.1f} min on {platform.machine()} ({args.device}) |
-| intensity | T1 divided by its foreground 99.5th percentile; output × T2 scale {json.loads(meta['intensity']).get('t2_scale', 'n/a')} |
+| intensity | T1 divided by its foreground 99.5th percentile; output × T2 scale {meta['intensity'].get('t2_scale', 'n/a'):.4g} |
 
 ## Metrics on the held-out right hand (inside the dilated hand mask)
 
