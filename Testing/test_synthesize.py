@@ -170,3 +170,19 @@ def test_batch_norm_uses_each_slices_own_statistics(model_path, oblique_t1):
     assert all(torch.equal(before[k], after[k]) for k in before)  # running statistics untouched
     with pytest.raises(T1ToT2Error, match="batch-norm"):
         synthesize_volume(model, oblique_t1, batch_norm="train")
+
+
+def test_cli_default_plane_fuses_a_model_trained_on_all_planes(model_path, oblique_t1, tmp_path, capsys):
+    from T1ToT2Lib.analysis import save_lookup_model
+    from T1ToT2Lib.synthesize import default_plane
+
+    assert load_model(model_path).planes == list(PLANES)
+    assert default_plane(load_model(model_path)) == "fuse"
+    lookup = save_lookup_model(tmp_path / "lookup.safetensors", *tiny_pair(), bins=16, plane="coronal")
+    assert default_plane(load_model(lookup)) == "coronal"
+
+    t1_path = write_volume(oblique_t1, tmp_path / "t1.nii.gz")
+    assert main(["synthesize", str(model_path), str(t1_path), str(tmp_path / "auto.nii.gz"), "--device", "cpu",
+                 "--progress", "none"]) == 0
+    fused = synthesize_volume(model_path, oblique_t1, plane="fuse", device="cpu")
+    np.testing.assert_allclose(read_volume(tmp_path / "auto.nii.gz").array, fused.array, rtol=1e-5, atol=1e-4)

@@ -198,3 +198,23 @@ def test_sigterm_stops_the_cli_keeping_the_last_checkpoint_and_no_model(tmp_path
     assert not out.exists() and not list(tmp_path.glob("*.partial*"))
     with safe_open(str(tmp_path / "m.checkpoints" / CHECKPOINT_NAME), framework="pt") as handle:
         assert 1 <= int(handle.metadata()["epoch"]) < 200
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("recommended", {"upsample": "resize", "norm": "instance", "in_channels": 3}),
+    ("paper", {"upsample": "transpose", "norm": "batch", "in_channels": 1}),
+])
+def test_cli_preset_sets_the_network_and_explicit_options_win(tmp_path, preset, expected):
+    t1, t2 = tiny_pair()
+    write_volume(t1, tmp_path / "t1.nii.gz")
+    write_volume(t2, tmp_path / "t2.nii.gz")
+    common = ["train", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"), "--planes", "axial",
+              "--epochs", "1", "--max-steps-per-epoch", "1", "--ngf", "8", "--ndf", "8", "--depth", "3",
+              "--device", "cpu", "--progress", "none"]
+    args = [] if preset == "recommended" else ["--preset", preset]  # recommended is the default
+    assert main([*common, *args, "--out", str(tmp_path / "a.safetensors")]) == 0
+    config = load_model(tmp_path / "a.safetensors").config
+    assert {k: config[k] for k in expected} == expected
+    assert main([*common, *args, "--norm", "batch", "--context", "1", "--out", str(tmp_path / "b.safetensors")]) == 0
+    explicit = load_model(tmp_path / "b.safetensors").config
+    assert explicit["norm"] == "batch" and explicit["in_channels"] == 1 and explicit["upsample"] == expected["upsample"]

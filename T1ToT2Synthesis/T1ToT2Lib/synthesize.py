@@ -210,7 +210,9 @@ def register_cli(subparsers):
     p.add_argument("model", help="model file (.safetensors) written by 't1tot2 train'")
     p.add_argument("t1", help="T1 volume (NIfTI/NRRD/MHA file or DICOM folder)")
     p.add_argument("out", help="output volume (.nii.gz, .nii, .nrrd or .mha)")
-    p.add_argument("--plane", default="axial", choices=PLANE_MODES, help="slice plane, or 'fuse' to average all three")
+    p.add_argument("--plane", default="auto", choices=("auto", *PLANE_MODES),
+                   help="slice plane, or 'fuse' to average all three; auto (default): fuse for a model trained on all "
+                        "three planes, else the plane it was trained on")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--batch", type=int, default=8, help="slices per forward pass")
@@ -218,6 +220,14 @@ def register_cli(subparsers):
                    help="batch-norm statistics: each slice's own (as the reference Pix2Pix test) or the running ones")
     p.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
     p.set_defaults(func=run_synthesize)
+
+
+def default_plane(model) -> str:
+    """Fuse the three planes for a network trained on all of them, else use the plane it learnt."""
+    planes = list(model.planes or ["axial"])
+    if model.config.get("arch") != "lookup" and set(planes) >= set(PLANES):
+        return "fuse"
+    return planes[0]
 
 
 def run_synthesize(args) -> int:
@@ -241,8 +251,9 @@ def run_synthesize(args) -> int:
         bar.refresh()
 
     progress = {"json": emit_json, "bar": emit_bar, "none": None}[args.progress]
+    plane = default_plane(model) if args.plane == "auto" else args.plane
     try:
-        path = synthesize_file(model, args.t1, args.out, plane=args.plane, device=args.device,
+        path = synthesize_file(model, args.t1, args.out, plane=plane, device=args.device,
                                precision=args.precision, batch_size=args.batch, progress=progress,
                                batch_norm=args.batch_norm)
     except T1ToT2Error as exc:

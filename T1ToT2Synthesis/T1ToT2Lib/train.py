@@ -594,13 +594,16 @@ def register_cli(subparsers):
     p.add_argument("--val-t1", help="validation T1 (scored after every epoch)")
     p.add_argument("--val-t2", help="validation T2 on the same grid as --val-t1")
     p.add_argument("--model", default="pix2pix", choices=("pix2pix", "cyclegan", "unit"))
+    p.add_argument("--preset", default="recommended", choices=("recommended", "paper"),
+                   help="Pix2Pix defaults: 'recommended' = resize-convolution up-sampling, instance norm, 3-slice 2.5-D input "
+                        "(beats the paper's on the phantom); 'paper' = the paper's U-Net. Explicit options override either")
     p.add_argument("--planes", default=",".join(PLANES), help="comma-separated planes to train on (default: all three)")
     p.add_argument("--epochs", type=int, default=15, help="epochs at constant learning rate (paper: 15)")
     p.add_argument("--epochs-decay", type=int, default=0, help="extra epochs with the learning rate decaying linearly to 0")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--betas", default="0.5,0.999", help="Adam betas")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--context", type=int, default=1, help="slices per input (1 = 2-D as the paper, 3 or 5 = 2.5-D)")
+    p.add_argument("--context", type=int, help="slices per input (1 = 2-D as the paper, 3 or 5 = 2.5-D; default from --preset)")
     p.add_argument("--ngf", type=int, help="generator base width (default 64)")
     p.add_argument("--ndf", type=int, help="discriminator base width (default 64)")
     p.add_argument("--depth", type=int, help="U-Net down-samplings (default: from the network)")
@@ -620,8 +623,20 @@ def register_cli(subparsers):
     p.set_defaults(func=run_train)
 
 
+def preset_options(model: str, preset: str) -> tuple:
+    """(network overrides, context) that ``--preset`` gives ``model`` before explicit options apply."""
+    if model == "pix2pix" and preset == "recommended":
+        from .compare import RECOMMENDED
+
+        return dict(RECOMMENDED["network"]), RECOMMENDED["context"]
+    return {}, 1
+
+
 def run_train(args) -> int:
-    overrides = {k: getattr(args, k) for k in ("ngf", "ndf", "depth", "n_blocks", "upsample", "norm") if getattr(args, k) is not None}
+    preset_network, preset_context = preset_options(args.model, args.preset)
+    explicit = {k: getattr(args, k) for k in ("ngf", "ndf", "depth", "n_blocks", "upsample", "norm") if getattr(args, k) is not None}
+    overrides = {**preset_network, **explicit}
+    args.context = preset_context if args.context is None else args.context
     config = TrainConfig(
         t1=args.t1, t2=args.t2, val_t1=args.val_t1, val_t2=args.val_t2, out=args.out, model=args.model,
         network=overrides, planes=tuple(check_planes(args.planes)), epochs=args.epochs, epochs_decay=args.epochs_decay,
