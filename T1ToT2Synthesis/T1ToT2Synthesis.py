@@ -30,7 +30,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-PLANE_CHOICES = ["axial", "coronal", "sagittal", "fuse"]
+PLANE_CHOICES = ["auto", "axial", "coronal", "sagittal", "fuse"]
 DEVICE_CHOICES = ["auto", "cuda", "mps", "cpu"]
 PRECISION_CHOICES = ["fp32", "bf16", "fp16"]
 #: Application setting holding the last model the Training module wrote, offered here.
@@ -63,7 +63,7 @@ class T1ToT2SynthesisParameterNode:
     inputT1: vtkMRMLScalarVolumeNode
     useBundledModel: bool = True
     modelPath: pathlib.Path
-    plane: Annotated[str, Choice(PLANE_CHOICES)] = "axial"
+    plane: Annotated[str, Choice(PLANE_CHOICES)] = "auto"
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
     precision: Annotated[str, Choice(PRECISION_CHOICES)] = "fp32"
     acquiredT2: vtkMRMLScalarVolumeNode
@@ -357,11 +357,13 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         return pathlib.Path(value) if value and pathlib.Path(value).is_file() else None
 
     # --- synthesis --------------------------------------------------------------------
-    def synthesize(self, t1Node, modelPath, plane="axial", device="auto", precision="fp32", batchSize=8):
+    def synthesize(self, t1Node, modelPath, plane="auto", device="auto", precision="fp32", batchSize=8):
         """Synthesize in this process (blocks); returns the synthetic T2 node with the T1's geometry."""
         from T1ToT2Lib import modelfile, scene, synthesize
 
         model = modelfile.load_model(modelPath)
+        if plane == "auto":  # as the command line: fuse for models trained on every plane, else their plane
+            plane = synthesize.default_plane(model)
         t1 = scene.volume_from_node(t1Node)
         volume = synthesize.synthesize_volume(model, t1, plane=plane, device=device, precision=precision, batch_size=batchSize)
         return scene.create_or_update_synthetic_node(t1Node, volume, model.name)

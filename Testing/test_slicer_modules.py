@@ -151,7 +151,7 @@ def test_model_choice_bundled_or_file_with_clear_errors(modules, tmp_path):
     synthesis, _ = modules
     logic = synthesis.T1ToT2SynthesisLogic()
     p = logic.getParameterNode()
-    assert (p.plane, p.device, p.precision, p.useBundledModel) == ("axial", "auto", "fp32", True)
+    assert (p.plane, p.device, p.precision, p.useBundledModel) == ("auto", "auto", "fp32", True)
     bundled = logic.bundledModelPath()
     if bundled is None:
         with pytest.raises(T1ToT2Error, match="bundled demo model is not installed"):
@@ -432,7 +432,7 @@ def test_training_job_then_background_synthesis_equals_in_process(modules, tmp_p
     job = logic.startSynthesisJob(t1_node, model, "axial", "cpu", "fp32", tmp_path / "synth")
     job.run_to_end(timeout=300)
     background = slicer.util.arrayFromVolume(logic.finishSynthesisJob(job, t1_node)).copy()
-    in_process = logic.synthesize(t1_node, model, plane="axial", device="cpu")
+    in_process = logic.synthesize(t1_node, model, plane="auto", device="cpu")  # axial-only model: auto = axial
     np.testing.assert_allclose(slicer.util.arrayFromVolume(in_process), background, rtol=1e-4, atol=1e-3)
     assert np.array_equal(sc.world_ijk_to_ras(in_process), sc.world_ijk_to_ras(t1_node))
 
