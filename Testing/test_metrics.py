@@ -153,3 +153,17 @@ def test_mismatched_geometry_is_a_one_line_error(tmp_path, rng, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("t1tot2 evaluate: error:") and "spacing" in err and "resample" in err
     with pytest.raises(T1ToT2Error, match="differs"):
         metrics.ssim(np.zeros((8, 8)), np.zeros((8, 9)))
+
+
+def test_thin_slab_scores_without_the_grid_periods_that_do_not_fit(rng):
+    from T1ToT2Lib.metrics import evaluate_volumes
+    from T1ToT2Lib.volume import Volume
+
+    actual = Volume.from_geometry(rng.uniform(1, 2, size=(6, 20, 24)).astype(np.float32))
+    generated = actual.with_array(actual.array + rng.normal(0, 0.05, size=actual.shape).astype(np.float32))
+    result = evaluate_volumes(generated, actual)
+    axial = result["per_plane"]["axial"]["grid_energy"]
+    assert all(np.isfinite(axial[p]) for p in ("2", "4", "8"))  # 20x24 slices fit every period
+    coronal = result["per_plane"]["coronal"]["grid_energy"]  # 6x24 slices: E_8 cannot be measured
+    assert np.isfinite(coronal["2"]) and np.isfinite(coronal["4"]) and np.isnan(coronal["8"])
+    assert np.isfinite(result["grid_energy"]["8"]) and any("too small for E_8" in n for n in result["notes"])

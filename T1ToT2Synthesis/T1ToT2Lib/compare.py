@@ -49,7 +49,7 @@ BUDGETS = {
              "network": {"all": {"ngf": 4, "ndf": 4}, "pix2pix": {"depth": 4}, "cyclegan": {"n_blocks": 1},
                          "unit": {"n_blocks": 1}},
              "occlusion_widths": [1, 5, 17, 65, 257]},
-    "cpu": {"size": "small", "epochs": 2, "max_steps_per_epoch": 100, "lr": 2e-4, "bins": 256,
+    "cpu": {"size": "small", "epochs": 15, "max_steps_per_epoch": None, "lr": 2e-4, "bins": 256,
             "network": {"all": {"ngf": 16, "ndf": 16}, "pix2pix": {"depth": 6}, "cyclegan": {"n_blocks": 5},
                         "unit": {"n_blocks": 4}},
             "occlusion_widths": None},

@@ -18,7 +18,7 @@ from .errors import T1ToT2Error
 
 #: Budget of the demo on 2 CPU cores: the recommended configuration at the comparison's "cpu" size
 #: (width 16, U-Net depth 6 so small-phantom slices pad to multiples of 64, not to 512).
-DEMO_TRAINING = {"epochs": 5, "network": {"ngf": 16, "ndf": 16, "depth": 6}, "lr": 2e-4, "batch_size": 1}
+DEMO_TRAINING = {"epochs": 15, "network": {"ngf": 16, "ndf": 16, "depth": 6}, "lr": 2e-4, "batch_size": 1}
 MARKER = "demo_summary.json"
 
 

@@ -263,7 +263,12 @@ def evaluate_volumes(generated: Volume, actual: Volume, mask=None, planes=PLANES
         entry = {k: _summary(values[k]) for k in METRICS}
         entry["n_slices"] = int(kept.size)
         entry["n_skipped"] = int(skipped)
-        entry["grid_energy"] = {str(p): grid_energy(r_stack, p, m_stack) for p in GRID_PERIODS}
+        too_coarse = [p for p in GRID_PERIODS if p > smallest]
+        if too_coarse:
+            notes.append(f"{plane}: slices of {g_stack.shape[1]}x{g_stack.shape[2]} are too small for E_{too_coarse[0]}"
+                         f"{' and up' if len(too_coarse) > 1 else ''}; reported as nan")
+        entry["grid_energy"] = {str(p): float("nan") if p in too_coarse else grid_energy(r_stack, p, m_stack)
+                                for p in GRID_PERIODS}
         per_plane[plane] = entry
         for k in METRICS:
             pooled[k].append(values[k])
@@ -273,7 +278,9 @@ def evaluate_volumes(generated: Volume, actual: Volume, mask=None, planes=PLANES
     overall["n_slices"] = int(sum(per_plane[p]["n_slices"] for p in per_plane))
     if overall["n_slices"] == 0:
         raise T1ToT2Error("every slice of the acquired volume is empty in the scored region: check the acquired T2 and the mask")
-    worst = {str(p): max(per_plane[pl]["grid_energy"][str(p)] for pl in per_plane) for p in GRID_PERIODS}
+    worst = {str(p): max((per_plane[pl]["grid_energy"][str(p)] for pl in per_plane
+                          if not math.isnan(per_plane[pl]["grid_energy"][str(p)])), default=float("nan"))
+             for p in GRID_PERIODS}
     return {"per_plane": per_plane, "overall": overall, "grid_energy": worst, "masked": mask is not None, "notes": notes}
 
 
