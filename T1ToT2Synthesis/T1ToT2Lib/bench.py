@@ -9,14 +9,12 @@ matrix rate for that precision), so a regression shows as a falling
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import statistics
 import time
-from pathlib import Path
 
-from .atomic import atomic_path
+from .atomic import write_json
 
 #: Presets: "quick" runs in about a minute on 2 CPU cores; "paper" is the paper's 512×512 geometry.
 PRESETS = {
@@ -152,8 +150,7 @@ def _run(args) -> int:
           f"device {info['device']}, torch {info['torch']}, {info['threads']} threads")
     print(format_table(rows))
     if args.json:
-        with atomic_path(args.json) as tmp:
-            Path(tmp).write_text(json.dumps({"info": info, "results": rows}, indent=2))
+        write_json({"info": info, "results": rows}, args.json)
         print(f"wrote {args.json}")
     return 0
 

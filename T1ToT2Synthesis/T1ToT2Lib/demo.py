@@ -127,7 +127,7 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
             "report": report_path.name,
         }
         metrics.write_json(summary, work / MARKER)
-    print(f"\nT1ToT2 demo — right hand (never seen in training), metrics over all planes:")
+    print("\nT1ToT2 demo — right hand (never seen in training), metrics over all planes:")
     for name, r in results.items():
         print(f"\n== {name} ==\n{metrics.format_table(r)}")
     print(f"\nwall time {summary['wall_s']} s; outputs in {out}/ (open {out / 'index.html'})")

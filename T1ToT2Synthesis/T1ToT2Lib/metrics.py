@@ -18,13 +18,12 @@ per call); the test suite checks they agree with skimage to 1e-6.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json  # noqa: F401  (write_json is part of this module's API)
 from .errors import T1ToT2Error
 from .volume import PLANES, Volume
 
@@ -330,22 +329,6 @@ def write_csv(rows, path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return Path(path)
-
-
-def write_json(data, path) -> Path:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    return Path(path)
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
 # --- command line ---------------------------------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, json_default
 from .errors import T1ToT2Error
 
 FORMAT = "t1tot2-model"
@@ -33,19 +33,7 @@ def _as_string(value) -> str:
         return value
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return ",".join(value)
-    return json.dumps(value, sort_keys=True, default=_json_default)
-
-
-def _json_default(obj):
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return json.dumps(value, sort_keys=True, default=json_default)
 
 
 def save_model(path, generator_state_dict, metadata: dict) -> Path:
