@@ -186,3 +186,25 @@ def test_cli_default_plane_fuses_a_model_trained_on_all_planes(model_path, obliq
                  "--progress", "none"]) == 0
     fused = synthesize_volume(model_path, oblique_t1, plane="fuse", device="cpu")
     np.testing.assert_allclose(read_volume(tmp_path / "auto.nii.gz").array, fused.array, rtol=1e-5, atol=1e-4)
+
+
+def test_cli_synthesizes_the_named_series_of_a_multi_series_dicom_folder(model_path, oblique_t1, tmp_path, capsys):
+    import pydicom
+
+    from T1ToT2Lib.dicom import export_dicom_series
+
+    folder = tmp_path / "study"
+    t1_files = export_dicom_series(oblique_t1, folder / "t1")
+    export_dicom_series(oblique_t1.with_array(oblique_t1.array * 2), folder / "other")
+    t1_uid = pydicom.dcmread(t1_files[0]).SeriesInstanceUID
+
+    out = tmp_path / "syn.nii.gz"
+    assert main(["synthesize", str(model_path), str(folder), str(out), "--device", "cpu", "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and t1_uid in err and not out.exists()
+
+    assert main(["synthesize", str(model_path), str(folder), str(out), "--series-uid", t1_uid, "--device", "cpu",
+                 "--progress", "none"]) == 0
+    written = read_volume(out)
+    np.testing.assert_allclose(written.ijk_to_ras, read_volume(folder / "t1").ijk_to_ras, atol=1e-5)
+    np.testing.assert_allclose(written.ijk_to_ras, oblique_t1.ijk_to_ras, atol=1e-4)

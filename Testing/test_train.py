@@ -218,3 +218,22 @@ def test_cli_preset_sets_the_network_and_explicit_options_win(tmp_path, preset, 
     assert main([*common, *args, "--norm", "batch", "--context", "1", "--out", str(tmp_path / "b.safetensors")]) == 0
     explicit = load_model(tmp_path / "b.safetensors").config
     assert explicit["norm"] == "batch" and explicit["in_channels"] == 1 and explicit["upsample"] == expected["upsample"]
+
+
+def test_cli_trains_on_named_series_of_one_dicom_folder(tmp_path):
+    import pydicom
+
+    from T1ToT2Lib.dicom import export_dicom_series
+
+    t1, t2 = tiny_pair()
+    uid_t1 = pydicom.dcmread(export_dicom_series(t1, tmp_path / "study" / "t1")[0]).SeriesInstanceUID
+    uid_t2 = pydicom.dcmread(export_dicom_series(t2, tmp_path / "study" / "t2")[0]).SeriesInstanceUID
+    out = tmp_path / "m.safetensors"
+    common = ["train", "--t1", str(tmp_path / "study"), "--t2", str(tmp_path / "study"), "--planes", "axial",
+              "--epochs", "1", "--max-steps-per-epoch", "1", "--ngf", "8", "--ndf", "8", "--depth", "3",
+              "--device", "cpu", "--progress", "none", "--out", str(out)]
+    assert main(common) == 2 and not out.exists()  # two series: which one is the T1 must be said
+    assert main([*common, "--t1-series-uid", uid_t1, "--t2-series-uid", uid_t2]) == 0
+    summary = load_model(out).metadata["training"]
+    assert summary["t1"]["shape"] == list(t1.shape) and summary["t2"]["shape"] == list(t2.shape)
+    np.testing.assert_allclose(summary["t1"]["spacing_mm"], t1.spacing, atol=1e-5)

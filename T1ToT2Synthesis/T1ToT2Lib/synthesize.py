@@ -197,9 +197,9 @@ def write_synthetic_volume(volume: Volume, path) -> Path:
     return path
 
 
-def synthesize_file(model, t1_path, out_path, **kwargs) -> Path:
-    """Read ``t1_path`` (file or DICOM folder), synthesise, write ``out_path`` atomically."""
-    t1 = read_volume(t1_path)
+def synthesize_file(model, t1_path, out_path, series_uid=None, **kwargs) -> Path:
+    """Read ``t1_path`` (file or DICOM folder; ``series_uid`` picks one series), synthesise, write ``out_path`` atomically."""
+    t1 = read_volume(t1_path, series_uid=series_uid)
     volume = synthesize_volume(model, t1, **kwargs)
     return write_synthetic_volume(volume, out_path)
 
@@ -213,6 +213,7 @@ def register_cli(subparsers):
     p.add_argument("--plane", default="auto", choices=("auto", *PLANE_MODES),
                    help="slice plane, or 'fuse' to average all three; auto (default): fuse for a model trained on all "
                         "three planes, else the plane it was trained on")
+    p.add_argument("--series-uid", help="SeriesInstanceUID of the T1 when T1 is a DICOM folder with several series")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--batch", type=int, default=8, help="slices per forward pass")
@@ -253,7 +254,7 @@ def run_synthesize(args) -> int:
     progress = {"json": emit_json, "bar": emit_bar, "none": None}[args.progress]
     plane = default_plane(model) if args.plane == "auto" else args.plane
     try:
-        path = synthesize_file(model, args.t1, args.out, plane=plane, device=args.device,
+        path = synthesize_file(model, args.t1, args.out, series_uid=args.series_uid, plane=plane, device=args.device,
                                precision=args.precision, batch_size=args.batch, progress=progress,
                                batch_norm=args.batch_norm)
     except T1ToT2Error as exc:

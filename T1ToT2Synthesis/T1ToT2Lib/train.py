@@ -591,6 +591,8 @@ def register_cli(subparsers):
     p = subparsers.add_parser("train", help="train a T1 -> T2 model on a paired T1/T2 volume")
     p.add_argument("--t1", required=True, help="T1 volume (NIfTI/NRRD/MHA file or DICOM folder)")
     p.add_argument("--t2", required=True, help="T2 volume on the same grid as --t1")
+    p.add_argument("--t1-series-uid", help="SeriesInstanceUID of the T1 when --t1 is a DICOM folder with several series")
+    p.add_argument("--t2-series-uid", help="SeriesInstanceUID of the T2 when --t2 is a DICOM folder with several series")
     p.add_argument("--val-t1", help="validation T1 (scored after every epoch)")
     p.add_argument("--val-t2", help="validation T2 on the same grid as --val-t1")
     p.add_argument("--model", default="pix2pix", choices=("pix2pix", "cyclegan", "unit"))
@@ -637,8 +639,10 @@ def run_train(args) -> int:
     explicit = {k: getattr(args, k) for k in ("ngf", "ndf", "depth", "n_blocks", "upsample", "norm") if getattr(args, k) is not None}
     overrides = {**preset_network, **explicit}
     args.context = preset_context if args.context is None else args.context
+    t1 = read_volume(args.t1, series_uid=args.t1_series_uid) if args.t1_series_uid else args.t1
+    t2 = read_volume(args.t2, series_uid=args.t2_series_uid) if args.t2_series_uid else args.t2
     config = TrainConfig(
-        t1=args.t1, t2=args.t2, val_t1=args.val_t1, val_t2=args.val_t2, out=args.out, model=args.model,
+        t1=t1, t2=t2, val_t1=args.val_t1, val_t2=args.val_t2, out=args.out, model=args.model,
         network=overrides, planes=tuple(check_planes(args.planes)), epochs=args.epochs, epochs_decay=args.epochs_decay,
         lr=args.lr, betas=_parse_betas(args.betas), batch_size=args.batch_size, context=args.context, device=args.device,
         precision=args.precision, seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
