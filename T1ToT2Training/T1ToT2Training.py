@@ -223,14 +223,11 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for event in events:
             if event.get("event") == "start":
                 self._totalEpochs = event.get("epochs")
-            stepEvent = self.logic.globalStepEvent(event)
-            if stepEvent is not None:
-                self._lossPlot.add_event(stepEvent)
+            self.logic.recordEvent(event, self._lossPlot, self._parameterNode.validationTable)
             fraction = self.logic.progressFraction(event, self._totalEpochs)
             if fraction is not None:
                 self.ui.progressBar.setValue(int(100 * fraction))
             if event.get("event") == "epoch":
-                self.logic.addValidationRow(self._parameterNode.validationTable, event)
                 self.ui.statusLabel.text = _("Epoch {epoch} done.").format(epoch=event.get("epoch"))
 
     def onCancelButton(self) -> None:
@@ -332,6 +329,13 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
         if event.get("event") != "step" or not event.get("steps"):
             return None
         return {"event": "step", "step": (event["epoch"] - 1) * event["steps"] + event["step"], "losses": event.get("losses", {})}
+
+    def recordEvent(self, event, lossPlot=None, validationTable=None) -> None:
+        """Feed one training event to the loss chart (steps) and the validation table (epochs)."""
+        stepEvent = self.globalStepEvent(event)
+        if lossPlot is not None and stepEvent is not None:
+            lossPlot.add_event(stepEvent)
+        self.addValidationRow(validationTable, event)
 
     def finishTrainingJob(self, job) -> pathlib.Path:
         """The model a finished job wrote (remembered for the Synthesis module); raises the job's error."""
@@ -438,10 +442,7 @@ class T1ToT2TrainingTest(ScriptedLoadableModuleTest):
         table = logic.newValidationTable()
         job.run_to_end(timeout=600)
         for event in job.events:
-            stepEvent = logic.globalStepEvent(event)
-            if stepEvent is not None:
-                lossPlot.add_event(stepEvent)
-            logic.addValidationRow(table, event)
+            logic.recordEvent(event, lossPlot, table)
         path = logic.finishTrainingJob(job)
         self.assertTrue(path.is_file())
         self.assertEqual(lossPlot.table_node.GetNumberOfRows(), 2)

@@ -415,10 +415,7 @@ def test_training_job_then_background_synthesis_equals_in_process(modules, tmp_p
     table = train_logic.newValidationTable()
     job.run_to_end(timeout=300)
     for event in job.events:
-        step_event = train_logic.globalStepEvent(event)
-        if step_event is not None:
-            loss_plot.add_event(step_event)
-        train_logic.addValidationRow(table, event)
+        train_logic.recordEvent(event, loss_plot, table)
     model = train_logic.finishTrainingJob(job)
     assert model == p.outputModelPath and model.is_file()
     assert sc.table_columns(loss_plot.table_node)["Step"] == [1.0, 2.0]  # numbered over the run
