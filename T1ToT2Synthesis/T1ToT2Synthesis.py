@@ -53,8 +53,9 @@ class T1ToT2Synthesis(ScriptedLoadableModule):
             "The bundled demo model was trained on a computer-generated hand phantom."
         )
         self.parent.acknowledgementText = _(
-            "Method after R. M. Grant-Jacob et al., \"Introducing a new method for MRI: the synthesis of T2 SPACE "
-            "images from T1 VIBE images with deep learning\", J. Phys. Commun. 5, 095015 (2021)."
+            "Method after J. A. Grant-Jacob, C. Everitt, R. W. Eason, L. J. King and B. Mills, \"Exploring sequence "
+            "transformation in magnetic resonance imaging via deep learning using data from a single asymptomatic "
+            "patient\", J. Phys. Commun. 5, 095015 (2021)."
         )
 
 

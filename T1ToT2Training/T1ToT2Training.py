@@ -52,8 +52,9 @@ class T1ToT2Training(ScriptedLoadableModule):
             "<b>Images made by these models are synthetic: research only, not for diagnosis.</b>"
         )
         self.parent.acknowledgementText = _(
-            "Method after R. M. Grant-Jacob et al., \"Introducing a new method for MRI: the synthesis of T2 SPACE "
-            "images from T1 VIBE images with deep learning\", J. Phys. Commun. 5, 095015 (2021)."
+            "Method after J. A. Grant-Jacob, C. Everitt, R. W. Eason, L. J. King and B. Mills, \"Exploring sequence "
+            "transformation in magnetic resonance imaging via deep learning using data from a single asymptomatic "
+            "patient\", J. Phys. Commun. 5, 095015 (2021)."
         )
 
 

@@ -459,3 +459,47 @@ def test_bundled_model_is_found_installed_or_in_a_source_checkout(tmp_path):
     installed.parent.mkdir(parents=True)
     installed.write_bytes(b"x")
     assert dependencies.find_bundled_model(module_dir) == installed
+
+
+# --- the paper's citation ---------------------------------------------------------------------
+WRONG_CITATION_FRAGMENTS = ("Introducing a new method for MRI", "R. M. Grant-Jacob",
+                            "synthesis of T2 SPACE images from T1 VIBE images")
+
+
+def _plain(text: str) -> str:
+    """Text with Markdown emphasis, HTML entities, escaped quotes, string-literal seams and line breaks removed."""
+    import html
+
+    text = html.unescape(text).replace("\\\"", "\"").replace("*", "")
+    text = re.sub(r"\"\s*\n\s*\"", "", text)  # adjacent Python string literals
+    return re.sub(r"\s+", " ", text)
+
+
+def test_the_paper_is_cited_with_its_real_authors_and_title_everywhere(tmp_path):
+    import numpy as np
+
+    from T1ToT2Lib import about, metrics, report
+    from T1ToT2Lib.volume import Volume
+
+    assert about.CITATION.startswith("J. A. Grant-Jacob, C. Everitt, R. W. Eason, L. J. King and B. Mills, ")
+    title = ("Exploring sequence transformation in magnetic resonance imaging via deep learning using data from a "
+             "single asymptomatic patient")
+    assert title in about.CITATION and about.CITATION.endswith("J. Phys. Commun. 5, 095015 (2021)")
+    authors = "J. A. Grant-Jacob, C. Everitt, R. W. Eason, L. J. King and B. Mills"
+    readme = _plain((ROOT / "README.md").read_text())
+    assert f"{authors}, {title}, J. Phys. Commun. 5, 095015 (2021)" in readme
+    for module in MODULES:
+        assert _plain(about.CITATION) in _plain(module_source(module)), module
+    # The report footer, as written.
+    rng = np.random.default_rng(0)
+    actual = Volume.from_geometry(rng.random((8, 16, 16)).astype(np.float32) + 1, spacing=(1.0, 1.0, 1.0))
+    index = report.write_report(tmp_path, {"m": metrics.evaluate_volumes(actual, actual)})
+    assert about.CITATION in _plain(index.read_text())
+    # The invented title and initials appear in no tracked file.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix in (".py", ".md", ".txt", ".json", ".html", ".ui", ".cmake") or path.name == "CMakeLists.txt":
+            text = path.read_text(errors="replace") if path.is_file() else ""
+            for fragment in WRONG_CITATION_FRAGMENTS:
+                assert fragment not in text or path == Path(__file__), (name, fragment)

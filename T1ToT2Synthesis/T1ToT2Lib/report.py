@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from . import __version__
+from .about import CITATION
 from .atomic import atomic_path
 from .metrics import GRID_PERIODS
 
@@ -146,7 +147,7 @@ def write_report(out_dir, results: dict, figures=(), settings=None, title="T1ToT
         src = _image_src(Path(path), out_dir, embed_images)
         parts.append(f"<figure><img src=\"{html.escape(src)}\" alt=\"{html.escape(caption)}\"><figcaption>{html.escape(caption)}</figcaption></figure>")
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    parts.append(f"<hr><p><small>T1ToT2 {__version__}, {stamp}. Metrics as Grant-Jacob et al., J. Phys. Commun. 5 095015 (2021): "
+    parts.append(f"<hr><p><small>T1ToT2 {__version__}, {stamp}. Metrics as {html.escape(CITATION)}: "
                  "NRMSE = RMSE / (max I − min I); PSNR with the larger image maximum as peak; SSIM 7×7 window, "
                  "C1 = (0.01 L)², C2 = (0.03 L)².</small></p></body></html>")
     path = out_dir / "index.html"
