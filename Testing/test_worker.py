@@ -1,6 +1,7 @@
 """BackgroundJob: JSON progress from a child process, error messages, clean cancellation."""
 
 import json
+import os
 import sys
 import textwrap
 import time
@@ -162,3 +163,74 @@ def test_real_training_job_streams_progress_and_cancels_cleanly(tmp_path):
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
     assert json.dumps(job.events)  # every event is plain JSON
+
+
+def test_cancel_cleans_up_even_when_the_child_inherited_sigint_ignored(tmp_path):
+    """A job started from a non-interactive shell (``cmd &``, CI runners) inherits SIGINT ignored."""
+    if os.name != "posix":
+        pytest.skip("signal dispositions are inherited this way on POSIX only")
+    final = tmp_path / "result.nii.gz"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import json, signal, sys, time
+        from T1ToT2Lib.atomic import atomic_path
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN, "the test must start the writer with SIGINT ignored"
+        with atomic_path(sys.argv[1]) as tmp:
+            open(tmp, "w").write("half")
+            print(json.dumps({"event": "start", "partial": str(tmp)}))
+            while True:
+                time.sleep(0.05)
+    """))
+    launcher = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+    job = BackgroundJob([sys.executable, "-c", launcher, str(script), str(final)], cwd=tmp_path)
+    job.start()
+    assert wait_for(lambda: job.poll() or job.events, timeout=120)
+    partial = Path(job.events[0]["partial"])
+    assert partial.exists()
+    job.cancel(timeout=60)
+    assert not job.is_running and not final.exists() and not partial.exists()
+    assert list(tmp_path.glob(".result*")) == []
+
+
+def test_a_child_that_must_be_killed_has_its_temporary_files_removed_by_the_parent(tmp_path):
+    final = tmp_path / "model.safetensors"
+    job = BackgroundJob([sys.executable, str(tmp_path / "job.py"), str(final)], cwd=tmp_path, outputs=[final])
+    (tmp_path / "job.py").write_text(textwrap.dedent("""
+        import json, signal, sys, time
+        from T1ToT2Lib.atomic import atomic_path
+        with atomic_path(sys.argv[1]) as tmp:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)  # a stuck child: only SIGKILL ends it
+            open(tmp, "w").write("half")
+            print(json.dumps({"event": "start", "partial": str(tmp)}))
+            while True:
+                time.sleep(0.05)
+    """))
+    job.start()
+    assert wait_for(lambda: job.poll() or job.events, timeout=120)
+    partial = Path(job.events[0]["partial"])
+    assert partial.exists()
+    code = job.cancel(timeout=2)
+    assert code is not None and code < 0 and job.cancelled  # killed by a signal, not exited
+    assert not final.exists() and not partial.exists()
+    unrelated = tmp_path / ".model.keep"
+    unrelated.write_text("x")
+    assert unrelated.exists()  # only the writer's own temporary names are removed
+
+
+def test_sigterm_unwinds_a_cli_write(tmp_path):
+    """SIGTERM (what a scheduler or ``kill`` sends) gives exit 130 and removes the temporary output."""
+    from T1ToT2Lib.atomic import interrupt_on_termination, partial_paths
+    import signal as signal_module
+    final = tmp_path / "out.nii.gz"
+    from T1ToT2Lib.atomic import atomic_path
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(final) as tmp:
+            Path(tmp).write_text("half")
+            os.kill(os.getpid(), signal_module.SIGTERM)
+            time.sleep(1)
+    assert not final.exists() and partial_paths(final) == []
+    assert signal_module.getsignal(signal_module.SIGTERM) == signal_module.SIG_DFL  # handler restored
+    with interrupt_on_termination():
+        assert signal_module.getsignal(signal_module.SIGTERM) not in (signal_module.SIG_DFL, None)

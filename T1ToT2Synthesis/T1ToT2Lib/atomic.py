@@ -10,8 +10,66 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
+
+#: Signals that end a job: each must unwind the writer (so its ``finally`` removes the temporary file) instead of
+#: killing the process on the spot.  SIGBREAK is what Windows delivers for CTRL_BREAK_EVENT.
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def interrupt_on_termination():
+    """Turn SIGINT/SIGTERM (SIGBREAK on Windows) into ``KeyboardInterrupt`` while the block runs.
+
+    Python's default for SIGTERM ends the process without unwinding, and a child started from a
+    non-interactive shell inherits SIGINT *ignored*: either way a temporary file would survive a
+    cancel.  Handlers a program installed itself (training's stop-at-the-next-step handler) are kept.
+    Only the main thread can own signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for sig in TERMINATING_SIGNALS:
+        current = signal.getsignal(sig)
+        if current in (signal.SIG_DFL, signal.SIG_IGN, None):
+            previous[sig] = current
+            signal.signal(sig, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def partial_paths(final: str | os.PathLike) -> list[Path]:
+    """The temporary files or folders :func:`atomic_path` / :func:`atomic_directory` may have left for ``final``."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    prefixes = {f".{final.stem}.", f".{final.name}."}
+    return sorted(p for p in final.parent.iterdir()
+                  if any(p.name.startswith(prefix) for prefix in prefixes) and ".partial" in p.name)
+
+
+def remove_partials(final: str | os.PathLike) -> list[Path]:
+    """Remove what a killed writer of ``final`` left behind; returns the removed paths."""
+    removed = []
+    for path in partial_paths(final):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(path)
+    return removed
 
 
 def _umask() -> int:
@@ -26,22 +84,24 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None):
 
     The temporary name keeps the final name's extension(s) (``.nii.gz``,
     ``.safetensors``...) so that writers choosing a format by extension work.
+    A SIGINT or SIGTERM while the block runs removes the temporary file too.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(final.suffixes) if final.suffixes else ""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{suffix}", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with interrupt_on_termination():
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{suffix}", dir=final.parent)
+        tmp = Path(tmp)
+        try:
+            os.close(fd)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
+            yield tmp
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
 
 
 @contextlib.contextmanager
@@ -55,16 +115,17 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False):
     if final.exists() and not overwrite:
         raise FileExistsError(str(final))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with interrupt_on_termination():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())
+            yield tmp
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def json_default(obj):

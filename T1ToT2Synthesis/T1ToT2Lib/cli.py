@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from . import __version__
+from .atomic import interrupt_on_termination
 from .errors import T1ToT2Error
 
 #: Modules that register sub-commands, in the order they appear in ``--help``.
@@ -54,7 +55,9 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        # A cancel (SIGINT, SIGTERM, or CTRL_BREAK on Windows) unwinds the command so its temporary files are removed.
+        with interrupt_on_termination():
+            return int(args.func(args) or 0)
     except T1ToT2Error as exc:
         print(f"t1tot2 {args.command}: error: {exc}", file=sys.stderr)
         return 2

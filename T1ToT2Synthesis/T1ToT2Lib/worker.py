@@ -5,12 +5,14 @@ user interface: the child prints one JSON object per line on stdout
 (``--progress json``); a reader thread parses them into a queue that the
 widget drains with :meth:`BackgroundJob.poll` from a timer.  No Qt, no Slicer.
 
-Cancelling first sends an interrupt (SIGINT on POSIX), which Python turns
-into ``KeyboardInterrupt`` so the child's ``atomic_path`` removes its
-temporary files and no partial output ever appears; a child that does not stop
-within half the timeout gets SIGTERM, and finally SIGKILL.  Signals go to the
-child's whole process group, so a launcher such as ``PythonSlicer`` and the
-Python process it starts both stop.
+Cancelling first sends an interrupt (SIGINT on POSIX, CTRL_BREAK on Windows),
+which the child's ``atomic_path`` turns into ``KeyboardInterrupt`` so it
+removes its temporary files and no partial output ever appears; a child that
+does not stop within half the timeout gets SIGTERM, and finally SIGKILL.
+Signals go to the child's whole process group, so a launcher such as
+``PythonSlicer`` and the Python process it starts both stop.  A child that had
+to be killed cannot clean up, so the job removes the temporary files of the
+``outputs`` it was told about.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+
+from .atomic import remove_partials
 
 _POSIX = os.name == "posix"
 
@@ -42,8 +47,10 @@ class BackgroundJob:
     that are not JSON objects go to :attr:`log_lines`, as do stderr lines.
     """
 
-    def __init__(self, argv, env=None, cwd=None):
+    def __init__(self, argv, env=None, cwd=None, outputs=()):
         self.argv = [str(a) for a in argv]
+        #: Final paths the command writes; their temporary files are removed if the child has to be killed.
+        self.outputs = [Path(p) for p in outputs]
         self.env = dict(os.environ if env is None else env)
         # Progress must arrive line by line, not when the child's buffer fills up.
         self.env.setdefault("PYTHONUNBUFFERED", "1")
@@ -66,7 +73,9 @@ class BackgroundJob:
         if _POSIX:
             kwargs["start_new_session"] = True
         else:
-            kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+            # Own process group so CTRL_BREAK reaches the launcher and its Python child; no console window.
+            kwargs["creationflags"] = (getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+                                       | getattr(subprocess, "CREATE_NO_WINDOW", 0))
         self.process = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
@@ -149,21 +158,24 @@ class BackgroundJob:
         if not self.is_running:
             return self.wait(timeout)
         self.cancelled = True
-        steps = (signal.SIGINT, signal.SIGTERM) if _POSIX else (None,)
+        steps = (signal.SIGINT, signal.SIGTERM) if _POSIX else (getattr(signal, "CTRL_BREAK_EVENT", None),)
         for sig in steps:
             self._signal(sig)
             if self.wait(timeout / len(steps)) is not None:
                 return self.process.returncode
         self._signal_kill()
-        return self.wait(timeout)
+        code = self.wait(timeout)
+        for output in self.outputs:
+            remove_partials(output)
+        return code
 
     def _signal(self, sig):
         try:
             if _POSIX:
                 os.killpg(self.process.pid, sig)
-            else:
-                self.process.terminate()
-        except (ProcessLookupError, PermissionError):
+            elif sig is not None:
+                self.process.send_signal(sig)  # CTRL_BREAK_EVENT to the whole new process group
+        except (ProcessLookupError, PermissionError, OSError):
             pass
 
     def _signal_kill(self):
@@ -171,8 +183,12 @@ class BackgroundJob:
             if _POSIX:
                 os.killpg(self.process.pid, signal.SIGKILL)
             else:
+                # taskkill /T ends the launcher's Python child too; Popen.kill alone would orphan it.
+                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0), check=False)
                 self.process.kill()
-        except (ProcessLookupError, PermissionError):
+        except (ProcessLookupError, PermissionError, OSError):
             pass
 
     # --- results ---------------------------------------------------------------
