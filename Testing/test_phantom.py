@@ -11,7 +11,7 @@ from T1ToT2Lib.cli import main
 from T1ToT2Lib.volume import read_volume
 
 T = P.TISSUES
-NAMES = ("left_t1", "left_t2", "right_t1", "right_t2", "left_labels", "right_labels")
+NAMES = ("left_t1", "left_t2", "left_t2_clean", "right_t1", "right_t2", "right_t2_clean", "left_labels", "right_labels")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_files_written_twice_are_byte_identical(written, tmp_path):
     code, first = written
     assert code == 0
     second = P.write_phantom(tmp_path / "again", size="small", seed=0)
-    assert len(second) == 7
+    assert len(second) == 9
     for name, path in second.items():
         assert path.read_bytes() == (first / path.name).read_bytes(), name
 
@@ -206,7 +206,7 @@ def test_misregistration_moves_t2_against_t1_and_is_recorded(hands):
 
 
 # --- files and command line ------------------------------------------------------------------------
-def test_cli_writes_seven_files_with_the_returned_geometry_labelled_synthetic(written, hands, capsys):
+def test_cli_writes_nine_files_with_the_returned_geometry_labelled_synthetic(written, hands, capsys):
     code, out = written
     assert code == 0
     files = sorted(p.name for p in out.iterdir())
@@ -231,3 +231,21 @@ def test_cli_bad_size_is_a_one_line_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "unknown phantom size 'huge'" in err and "small" in err and "full" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_clean_t2_is_the_acquired_t2_without_noise_and_coil_field(hands):
+    """The oracle differs from the acquired T2 only by a smooth field and zero-mean-ish noise."""
+    from scipy import ndimage
+
+    for side in ("left", "right"):
+        clean, acquired = hands[f"{side}_t2_clean"].array, hands[f"{side}_t2"].array
+        assert hands[f"{side}_t2_clean"].same_geometry(hands[f"{side}_t2"], tol=0)
+        bright = clean > 300
+        ratio = acquired[bright] / clean[bright]
+        # Multiplicative coil field within 1 +- BIAS_AMPLITUDE (plus noise), never a different image.
+        assert abs(np.median(ratio) - 1) < P.BIAS_AMPLITUDE
+        residual = acquired - clean * ndimage.gaussian_filter(np.where(bright, acquired / np.maximum(clean, 1), 1), 8)
+        # Background of the clean render is exactly zero; the acquired one holds only Rician noise there.
+        air = hands[f"{side}_labels"].array == 0
+        assert np.all(clean[air & (ndimage.binary_dilation(~air, iterations=2) == 0)] == 0)
+        assert np.std(residual[bright]) < 3 * P.NOISE_SIGMA

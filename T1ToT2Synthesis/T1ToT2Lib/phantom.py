@@ -349,7 +349,10 @@ def _hands(seed):
 
 
 def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = False, progress: bool = False) -> dict:
-    """Simulate both hands: ``{left,right}_{t1,t2,labels}`` volumes, one geometry per hand.
+    """Simulate both hands: ``{left,right}_{t1,t2,t2_clean,labels}`` volumes, one geometry per hand.
+
+    ``*_t2_clean`` is the T2 as rendered before the coil bias field and the Rician noise (same
+    anatomy, partial volume and texture): the "oracle" that shows what a synthesis could reach.
 
     Labels are float arrays of the integer values in :data:`TISSUES`.  With
     ``misregistration`` the T2 images are rigidly moved (at most
@@ -369,17 +372,19 @@ def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = Fal
             labels, t1, t2 = render_hand(hands[side], size, progress=bar.update if bar else None)
             texture = tissue_texture(t1.shape, spacing, rng)
             t1, t2 = t1 * texture, t2 * texture
+            clean_t2 = t2.copy()  # what a perfect synthesis could reach: no coil field, no noise
             t1 = t1 * bias_field(t1.shape, rng)
             t2 = t2 * bias_field(t2.shape, rng)
             motion = None
             if misregistration:
                 rotation, shift, angles = random_rigid(rng)
                 t2 = _move_image(t2, rotation, shift, spacing)
+                clean_t2 = _move_image(clean_t2, rotation, shift, spacing)
                 motion = {"rotation_deg_xyz": angles.round(4).tolist(), "translation_mm_xyz": shift.round(4).tolist()}
             t1 = rician(t1, NOISE_SIGMA, rng)
             t2 = rician(t2, NOISE_SIGMA, rng)
             if side == "right":  # the hand frame's x (radial) is -R for the right hand
-                labels, t1, t2 = labels[:, :, ::-1], t1[:, :, ::-1], t2[:, :, ::-1]
+                labels, t1, t2, clean_t2 = labels[:, :, ::-1], t1[:, :, ::-1], t2[:, :, ::-1], clean_t2[:, :, ::-1]
             m = hand_geometry(size, side)
             base = {"synthetic": True, "description": SYNTHETIC_NOTE, "phantom_seed": int(seed), "phantom_size": size, "hand": side}
             out[f"{side}_t1"] = Volume(np.ascontiguousarray(t1), m.copy(), {**base, "sequence": "T1 VIBE (simulated)"})
@@ -387,6 +392,8 @@ def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = Fal
             if motion:
                 t2_meta["misregistration"] = motion
             out[f"{side}_t2"] = Volume(np.ascontiguousarray(t2), m.copy(), t2_meta)
+            out[f"{side}_t2_clean"] = Volume(np.ascontiguousarray(clean_t2), m.copy(),
+                                             {**t2_meta, "sequence": "T2 SPACE (simulated, noise-free, no coil field)"})
             out[f"{side}_labels"] = Volume(np.ascontiguousarray(labels, dtype=np.float32), m.copy(), {**base, "labels": dict(TISSUES)})
     finally:
         if bar is not None:
@@ -432,6 +439,10 @@ def write_phantom(outdir, size: str = "small", seed: int = 0, misregistration: b
     paths = {}
     for name, volume in volumes.items():
         kind = name.split("_", 1)[1]
+        if kind == "t2_clean":
+            note = f"SYNTHETIC phantom {name} (noise-free T2 SPACE render, no coil field)"
+            paths[name] = _write_labelled(volume, outdir / f"{name}.nii.gz", note)
+            continue
         note = f"SYNTHETIC phantom {name} ({volume.meta.get('sequence', 'tissue labels')})"
         paths[name] = _write_labelled(volume, outdir / f"{name}.nii.gz", note if kind != "labels" else f"SYNTHETIC phantom {name}")
     info = {
@@ -460,7 +471,7 @@ def register_cli(subparsers):
         help="simulate the hand phantom (T1 VIBE, T2 SPACE and tissue labels of both hands)",
         description="Write a procedural left and right hand: T1 VIBE, T2 SPACE and tissue labels (NIfTI) plus landmarks.json. All images are synthetic.",
     )
-    parser.add_argument("outdir", help="folder to write the seven files into")
+    parser.add_argument("outdir", help="folder to write the nine files into (T1, T2, noise-free T2 and labels of each hand, landmarks.json)")
     parser.add_argument("--size", default="small", help=f"voxel size preset: {', '.join(f'{k} ({v} mm)' for k, v in SIZES.items())} (default small)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes (default 0)")
     parser.add_argument("--misregister", action="store_true", help="move each T2 by a small random rigid transform against its T1")
