@@ -19,6 +19,7 @@ from .errors import T1ToT2Error
 #: Modules that register sub-commands, in the order they appear in ``--help``.
 COMMAND_MODULES = (
     "phantom",
+    "align",
     "train",
     "synthesize",
     "metrics",

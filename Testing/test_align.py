@@ -1,0 +1,134 @@
+"""Alignment: the phantom's recorded misregistration is recovered, on the T1's grid or from another grid, and the CLI,
+``train --align`` and ``evaluate --align`` use it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from T1ToT2Lib.align import align, resample_onto
+from T1ToT2Lib.cli import main
+from T1ToT2Lib.errors import T1ToT2Error
+from T1ToT2Lib.volume import Volume, read_volume, write_volume
+
+TOL_MM, TOL_DEG = 0.3, 0.3
+
+
+@pytest.fixture(scope="module")
+def misregistered():
+    from T1ToT2Lib.phantom import make_phantom
+
+    return make_phantom(size="small", seed=0, misregistration=True)
+
+
+def expected_in_ras(motion, side):
+    """The phantom's recorded motion (hand frame: x radial, y volar, z distal) as rotation degrees and shift in RAS.
+
+    The right hand's frame x runs along -R (phantom.frame_to_ras), so its motion is mirrored in R.
+    """
+    from scipy.spatial.transform import Rotation
+
+    mirror = np.diag([1.0 if side == "left" else -1.0, 1.0, 1.0])
+    rotation = Rotation.from_euler("xyz", motion["rotation_deg_xyz"], degrees=True).as_matrix()
+    angles = Rotation.from_matrix(mirror @ rotation @ mirror).as_euler("xyz", degrees=True)
+    return angles, mirror @ np.asarray(motion["translation_mm_xyz"])
+
+
+def oblique_grid(volume: Volume, spacing=1.2, angles=(8.0, -6.0, 10.0), shift_mm=(4.0, -3.0, 6.0), margin_mm=6.0) -> Volume:
+    """An empty volume on another grid (rotated, ``spacing`` mm, field of view shifted) that covers ``volume``."""
+    from scipy.spatial.transform import Rotation
+
+    direction = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
+    corners = np.array([[i, j, k] for i in (0, volume.shape[2] - 1) for j in (0, volume.shape[1] - 1) for k in (0, volume.shape[0] - 1)])
+    local = volume.ijk_to_ras_points(corners) @ direction  # corner coordinates along the new axes
+    lo, hi = local.min(axis=0) - margin_mm, local.max(axis=0) + margin_mm
+    size = np.ceil((hi - lo) / spacing).astype(int) + 1
+    origin = direction @ lo + np.asarray(shift_mm)
+    return Volume.from_geometry(np.zeros(size[::-1], np.float32), (spacing,) * 3, origin, direction)
+
+
+def assert_recovered(result, motion, side):
+    angles, shift = expected_in_ras(motion, side)
+    np.testing.assert_array_less(np.abs(np.asarray(result.rotation_deg_ras) - angles), TOL_DEG)
+    np.testing.assert_array_less(np.abs(np.asarray(result.translation_mm_ras) - shift), TOL_MM)
+    assert result.mi_after > result.mi_before
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_recovers_the_recorded_misregistration(misregistered, side):
+    t1, t2 = misregistered[f"{side}_t1"], misregistered[f"{side}_t2"]
+    motion = t2.meta["misregistration"]
+    assert max(map(abs, motion["rotation_deg_xyz"] + motion["translation_mm_xyz"])) > 0.5  # there is something to find
+    result = align(t1, t2)
+    assert_recovered(result, motion, side)
+    assert result.volume.same_geometry(t1, tol=0) and result.volume.shape == t1.shape
+
+
+def test_recovers_it_from_an_oblique_grid_of_another_spacing_and_field_of_view(misregistered):
+    t1, t2 = misregistered["left_t1"], misregistered["left_t2"]
+    other = resample_onto(t2, oblique_grid(t2))  # same anatomy positions, another grid (1.2 mm, rotated, shifted)
+    assert other.shape != t2.shape and not np.allclose(other.direction, np.eye(3), atol=0.05)
+    result = align(t1, other)
+    assert_recovered(result, t2.meta["misregistration"], "left")
+    assert result.volume.same_geometry(t1, tol=0)
+
+
+def test_affine_refines_the_rigid_result_without_losing_it(misregistered):
+    t1, t2 = misregistered["left_t1"], misregistered["left_t2"]
+    result = align(t1, t2, affine=True)
+    assert result.kind == "affine"
+    assert_recovered(result, t2.meta["misregistration"], "left")
+    scales = np.linalg.svd(np.asarray(result.matrix_ras), compute_uv=False)
+    np.testing.assert_allclose(scales, 1.0, atol=0.01)  # the phantom has no scaling or shear to find
+
+
+def test_cli_writes_the_aligned_t2_on_the_t1_grid_and_a_transform_itk_reads(misregistered, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    t1, t2 = misregistered["right_t1"], misregistered["right_t2"]
+    write_volume(t1, tmp_path / "t1.nii.gz")
+    write_volume(resample_onto(t2, oblique_grid(t2)), tmp_path / "t2.nii.gz")
+    out, tfm, report = tmp_path / "t2_on_t1.nii.gz", tmp_path / "t2_to_t1.tfm", tmp_path / "align.json"
+    code = main(["align", "--fixed", str(tmp_path / "t1.nii.gz"), "--moving", str(tmp_path / "t2.nii.gz"),
+                 "--out", str(out), "--transform", str(tfm), "--json", str(report)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "mutual information" in printed
+    aligned = read_volume(out)
+    assert aligned.shape == t1.shape and np.allclose(aligned.ijk_to_ras, read_volume(tmp_path / "t1.nii.gz").ijk_to_ras, atol=1e-5)
+    data = json.loads(report.read_text())
+    assert data["mutual_information_after"] > data["mutual_information_before"]
+    angles, shift = expected_in_ras(t2.meta["misregistration"], "right")
+    np.testing.assert_array_less(np.abs(np.asarray(data["rotation_deg_ras"]) - angles), TOL_DEG)
+    # The transform file, applied by ITK itself, reproduces the aligned image.
+    transform = sitk.ReadTransform(str(tfm))
+    again = sitk.Resample(sitk.ReadImage(str(tmp_path / "t2.nii.gz")), sitk.ReadImage(str(tmp_path / "t1.nii.gz")),
+                          transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(again), aligned.array, atol=1e-2)
+
+
+def _blob(origin, shape=(16, 16, 16), spacing=2.0):
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    array = 100.0 * ((k ** 2 + (j / 0.7) ** 2 + (i / 0.5) ** 2) < 0.6) + 5.0
+    return Volume.from_geometry(array, (spacing,) * 3, origin)
+
+
+@pytest.mark.parametrize("case", ["no_overlap", "bad_out", "flat"])
+def test_cli_refusals_are_one_line_exit_2_nothing_written(tmp_path, capsys, case):
+    fixed = _blob((0.0, 0.0, 0.0))
+    moving = {"no_overlap": _blob((500.0, 0.0, 0.0)), "bad_out": _blob((1.0, 0.0, 0.0)),
+              "flat": _blob((1.0, 0.0, 0.0)).with_array(np.ones((16, 16, 16)))}[case]
+    write_volume(fixed, tmp_path / "f.nii.gz")
+    write_volume(moving, tmp_path / "m.nii.gz")
+    out = tmp_path / ("out.png" if case == "bad_out" else "out.nii.gz")
+    code = main(["align", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"), "--out", str(out),
+                 "--transform", str(tmp_path / "t.tfm")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("t1tot2 align: error:")
+    expected = {"no_overlap": "do not overlap", "bad_out": "out.png", "flat": "constant"}[case]
+    assert expected in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nii.gz", "m.nii.gz"]
+
+
+def test_align_refuses_a_two_dimensional_volume():
+    with pytest.raises(T1ToT2Error, match="at least 4 slices"):
+        align(_blob((0.0, 0.0, 0.0)), _blob((0.0, 0.0, 0.0), shape=(2, 16, 16)))
