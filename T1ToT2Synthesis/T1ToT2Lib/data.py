@@ -220,11 +220,11 @@ def check_paired(t1: Volume, t2: Volume, what=("T1", "T2")) -> None:
     """T1 and T2 must be voxel-aligned: same shape and geometry."""
     if t1.shape != t2.shape:
         raise T1ToT2Error(
-            f"{what[0]} shape {t1.shape} differs from {what[1]} shape {t2.shape}: resample {what[1]} onto the {what[0]} grid first "
-            "(e.g. Slicer's Resample Scalar/Vector/DWI Volume or SimpleITK.Resample)"
+            f"{what[0]} shape {t1.shape} differs from {what[1]} shape {t2.shape}: add --align to register and resample {what[1]} "
+            f"onto the {what[0]} grid (or run 't1tot2 align' first)"
         )
     if not t1.same_geometry(t2, tol=1e-4):
         raise T1ToT2Error(
             f"{what[0]} and {what[1]} have the same shape but different geometry (spacing/origin/direction): "
-            f"register and resample {what[1]} onto the {what[0]} grid first"
+            f"add --align to register and resample {what[1]} onto the {what[0]} grid (or run 't1tot2 align' first)"
         )

@@ -166,7 +166,7 @@ def _check_geometry(generated: Volume, actual: Volume, what="generated"):
             f"the {what} volume's grid (shape {tuple(generated.shape)}, spacing {np.round(generated.spacing, 4).tolist()}, "
             f"origin {np.round(generated.origin, 3).tolist()}) differs from the acquired T2's (shape {tuple(actual.shape)}, "
             f"spacing {np.round(actual.spacing, 4).tolist()}, origin {np.round(actual.origin, 3).tolist()}): "
-            "synthesize from the T1 that matches the acquired T2, or resample onto its grid first"
+            "add --align to register and resample the acquired T2 onto it, or synthesize from the T1 that matches the acquired T2"
         )
 
 
@@ -347,6 +347,11 @@ def register_cli(subparsers):
     p.add_argument("--gaussian", action="store_true", help="SSIM with the 11-tap Gaussian window instead of the 7x7 uniform one")
     p.add_argument("--t1", help="when GENERATED is a model file: the T1 to synthesize from (on ACTUAL's grid)")
     p.add_argument("--synthesis-plane", default="axial", help="when GENERATED is a model file: axial, coronal, sagittal or fuse")
+    p.add_argument("--align", action="store_true",
+                   help="register ACTUAL to the --t1 (or to GENERATED) and resample it onto GENERATED's grid when the grids differ")
+    p.add_argument("--series-uid", help="SeriesInstanceUID of ACTUAL when it is a DICOM folder with several series")
+    p.add_argument("--generated-series-uid", help="SeriesInstanceUID of GENERATED when it is a DICOM folder with several series")
+    p.add_argument("--t1-series-uid", help="SeriesInstanceUID of --t1 when it is a DICOM folder with several series")
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     p.add_argument("--csv", metavar="FILE", help="write the per-plane table as CSV")
     p.set_defaults(func=run_evaluate)
@@ -355,18 +360,23 @@ def register_cli(subparsers):
 def run_evaluate(args) -> int:
     from .volume import read_volume
 
-    actual = read_volume(args.actual)
+    actual = read_volume(args.actual, series_uid=args.series_uid)
+    t1 = read_volume(args.t1, series_uid=args.t1_series_uid) if args.t1 else None
     if str(args.generated).endswith(".safetensors"):
         if not args.t1:
             raise T1ToT2Error("GENERATED is a model file: pass the T1 to synthesize from with --t1")
         from .synthesize import synthesize_volume
 
-        generated = synthesize_volume(args.generated, read_volume(args.t1), plane=args.synthesis_plane)
+        generated = synthesize_volume(args.generated, t1, plane=args.synthesis_plane)
     else:
-        generated = read_volume(args.generated)
+        generated = read_volume(args.generated, series_uid=args.generated_series_uid)
+    labels = read_volume(args.mask) if args.mask else None
+    if args.align:  # the acquired T2 on its own grid is registered and resampled onto the synthetic's (T1ToT2Lib.align)
+        from .align import align_for_evaluation
+
+        actual, labels = align_for_evaluation(generated, actual, labels, reference=t1)
     mask = None
     if args.mask:
-        labels = read_volume(args.mask)
         _check_geometry(labels, actual, what="mask")
         mask = foreground_mask(labels, dilate=args.dilate)
     planes = tuple(p.strip() for p in args.planes.split(",") if p.strip())

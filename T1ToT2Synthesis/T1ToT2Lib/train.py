@@ -595,6 +595,8 @@ def register_cli(subparsers):
     p.add_argument("--t2-series-uid", help="SeriesInstanceUID of the T2 when --t2 is a DICOM folder with several series")
     p.add_argument("--val-t1", help="validation T1 (scored after every epoch)")
     p.add_argument("--val-t2", help="validation T2 on the same grid as --val-t1")
+    p.add_argument("--align", action="store_true",
+                   help="register each T2 to its T1 (rigid, mutual information) and resample it onto the T1 grid when the grids differ")
     p.add_argument("--model", default="pix2pix", choices=("pix2pix", "cyclegan", "unit"))
     p.add_argument("--preset", default="recommended", choices=("recommended", "paper"),
                    help="Pix2Pix defaults: 'recommended' = resize-convolution up-sampling, instance norm, 3-slice 2.5-D input "
@@ -641,6 +643,12 @@ def run_train(args) -> int:
     args.context = preset_context if args.context is None else args.context
     t1 = read_volume(args.t1, series_uid=args.t1_series_uid) if args.t1_series_uid else args.t1
     t2 = read_volume(args.t2, series_uid=args.t2_series_uid) if args.t2_series_uid else args.t2
+    if args.align:  # T2s on their own grid are registered and resampled onto their T1's (T1ToT2Lib.align)
+        from .align import aligned_pair
+
+        t1, t2 = aligned_pair(t1, t2)
+        if args.val_t1 and args.val_t2:
+            args.val_t1, args.val_t2 = aligned_pair(args.val_t1, args.val_t2, what=("validation T1", "validation T2"))
     config = TrainConfig(
         t1=t1, t2=t2, val_t1=args.val_t1, val_t2=args.val_t2, out=args.out, model=args.model,
         network=overrides, planes=tuple(check_planes(args.planes)), epochs=args.epochs, epochs_decay=args.epochs_decay,
