@@ -33,6 +33,8 @@ from slicer.util import VTKObservationMixin
 PLANE_CHOICES = ["auto", "axial", "coronal", "sagittal", "fuse"]
 DEVICE_CHOICES = ["auto", "cuda", "mps", "cpu"]
 PRECISION_CHOICES = ["fp32", "bf16", "fp16"]
+#: Orientation of the three compare views; "auto": the model's plane when it was trained on one, else coronal.
+COMPARE_ORIENTATION_CHOICES = ["auto", "axial", "coronal", "sagittal"]
 #: Application setting holding the last model the Training module wrote, offered here.
 LAST_TRAINED_MODEL_SETTING = "T1ToT2/LastTrainedModel"
 POLL_INTERVAL_MS = 200
@@ -71,6 +73,8 @@ class T1ToT2SynthesisParameterNode:
     syntheticT2: vtkMRMLScalarVolumeNode
     profileLine: vtkMRMLMarkupsLineNode
     metricsTable: vtkMRMLTableNode
+    compareOrientation: Annotated[str, Choice(COMPARE_ORIENTATION_CHOICES)] = "auto"
+    showErrorMap: bool = False
 
 
 class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -167,6 +171,11 @@ class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.enabled = bool(p and not p.useBundledModel)
         hasSynthetic = bool(p and p.syntheticT2)
         self.ui.compareButton.enabled = hasSynthetic
+        hasErrorMap = bool(hasSynthetic and p.syntheticT2.GetNodeReference("T1ToT2.ErrorMap"))
+        self.ui.showErrorMapCheckBox.enabled = hasErrorMap
+        self.ui.showErrorMapCheckBox.toolTip = _(
+            "Show the synthetic T2's error map (how far each voxel can be trusted) instead of the difference map"
+        ) if hasErrorMap else _("This synthetic T2 has no error map")
         self.ui.lineProfileButton.enabled = hasSynthetic
         self.ui.exportDicomButton.enabled = hasSynthetic
         self.ui.metricsButton.enabled = bool(hasSynthetic and p.acquiredT2)
@@ -227,7 +236,9 @@ class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCompareButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the comparison."), waitCursor=True):
             p = self._parameterNode
-            self.logic.showComparison(p.inputT1, p.acquiredT2, p.syntheticT2)
+            overlay = "error" if p.showErrorMap and self.ui.showErrorMapCheckBox.enabled else "difference"
+            self.logic.showComparison(p.inputT1, p.acquiredT2, p.syntheticT2, orientation=p.compareOrientation,
+                                      overlay=overlay)
 
     def onMetricsButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to compute the metrics."), waitCursor=True):
@@ -367,7 +378,7 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
             plane = synthesize.default_plane(model)
         t1 = scene.volume_from_node(t1Node)
         volume = synthesize.synthesize_volume(model, t1, plane=plane, device=device, precision=precision, batch_size=batchSize)
-        return scene.create_or_update_synthetic_node(t1Node, volume, model.name)
+        return scene.create_or_update_synthetic_node(t1Node, volume, model.name, model_planes=model.planes)
 
     @staticmethod
     def pythonExecutable() -> str:
@@ -413,7 +424,8 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         synthetic = volume.read_volume(output)
         # The file holds the T1's geometry; reuse the node's exact matrix so no rounding creeps in.
         synthetic = scene.volume_from_node(t1Node).with_array(synthetic.array)
-        return scene.create_or_update_synthetic_node(t1Node, synthetic, self.modelName(job.modelPath))
+        return scene.create_or_update_synthetic_node(t1Node, synthetic, self.modelName(job.modelPath),
+                                                     model_planes=self.modelPlanes(job.modelPath))
 
     @staticmethod
     def modelName(modelPath) -> str:
@@ -427,20 +439,31 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         except T1ToT2Error:
             return path.name
 
+    @staticmethod
+    def modelPlanes(modelPath):
+        """The planes a model file was trained on, or None when its metadata cannot be read."""
+        from T1ToT2Lib.errors import T1ToT2Error
+        from T1ToT2Lib.modelfile import read_metadata
+
+        try:
+            return list(read_metadata(pathlib.Path(modelPath))["planes"])
+        except (T1ToT2Error, OSError, KeyError):
+            return None
+
     # --- analysis ---------------------------------------------------------------------
-    def showComparison(self, t1Node, acquiredNode, syntheticNode):
-        """T1 | acquired T2 | synthetic T2 side by side, linked, with |difference| as an overlay when acquired exists."""
+    def showComparison(self, t1Node, acquiredNode, syntheticNode, orientation="auto", overlay="difference"):
+        """T1 | acquired T2 | synthetic T2 in one row of linked views of one orientation (see scene.show_comparison).
+
+        The difference map G - I (made when the acquired T2 exists) or the error
+        map overlays the synthetic view only.  Returns the difference node or None.
+        """
         from T1ToT2Lib import scene
 
-        difference = scene.difference_node(syntheticNode, acquiredNode) if acquiredNode else None
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is not None:
-            # Red, Yellow and Green in one row.
-            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
-        scene.set_compare_layout_volumes(slicer.mrmlScene, t1Node, acquiredNode, syntheticNode, difference)
-        if layoutManager is not None:
+        shown = scene.show_comparison(t1Node, acquiredNode, syntheticNode, orientation=orientation, overlay=overlay,
+                                      scene=slicer.mrmlScene)
+        if slicer.app.layoutManager() is not None:
             slicer.util.resetSliceViews()
-        return difference
+        return shown["difference"]
 
     def computeMetrics(self, syntheticNode, acquiredNode, tableNode=None):
         from T1ToT2Lib import metrics, scene

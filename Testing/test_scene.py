@@ -307,19 +307,97 @@ def test_loss_plot_adds_rows_and_series_from_progress_events(mrml_scene):
     assert sc.table_columns(per_epoch.table_node) == {"Epoch": [1.0], "G": [1.75]}
 
 
-def test_compare_layout_sets_three_linked_views_with_overlay(mrml_scene):
+def _compare_nodes(mrml_scene, planes=None):
     volume = oblique_volume()
-    t1, acquired, synthetic = (sc.node_from_volume(volume, n) for n in ("T1", "T2", "synthetic T2"))
-    diff = sc.difference_node(synthetic, acquired)
-    composites = sc.set_compare_layout_volumes(mrml_scene, t1, acquired, synthetic, diff)
-    assert [c.GetLayoutName() for c in composites] == ["Red", "Yellow", "Green"]
+    t1, acquired = (sc.node_from_volume(volume, n) for n in ("T1", "T2"))
+    synthetic = sc.create_or_update_synthetic_node(t1, volume.with_array(volume.array + 3), "m", model_planes=planes)
+    return t1, acquired, synthetic
+
+
+def test_compare_shows_three_volumes_in_linked_views_of_one_orientation(mrml_scene):
+    t1, acquired, synthetic = _compare_nodes(mrml_scene)
+    # The application's slice nodes start in their own orientations, as in Slicer's Conventional layout.
+    for view, orientation in zip(sc.COMPARE_VIEWS, ("Axial", "Sagittal", "Coronal")):
+        node = mrml_scene.CreateNodeByClass("vtkMRMLSliceNode")
+        node.SetLayoutName(view)
+        node.SetSingletonTag(view)
+        mrml_scene.AddNode(node).SetOrientation(orientation)
+        node.UnRegister(None)
+    shown = sc.show_comparison(t1, acquired, synthetic, orientation="sagittal")
+    composites = [mrml_scene.GetSingletonNode(v, "vtkMRMLSliceCompositeNode") or sc._slice_composite_node(mrml_scene, v)
+                  for v in sc.COMPARE_VIEWS]
+    assert [c.GetID() for c in composites] == [c.GetID() for c in shown["composites"]]
     assert [c.GetBackgroundVolumeID() for c in composites] == [t1.GetID(), acquired.GetID(), synthetic.GetID()]
-    assert all(c.GetForegroundVolumeID() == diff.GetID() and c.GetForegroundOpacity() == 0.5 for c in composites)
+    slices = [mrml_scene.GetSingletonNode(v, "vtkMRMLSliceNode") for v in sc.COMPARE_VIEWS]
+    assert [s.GetOrientation() for s in slices] == ["Sagittal"] * 3
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSliceNode") == 3  # the existing views were reused
     assert all(c.GetLinkedControl() and c.GetHotLinkedControl() for c in composites)
-    # Calling again (e.g. without a difference map) reuses the same composite nodes.
-    again = sc.set_compare_layout_volumes(mrml_scene, t1, acquired, synthetic)
-    assert [c.GetID() for c in again] == [c.GetID() for c in composites]
-    assert all(c.GetForegroundVolumeID() is None for c in again)
+    # The difference map G - I is the synthetic view's overlay only.
+    difference = shown["difference"]
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(difference), 3.0, atol=1e-4)
+    assert [c.GetForegroundVolumeID() for c in composites] == [None, None, difference.GetID()]
+    assert composites[2].GetForegroundOpacity() == 0.5 and composites[0].GetForegroundOpacity() == 0.0
+
+
+def test_compare_orientation_defaults_to_the_models_plane_else_coronal(mrml_scene):
+    t1, acquired, synthetic = _compare_nodes(mrml_scene, planes=["axial"])
+    assert sc.show_comparison(t1, acquired, synthetic)["orientation"] == "Axial"
+    assert {mrml_scene.GetSingletonNode(v, "vtkMRMLSliceNode").GetOrientation() for v in sc.COMPARE_VIEWS} == {"Axial"}
+    synthetic.SetAttribute(sc.MODEL_PLANES_ATTRIBUTE, "axial,coronal,sagittal")
+    assert sc.show_comparison(t1, acquired, synthetic, orientation="auto")["orientation"] == "Coronal"
+    assert sc.compare_orientation(None, None) == "Coronal"
+    with pytest.raises(T1ToT2Error, match="unknown compare orientation 'oblique'"):
+        sc.show_comparison(t1, acquired, synthetic, orientation="oblique")
+    with pytest.raises(T1ToT2Error, match="unknown overlay"):
+        sc.show_comparison(t1, acquired, synthetic, overlay="heat")
+
+
+def test_compare_error_map_toggle_and_missing_acquired(mrml_scene):
+    t1, acquired, synthetic = _compare_nodes(mrml_scene)
+    error = sc.node_from_volume(sc.volume_from_node(t1).with_array(np.ones((9, 11, 13), np.float32)), "error map")
+    synthetic.SetNodeReferenceID(sc.ERROR_MAP_REFERENCE_ROLE, error.GetID())
+    shown = sc.show_comparison(t1, acquired, synthetic, overlay="error")
+    assert [c.GetForegroundVolumeID() for c in shown["composites"]] == [None, None, error.GetID()]
+    shown = sc.show_comparison(t1, acquired, synthetic, overlay="none")
+    assert [c.GetForegroundVolumeID() for c in shown["composites"]] == [None, None, None]
+    # Without an acquired T2 there is no difference map; the middle view repeats the synthetic T2.
+    shown = sc.show_comparison(t1, None, synthetic)
+    assert shown["difference"] is None and shown["composites"][2].GetForegroundVolumeID() is None
+    assert shown["composites"][1].GetBackgroundVolumeID() == synthetic.GetID()
+
+
+def test_compare_switches_the_layout_node_to_one_row_of_three_slice_views(mrml_scene):
+    import xml.etree.ElementTree as ET
+
+    layout = mrml_scene.AddNode(slicer.vtkMRMLLayoutNode())
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    t1, acquired, synthetic = _compare_nodes(mrml_scene, planes=["sagittal"])
+    sc.show_comparison(t1, acquired, synthetic)
+    assert layout.GetViewArrangement() == sc.COMPARE_LAYOUT_ID
+    root = ET.fromstring(layout.GetCurrentLayoutDescription())
+    assert root.get("type") == "horizontal" and len(root) == 3
+    views = [item.find("view") for item in root]
+    assert [v.get("singletontag") for v in views] == list(sc.COMPARE_VIEWS)
+    assert {v.find("property[@name='orientation']").text for v in views} == {"Sagittal"}
+    sc.show_comparison(t1, acquired, synthetic, orientation="axial")  # registered once, then updated
+    assert "Axial" in layout.GetCurrentLayoutDescription() and "Sagittal" not in layout.GetCurrentLayoutDescription()
+
+
+def test_synthetic_and_difference_nodes_join_the_t1s_study(mrml_scene):
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml_scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient")
+    study = hierarchy.CreateStudyItem(patient, "study")
+    volume = oblique_volume()
+    t1 = sc.node_from_volume(volume, "T1")
+    hierarchy.CreateItem(study, t1)
+    acquired = sc.node_from_volume(volume, "T2")
+    synthetic = sc.create_or_update_synthetic_node(t1, volume.with_array(volume.array * 2), "m")
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(synthetic)) == study
+    difference = sc.difference_node(synthetic, acquired)
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(difference)) == study
+    # A T1 outside any study leaves the nodes where they are.
+    other = sc.node_from_volume(volume, "loose T1")
+    assert sc.place_beside_in_subject_hierarchy(acquired, other) is None
 
 
 def test_synthesis_turns_a_t1_node_into_a_synthetic_t2_node_on_the_t1_grid(mrml_scene, tmp_path, rng):

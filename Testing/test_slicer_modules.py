@@ -209,6 +209,42 @@ def test_compare_metrics_profile_and_dicom_export(modules, tmp_path):
     assert logic.dicomReferenceFolder(t1_node) is None  # not loaded from DICOM
 
 
+def test_compare_button_lines_up_the_three_volumes_in_one_orientation(modules, tmp_path):
+    """After Compare the three slice composite nodes hold T1, acquired and synthetic T2, in one orientation."""
+    synthesis, _ = modules
+    widget = synthesis.T1ToT2SynthesisWidget()
+    widget.ui = slicer_module_shim.fake_ui(ROOT / "T1ToT2Synthesis" / "Resources" / "UI" / "T1ToT2Synthesis.ui")
+    widget.logic = synthesis.T1ToT2SynthesisLogic()
+    widget.setParameterNode(widget.logic.getParameterNode())
+    p = widget._parameterNode
+    t1 = small_t1(shape=(10, 20, 24))
+    p.inputT1 = sc.node_from_volume(t1, "T1")
+    p.acquiredT2 = sc.node_from_volume(t1.with_array(t1.array + 5), "T2")
+    # A model trained on sagittal slices only: "auto" shows the sagittal plane.
+    p.syntheticT2 = sc.create_or_update_synthetic_node(p.inputT1, t1.with_array(t1.array + 1), "m", model_planes=["sagittal"])
+    widget._updateButtons()
+    assert widget.ui.compareButton.enabled and not widget.ui.showErrorMapCheckBox.enabled  # no error map yet
+    assert p.compareOrientation == "auto"
+    widget.onCompareButton()
+    composites = [sc._slice_composite_node(slicer.mrmlScene, v) for v in sc.COMPARE_VIEWS]
+    assert [c.GetBackgroundVolumeID() for c in composites] == [p.inputT1.GetID(), p.acquiredT2.GetID(), p.syntheticT2.GetID()]
+    orientations = [slicer.mrmlScene.GetSingletonNode(v, "vtkMRMLSliceNode").GetOrientation() for v in sc.COMPARE_VIEWS]
+    assert orientations == ["Sagittal"] * 3
+    difference = slicer.mrmlScene.GetNodeByID(composites[2].GetForegroundVolumeID())
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(difference), -4.0, atol=1e-4)
+    assert composites[0].GetForegroundVolumeID() is None and composites[1].GetForegroundVolumeID() is None
+
+    p.compareOrientation = "axial"
+    error = sc.node_from_volume(t1.with_array(np.abs(t1.array - 100)), "error map")
+    p.syntheticT2.SetNodeReferenceID(sc.ERROR_MAP_REFERENCE_ROLE, error.GetID())
+    p.showErrorMap = True
+    widget._updateButtons()
+    assert widget.ui.showErrorMapCheckBox.enabled
+    widget.onCompareButton()
+    assert [slicer.mrmlScene.GetSingletonNode(v, "vtkMRMLSliceNode").GetOrientation() for v in sc.COMPARE_VIEWS] == ["Axial"] * 3
+    assert composites[2].GetForegroundVolumeID() == error.GetID()
+
+
 # --- training ------------------------------------------------------------------------------
 def test_train_arguments_follow_the_panel(modules, tmp_path):
     _, training = modules

@@ -2,9 +2,11 @@
 """Render the README's user-guide screenshots from real, off-screen Slicer views.
 
 The slice views are slicer-core views (trame-slicer's ``SlicerApp`` with
-``DirectViewFactory``), rendered off-screen through EGL/Mesa into PNGs; the
-scene is filled through :mod:`T1ToT2Lib.scene`, exactly as the Slicer modules
-fill it.  Slicer's plot and table views are Qt widgets that slicer-core does
+``DirectViewFactory``), rendered off-screen through EGL/Mesa into PNGs.  They
+are built from the Synthesis module's own compare layout
+(:func:`T1ToT2Lib.scene.compare_layout_xml`), and the Compare picture is made
+by :func:`T1ToT2Lib.scene.show_comparison`, the function behind the module's
+Compare button: no layout or view assignment of its own here.  Slicer's plot and table views are Qt widgets that slicer-core does
 not have, so the profile plot, the loss chart and the metrics table are drawn
 with matplotlib *from the Table nodes' contents*.
 
@@ -40,21 +42,28 @@ VIEW_SIZE = (300, 560)  # coronal view of the hand: 134 mm (R) by 295 mm (S)
 DPI = 100
 
 
-def build_app():
-    """A slicer-core application with Red/Yellow/Green coronal slice views rendered off-screen."""
+def build_app(orientation="Coronal"):
+    """A slicer-core application with the compare layout's slice views, rendered off-screen.
+
+    The views are the ones :func:`T1ToT2Lib.scene.compare_layout_xml` describes,
+    the layout the Synthesis module registers with Slicer's layout manager.
+    """
     import slicer
     from trame_slicer.core import SlicerApp
-    from trame_slicer.views import DirectViewFactory, ViewLayoutDefinition
+    from trame_slicer.views import DirectViewFactory
+    from trame_slicer.views.layout_grid import slicer_layout_to_vue
+
+    from T1ToT2Lib import scene
 
     app = SlicerApp()
     slicer.mrmlScene = app.scene
     app.view_manager.register_factory(DirectViewFactory(do_render_offscreen=True))
     views = {}
-    for name, colour in (("Red", "#F34A33"), ("Yellow", "#EFD64D"), ("Green", "#6DAD4A")):
-        view = app.view_manager.create_view(ViewLayoutDefinition.slice_view("Coronal", label=name, color=colour))
+    for definition in slicer_layout_to_vue(scene.compare_layout_xml(orientation)).items:
+        view = app.view_manager.create_view(definition)
         view.render_window().SetSize(*VIEW_SIZE)
         view.update_size(*VIEW_SIZE)
-        views[name] = view
+        views[definition.singleton_tag] = view
     return app, views
 
 
@@ -75,10 +84,10 @@ def capture(view):
     return np.flipud(pixels).copy()
 
 
-def show_slice(view, offset_a):
-    """Fit the view to its volume and move it to the coronal slice at A = ``offset_a`` mm."""
+def show_slice(view, offset):
+    """Fit the view to its volume and move it to the slice at ``offset`` mm along its normal."""
     view.fit_view_to_content()
-    view.set_slice_value(offset_a)
+    view.set_slice_value(offset)
 
 
 def save(fig, path: Path):
@@ -143,6 +152,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "Screenshots")
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the loss-chart run (coronal slices of the left hand)")
     parser.add_argument("--plane", default="coronal", help="synthesis plane")
+    parser.add_argument("--orientation", default="coronal", choices=("axial", "coronal", "sagittal"),
+                        help="orientation of the slice views (the compare view's choice)")
     args = parser.parse_args(argv)
     started = time.time()
 
@@ -159,21 +170,23 @@ def main(argv=None) -> int:
     from T1ToT2Lib.synthesize import synthesize_volume
     from T1ToT2Lib.volume import write_volume
 
-    app, views = build_app()
+    orientation = scene.compare_orientation(args.orientation)
+    app, views = build_app(orientation)
     phantom = make_phantom("small", seed=0)
     marks = landmarks("small", seed=0)["right"]
     line_points = np.asarray(marks["thumb_metacarpal_profile"], dtype=float)
-    offset_a = float(line_points[0, 1])
+    # The views cut through the line's first point: R, A or S is the axis normal to the orientation.
+    offset_a = float(line_points[0, {"Sagittal": 0, "Coronal": 1, "Axial": 2}[orientation]])
     t1_node = scene.node_from_volume(phantom["right_t1"], "right hand T1 VIBE")
     t2_node = scene.node_from_volume(phantom["right_t2"], "right hand T2 SPACE (acquired)")
     log("phantom loaded")
 
-    # 1. The T1 in a slice view.
-    red = views["Red"]
+    # 1. The T1 in a slice view (as Slicer shows a loaded volume: the background of the first view).
+    red = views[scene.COMPARE_VIEWS[0]]
     red.set_background_volume_id(t1_node.GetID())
     show_slice(red, offset_a)
     fig = figure(3.4, 6.6, "1. Load a T1 volume")
-    image_axes(fig, [0.03, 0.02, 0.94, 0.88], capture(red), "right hand T1 VIBE (phantom), coronal")
+    image_axes(fig, [0.03, 0.02, 0.94, 0.88], capture(red), f"right hand T1 VIBE (phantom), {orientation.lower()}")
     save(fig, args.out / "01_t1_loaded.png")
 
     with tempfile.TemporaryDirectory(prefix="t1tot2-shots-") as work:
@@ -193,14 +206,15 @@ def main(argv=None) -> int:
 
     # 2. Compare view.
     synthetic_node = scene.create_or_update_synthetic_node(t1_node, synthetic, model_label)
-    difference = scene.difference_node(synthetic_node, t2_node)
-    scene.set_compare_layout_volumes(app.scene, t1_node, t2_node, synthetic_node, difference)
+    # The Compare button's own code: volumes, one orientation, linked views, G - I on the synthetic view.
+    scene.show_comparison(t1_node, t2_node, synthetic_node, orientation=orientation, overlay="difference",
+                          scene=app.scene)
     images = []
     for name in scene.COMPARE_VIEWS:
         show_slice(views[name], offset_a)
         images.append(capture(views[name]))
-    fig = figure(8.6, 6.4, "2. Compare: difference map G - I overlaid (blue: synthetic darker, red: brighter)")
-    titles = ("T1 VIBE", "acquired T2 SPACE", f"SYNTHETIC T2 ({model_label})")
+    fig = figure(8.6, 6.4, "2. Compare: difference map G - I on the synthetic view (blue: darker, red: brighter)")
+    titles = ("T1 VIBE", "acquired T2 SPACE", f"SYNTHETIC T2 ({model_label}) + G - I")
     for n, (image, title) in enumerate(zip(images, titles)):
         image_axes(fig, [0.01 + n * 0.33, 0.01, 0.32, 0.88], image, title)
     save(fig, args.out / "02_compare.png")
@@ -213,8 +227,8 @@ def main(argv=None) -> int:
     line.GetDisplayNode().SetSelectedColor(1.0, 1.0, 0.0)
     line.GetDisplayNode().SetPropertiesLabelVisibility(False)
     profile = scene.LineProfile(line, {"T1": t1_node, "acquired T2": t2_node, "synthetic T2": synthetic_node}, samples=200)
-    scene.set_compare_layout_volumes(app.scene, t1_node, t2_node, synthetic_node)
-    view = views["Yellow"]  # the acquired T2 with the line on it
+    scene.show_comparison(t1_node, t2_node, synthetic_node, orientation=orientation, overlay="none", scene=app.scene)
+    view = views[scene.COMPARE_VIEWS[1]]  # the acquired T2 with the line on it
     show_slice(view, offset_a)
     slice_image = capture(view)
     columns = scene.table_columns(profile.table_node)

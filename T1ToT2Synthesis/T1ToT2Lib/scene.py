@@ -30,6 +30,8 @@ SYNTHETIC_REFERENCE_ROLE = "T1ToT2.SyntheticT2"
 SYNTHETIC_ATTRIBUTE = "T1ToT2.Synthetic"
 MODEL_ATTRIBUTE = "T1ToT2.Model"
 SOURCE_ATTRIBUTE = "T1ToT2.SourceT1"
+#: Comma-separated planes the model was trained on (the compare view's default orientation when there is one).
+MODEL_PLANES_ATTRIBUTE = "T1ToT2.ModelPlanes"
 DIVERGING_COLOR_NAME = "T1ToT2 DivergingBlueWhiteRed"
 DISTANCE_COLUMN = "Distance (mm)"
 COMPARE_VIEWS = ("Red", "Yellow", "Green")
@@ -151,13 +153,15 @@ def node_from_volume(volume: Volume, name: str, node=None, scene=None):
     return node
 
 
-def create_or_update_synthetic_node(t1_node, volume: Volume, model_name: str):
+def create_or_update_synthetic_node(t1_node, volume: Volume, model_name: str, model_planes=None):
     """Put a synthetic T2 made from ``t1_node`` into the scene, reusing the node of a previous run.
 
     The node is named "<T1 name> synthetic T2", referenced from the T1 node
     (role :data:`SYNTHETIC_REFERENCE_ROLE`), carries the attributes
-    ``T1ToT2.Synthetic=true``, ``T1ToT2.Model`` and ``T1ToT2.SourceT1``, and
-    sits under the T1's parent transform with the T1's world geometry.
+    ``T1ToT2.Synthetic=true``, ``T1ToT2.Model``, ``T1ToT2.SourceT1`` and (when
+    ``model_planes`` is given) ``T1ToT2.ModelPlanes``, sits under the T1's
+    parent transform with the T1's world geometry, and beside the T1 in the
+    subject hierarchy (the T1's patient/study folder).
     """
     _check_scalar_volume(t1_node, "T1 volume")
     t1_geometry = world_ijk_to_ras(t1_node)
@@ -177,7 +181,35 @@ def create_or_update_synthetic_node(t1_node, volume: Volume, model_name: str):
     node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
     node.SetAttribute(MODEL_ATTRIBUTE, str(model_name))
     node.SetAttribute(SOURCE_ATTRIBUTE, t1_node.GetID())
+    if model_planes is not None:
+        planes = model_planes.split(",") if isinstance(model_planes, str) else list(model_planes)
+        node.SetAttribute(MODEL_PLANES_ATTRIBUTE, ",".join(str(p) for p in planes if p))
+    place_beside_in_subject_hierarchy(node, t1_node)
     return node
+
+
+def place_beside_in_subject_hierarchy(node, reference_node):
+    """Put ``node``'s subject-hierarchy item under ``reference_node``'s parent (its study), when it has one.
+
+    Returns the parent item id, or None when the scene has no subject hierarchy
+    or the reference is not in it.
+    """
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
+    if hierarchy is None:
+        return None
+    invalid = hierarchy.GetInvalidItemID()
+    reference_item = hierarchy.GetItemByDataNode(reference_node)
+    if reference_item == invalid:
+        return None
+    parent = hierarchy.GetItemParent(reference_item)
+    if parent == invalid:
+        return None
+    item = hierarchy.GetItemByDataNode(node)
+    if item == invalid:
+        hierarchy.CreateItem(parent, node)
+    elif hierarchy.GetItemParent(item) != parent:
+        hierarchy.SetItemParent(item, parent)
+    return parent
 
 
 def resample_to(volume: Volume, reference: Volume) -> Volume:
@@ -237,6 +269,7 @@ def difference_node(generated_node, acquired_node, name=None, absolute=False, no
     node_from_volume(generated.with_array(difference), name, node=node, scene=scene)
     node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
     node.SetAttribute("T1ToT2.Difference", "absolute" if absolute else "signed")
+    place_beside_in_subject_hierarchy(node, generated_node)
     display = node.GetDisplayNode()
     extent = float(np.percentile(np.abs(difference), 99.5)) or 1.0
     display.AutoWindowLevelOff()
@@ -498,6 +531,65 @@ class LossPlot:
 
 
 # --- views -------------------------------------------------------------------
+#: The compare layout's views, left to right: T1, acquired T2, synthetic T2 (overlays on the last only).
+COMPARE_VIEWS = ("Red", "Yellow", "Green")
+_COMPARE_VIEW_COLORS = ("#F34A33", "#EFD64D", "#6DAD4A")
+#: Layout id of the one-row compare layout (outside Slicer's built-in ids, which stop below 100).
+COMPARE_LAYOUT_ID = 5301
+ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
+#: Node reference role from a synthetic node to its error map (how far each voxel can be trusted), when one exists.
+ERROR_MAP_REFERENCE_ROLE = "T1ToT2.ErrorMap"
+OVERLAYS = ("difference", "error", "none")
+
+
+def compare_layout_xml(orientation="Coronal") -> str:
+    """Slicer layout XML: the three compare slice views side by side in one row, all in ``orientation``."""
+    orientation = compare_orientation(orientation)
+    items = "".join(
+        f'<item><view class="vtkMRMLSliceNode" singletontag="{view}">'
+        f'<property name="orientation" action="default">{orientation}</property>'
+        f'<property name="viewlabel" action="default">{view[0]}</property>'
+        f'<property name="viewcolor" action="default">{colour}</property></view></item>'
+        for view, colour in zip(COMPARE_VIEWS, _COMPARE_VIEW_COLORS))
+    return f'<layout type="horizontal">{items}</layout>'
+
+
+def compare_orientation(plane=None, synthetic_node=None) -> str:
+    """The slice orientation for a compare view: ``plane`` when it names one, else the synthetic node's model plane.
+
+    ``plane`` may be "axial"/"Axial", "coronal", "sagittal", or None/"auto".
+    With "auto", a synthetic node made by a model trained on exactly one plane
+    (attribute :data:`MODEL_PLANES_ATTRIBUTE`) gives that plane; otherwise Coronal.
+    """
+    if plane is not None and str(plane).lower() not in ("", "auto"):
+        name = str(plane).capitalize()
+        if name not in ORIENTATIONS:
+            raise T1ToT2Error(f"unknown compare orientation {plane!r}: use auto, axial, coronal or sagittal")
+        return name
+    planes = (synthetic_node.GetAttribute(MODEL_PLANES_ATTRIBUTE) or "") if synthetic_node is not None else ""
+    planes = [p for p in planes.split(",") if p]
+    if len(planes) == 1 and planes[0].capitalize() in ORIENTATIONS:
+        return planes[0].capitalize()
+    return "Coronal"
+
+
+def _layout_node(scene):
+    node = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    return node
+
+
+def _slice_node(scene, layout_name):
+    node = scene.GetSingletonNode(layout_name, "vtkMRMLSliceNode")
+    if node is None:
+        # A node made by the scene starts from its default slice node (orientation presets included).
+        node = scene.CreateNodeByClass("vtkMRMLSliceNode")
+        node.SetLayoutName(layout_name)
+        node.SetSingletonTag(layout_name)
+        node = scene.AddNode(node)
+        node.UnRegister(None)
+    return node
+
+
 def _slice_composite_node(scene, layout_name):
     for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         node = scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
@@ -509,31 +601,69 @@ def _slice_composite_node(scene, layout_name):
     return scene.AddNode(node)
 
 
-def set_compare_layout_volumes(scene, t1_node, acquired_node, synthetic_node, difference_node=None,
-                               opacity=0.5, orientation=None):
-    """Show T1 | acquired T2 | synthetic T2 in the Red, Yellow and Green slice views, linked.
+def error_map_node(synthetic_node):
+    """The error map referenced by a synthetic node, or None."""
+    return synthetic_node.GetNodeReference(ERROR_MAP_REFERENCE_ROLE) if synthetic_node is not None else None
 
-    The difference map (if given) is the foreground of all three views at
-    ``opacity``.  Missing slice composite nodes are created (headless scenes).
-    ``orientation`` ("Axial", "Coronal", "Sagittal"), when given, is applied to
-    the three slice nodes that exist.  Returns the composite nodes in order.
-    ``acquired_node`` may be None (no acquired T2): that view then shows the synthetic T2.
+
+def show_comparison(t1_node, acquired_node, synthetic_node, orientation=None, overlay="difference", opacity=0.5,
+                    scene=None) -> dict:
+    """T1 | acquired T2 | synthetic T2 in one row of linked slice views of one orientation.
+
+    This is the Compare button, without Qt: it registers the one-row layout
+    (:func:`compare_layout_xml`) in the scene's layout node and switches to it
+    when the scene has one (the application then builds the views), puts the
+    three volumes in the Red, Yellow and Green views (created when missing, as
+    in a headless scene), sets all three slice nodes to one orientation
+    (:func:`compare_orientation`: the given plane, else the model's plane, else
+    coronal) and links them.  ``overlay`` chooses the synthetic view's
+    foreground: "difference" (G - I, made here, needs the acquired T2),
+    "error" (the synthetic node's error map, when it has one) or "none"; the
+    T1 and acquired views never get an overlay.  ``acquired_node`` may be None:
+    the middle view then shows the synthetic T2 too.
+
+    Returns {"difference", "error_map", "overlay" (the foreground node or None),
+    "orientation", "composites", "slice_nodes"}.
     """
-    scene = _scene(scene)
+    if overlay not in OVERLAYS:
+        raise T1ToT2Error(f"unknown overlay {overlay!r}: use one of {', '.join(OVERLAYS)}")
+    _check_scalar_volume(t1_node, "T1 volume")
+    _check_scalar_volume(synthetic_node, "synthetic T2")
+    scene = _scene(scene or synthetic_node.GetScene())
+    orientation = compare_orientation(orientation, synthetic_node)
+    difference = difference_node(synthetic_node, acquired_node) if acquired_node is not None else None
+    error_map = error_map_node(synthetic_node)
+    foreground = {"difference": difference, "error": error_map, "none": None}[overlay]
+
+    layout = _layout_node(scene)
+    if layout is not None:
+        xml = compare_layout_xml(orientation)
+        if layout.IsLayoutDescription(COMPARE_LAYOUT_ID):
+            layout.SetLayoutDescription(COMPARE_LAYOUT_ID, xml)
+        else:
+            layout.AddLayoutDescription(COMPARE_LAYOUT_ID, xml)
+        layout.SetViewArrangement(COMPARE_LAYOUT_ID)
+
     backgrounds = (t1_node, acquired_node or synthetic_node, synthetic_node)
-    composites = []
+    composites, slice_nodes = [], []
     for view, background in zip(COMPARE_VIEWS, backgrounds):
         composite = _slice_composite_node(scene, view)
-        composite.SetBackgroundVolumeID(background.GetID() if background is not None else None)
-        composite.SetForegroundVolumeID(difference_node.GetID() if difference_node is not None else None)
-        composite.SetForegroundOpacity(opacity if difference_node is not None else 0.0)
+        # Unlink first, so that assigning one view's volumes is not broadcast to the others.
+        composite.SetLinkedControl(False)
+        composite.SetHotLinkedControl(False)
         composites.append(composite)
-        if orientation:
-            slice_node = scene.GetSingletonNode(view, "vtkMRMLSliceNode")
-            if slice_node is not None:
-                slice_node.SetOrientation(orientation)
-    # Link after setting the volumes, so that the assignments are not broadcast to the other views.
+    for view, composite, background in zip(COMPARE_VIEWS, composites, backgrounds):
+        composite.SetBackgroundVolumeID(background.GetID())
+        is_synthetic_view = view == COMPARE_VIEWS[-1]
+        shown = foreground if is_synthetic_view else None
+        composite.SetForegroundVolumeID(shown.GetID() if shown is not None else None)
+        composite.SetForegroundOpacity(opacity if shown is not None else 0.0)
+        composite.SetLabelVolumeID(None)
+        slice_node = _slice_node(scene, view)
+        slice_node.SetOrientation(orientation)
+        slice_nodes.append(slice_node)
     for composite in composites:
         composite.SetLinkedControl(True)
         composite.SetHotLinkedControl(True)
-    return composites
+    return {"difference": difference, "error_map": error_map, "overlay": foreground, "orientation": orientation,
+            "composites": composites, "slice_nodes": slice_nodes}
