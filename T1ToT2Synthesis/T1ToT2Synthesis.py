@@ -381,21 +381,11 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         return scene.create_or_update_synthetic_node(t1Node, volume, model.name, model_planes=model.planes)
 
     @staticmethod
-    def pythonExecutable() -> str:
-        """Slicer's Python launcher for child processes (this interpreter outside Slicer)."""
-        import sys
+    def cliCommand(*args) -> list:
+        """argv running ``t1tot2 ARGS`` with Slicer's Python through the runner script shipped in Resources."""
+        from T1ToT2Lib import worker
 
-        return shutil.which("PythonSlicer") or sys.executable
-
-    def cliCommand(self, *args) -> list:
-        """argv running ``t1tot2 ARGS`` with Slicer's Python, finding T1ToT2Lib next to this module.
-
-        Scripted-module folders are on Slicer's own ``sys.path`` but not necessarily on
-        a child launcher's, so the child adds this folder itself before importing.
-        """
-        bootstrap = (f"import sys; sys.path.insert(0, {str(self.moduleDir())!r}); "
-                     "from T1ToT2Lib.cli import main; sys.exit(main())")
-        return [self.pythonExecutable(), "-c", bootstrap, *(str(a) for a in args)]
+        return worker.cli_command(*args, python=worker.python_executable())
 
     def startSynthesisJob(self, t1Node, modelPath, plane, device, precision, workDir):
         """Start ``t1tot2 synthesize`` on the T1 node in a separate process; returns the running job."""
@@ -405,7 +395,7 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         t1Path = volume.write_volume(scene.volume_from_node(t1Node), workDir / "t1.nrrd")
         argv = self.cliCommand("synthesize", modelPath, t1Path, workDir / "synthetic_t2.nrrd", "--plane", plane,
                                "--device", device, "--precision", precision, "--progress", "json")
-        job = worker.BackgroundJob(argv)
+        job = worker.BackgroundJob(argv, outputs=[workDir / "synthetic_t2.nrrd"])
         job.modelPath = pathlib.Path(modelPath)
         job.outputPath = workDir / "synthetic_t2.nrrd"
         return job.start()

@@ -306,12 +306,11 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
         return [str(a) for a in args]
 
     def startTrainingJob(self, parameterNode, resume=False, workDir=None):
-        from T1ToT2Synthesis import T1ToT2SynthesisLogic
         from T1ToT2Lib import worker
 
         workDir = pathlib.Path(workDir or tempfile.mkdtemp(prefix="T1ToT2-train-"))
-        argv = T1ToT2SynthesisLogic().cliCommand(*self.trainArguments(parameterNode, workDir, resume))
-        job = worker.BackgroundJob(argv)
+        argv = worker.cli_command(*self.trainArguments(parameterNode, workDir, resume), python=worker.python_executable())
+        job = worker.BackgroundJob(argv, outputs=[pathlib.Path(parameterNode.outputModelPath)])
         job.workDir = workDir
         job.outputPath = pathlib.Path(parameterNode.outputModelPath)
         return job.start()

@@ -28,10 +28,95 @@ def wait_for(predicate, timeout=20.0):
     return False
 
 
-def test_cli_command_runs_this_package_with_this_python():
+def test_cli_command_runs_the_shipped_runner_with_this_python():
+    from T1ToT2Lib.worker import RUNNER
+
+    assert RUNNER.is_file() and RUNNER.parent.name == "Resources"
     assert cli_command("synthesize", "m.safetensors", Path("t1.nii")) == [
-        sys.executable, "-m", "T1ToT2Lib.cli", "synthesize", "m.safetensors", "t1.nii"]
+        sys.executable, str(RUNNER), "synthesize", "m.safetensors", "t1.nii"]
+    assert cli_command("train", runner=False) == [sys.executable, "-m", "T1ToT2Lib.cli", "train"]
     assert cli_command("train", python="/opt/Slicer/bin/PythonSlicer")[0] == "/opt/Slicer/bin/PythonSlicer"
+
+
+def test_runner_finds_the_library_from_any_folder_and_reports_its_process(tmp_path):
+    """The runner is started from an unrelated folder with no PYTHONPATH: it finds T1ToT2Lib beside itself."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    isolated = [sys.executable, "-I", *cli_command("--version")[1:]]  # -I: no site-packages path tricks, no cwd
+    job = BackgroundJob(isolated, env=env, cwd=tmp_path)
+    job.run_to_end(timeout=120)
+    from T1ToT2Lib import __version__
+
+    assert job.returncode == 0 and f"t1tot2 {__version__}" in job.log_text, job.log_text
+    assert isinstance(job.child_pid, int) and job.child_pid > 0 and job.child_exit_code == 0
+    assert job.events == []  # process/exit lines are bookkeeping, not progress events
+
+
+def test_exit_code_is_the_childs_not_the_launchers(tmp_path):
+    """A launcher that always exits 0 (as a wrapper may) does not hide the child's failure."""
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text("import subprocess, sys\nsubprocess.run([sys.executable, *sys.argv[1:]])\nsys.exit(0)\n")
+    job = BackgroundJob([sys.executable, str(launcher), *cli_command("synthesize", tmp_path / "missing.safetensors",
+                                                                     tmp_path / "t1.nii", tmp_path / "out.nii")[1:]])
+    job.run_to_end(timeout=120)
+    assert job.process.returncode == 0  # the launcher's own status
+    assert job.child_exit_code == 2 and job.returncode == 2
+    assert "missing.safetensors" in job.error_message
+
+
+def _spawning_launcher(tmp_path):
+    """A launcher whose Python child starts a grandchild in its own session (out of the process group)."""
+    grandchild = ("import os, signal, time; os.setsid(); "
+                  "[signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]; time.sleep(120)")
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent(f"""
+        import json, os, subprocess, sys, time
+        grandchild = subprocess.Popen([sys.executable, "-c", {grandchild!r}])
+        print(json.dumps({{"event": "process", "pid": os.getpid()}}), flush=True)
+        print(json.dumps({{"event": "start", "grandchild": grandchild.pid}}), flush=True)
+        while True:
+            time.sleep(0.05)
+    """))
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(f"import subprocess, sys\nsys.exit(subprocess.run([sys.executable, {str(child)!r}]).returncode)\n")
+    return [sys.executable, str(launcher)]
+
+
+def test_cancel_leaves_no_process_of_the_tree_alive(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    if os.name != "posix":
+        pytest.skip("the grandchild leaves the process group with setsid (POSIX)")
+    job = BackgroundJob(_spawning_launcher(tmp_path)).start()
+    assert wait_for(lambda: job.poll() or job.events, timeout=60)
+    grandchild = psutil.Process(job.events[0]["grandchild"])
+    assert wait_for(lambda: len(job.tree_processes()) >= 3)  # launcher, Python child, grandchild
+    tree = [psutil.Process(job.process.pid), *psutil.Process(job.process.pid).children(recursive=True)]
+    assert grandchild.pid in {p.pid for p in tree} and job.child_pid in {p.pid for p in tree}
+    # Once it has called setsid, a process-group signal would miss it.
+    assert wait_for(lambda: os.getpgid(grandchild.pid) != os.getpgid(job.process.pid))
+    code = job.cancel(timeout=3)
+    assert code is not None and not job.is_running
+    gone, alive = psutil.wait_procs(tree, timeout=5)
+    assert alive == [], [p.pid for p in alive]
+    assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_job_is_running_while_its_child_outlives_the_launcher(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent("""
+        import json, os, time
+        print(json.dumps({"event": "process", "pid": os.getpid()}), flush=True)
+        while not os.path.exists("release"):
+            time.sleep(0.02)
+        print(json.dumps({"event": "exit", "code": 3}), flush=True)
+    """))
+    launcher = tmp_path / "launcher.py"  # starts the child and leaves at once, as a detaching launcher would
+    launcher.write_text(f"import subprocess, sys\nsubprocess.Popen([sys.executable, {str(child)!r}])\n")
+    job = BackgroundJob([sys.executable, str(launcher)], cwd=tmp_path).start()
+    assert wait_for(lambda: job.poll() is not None and job.child_pid is not None and job.process.poll() is not None)
+    assert job.is_running and job.returncode is None  # the launcher is gone, the real child is not
+    (tmp_path / "release").touch()
+    assert job.wait(timeout=30) == 3 and not job.is_running
 
 
 def test_progress_lines_arrive_while_the_job_runs_and_logs_are_kept(tmp_path):
