@@ -76,8 +76,11 @@ def test_recovers_it_from_an_oblique_grid_of_another_spacing_and_field_of_view(m
 def test_affine_refines_the_rigid_result_without_losing_it(misregistered):
     t1, t2 = misregistered["left_t1"], misregistered["left_t2"]
     result = align(t1, t2, affine=True)
-    assert result.kind == "affine"
-    assert_recovered(result, t2.meta["misregistration"], "left")
+    assert result.kind == "affine" and result.mi_after > result.mi_before
+    # Twelve parameters fit noise a little (the hand is only 45 mm thick in A): the rotation part is looser than rigid's.
+    angles, shift = expected_in_ras(t2.meta["misregistration"], "left")
+    np.testing.assert_array_less(np.abs(np.asarray(result.rotation_deg_ras) - angles), 0.5)
+    np.testing.assert_array_less(np.abs(np.asarray(result.translation_mm_ras) - shift), TOL_MM)
     scales = np.linalg.svd(np.asarray(result.matrix_ras), compute_uv=False)
     np.testing.assert_allclose(scales, 1.0, atol=0.01)  # the phantom has no scaling or shear to find
 
@@ -132,3 +135,68 @@ def test_cli_refusals_are_one_line_exit_2_nothing_written(tmp_path, capsys, case
 def test_align_refuses_a_two_dimensional_volume():
     with pytest.raises(T1ToT2Error, match="at least 4 slices"):
         align(_blob((0.0, 0.0, 0.0)), _blob((0.0, 0.0, 0.0), shape=(2, 16, 16)))
+
+
+# --- train --align and evaluate --align --------------------------------------------------------
+def _tiny_pair_files(tmp_path):
+    """test_train's tiny pair with two off-centre blobs: its ellipsoids alone are nearly symmetric about S."""
+    from test_train import tiny_pair
+
+    t1, t2 = tiny_pair()
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in t1.shape], indexing="ij")
+    for (ck, cj, ci), r, v1, v2 in (((0.4, 0.35, -0.45), 0.2, 70.0, 200.0), ((-0.5, -0.3, 0.2), 0.15, 20.0, 120.0)):
+        blob = ((k - ck) ** 2 + (j - cj) ** 2 + (i - ci) ** 2) < r * r
+        t1.array[blob], t2.array[blob] = v1, v2
+    other = resample_onto(t2, oblique_grid(t2, spacing=1.2, margin_mm=4.0))
+    write_volume(t1, tmp_path / "t1.nii.gz")
+    write_volume(t2, tmp_path / "t2.nii.gz")
+    write_volume(other, tmp_path / "t2_other_grid.nii.gz")
+    return t1, t2
+
+
+def test_train_with_align_on_another_grid_is_within_1_db_of_the_aligned_pair(tmp_path, capsys):
+    from T1ToT2Lib.metrics import evaluate_volumes
+    from T1ToT2Lib.synthesize import synthesize_volume
+
+    t1, t2 = _tiny_pair_files(tmp_path)
+    common = ["train", "--t1", str(tmp_path / "t1.nii.gz"), "--planes", "axial", "--epochs", "4",
+              "--ngf", "8", "--ndf", "8", "--depth", "3", "--lr", "2e-3", "--device", "cpu", "--progress", "none", "--seed", "3"]
+    refused = tmp_path / "refused.safetensors"
+    assert main([*common, "--t2", str(tmp_path / "t2_other_grid.nii.gz"), "--out", str(refused)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--align" in err and not refused.exists()
+    assert main([*common, "--t2", str(tmp_path / "t2.nii.gz"), "--out", str(tmp_path / "paired.safetensors")]) == 0
+    assert main([*common, "--t2", str(tmp_path / "t2_other_grid.nii.gz"), "--align", "--out", str(tmp_path / "aligned.safetensors")]) == 0
+    assert "aligned to T1" in capsys.readouterr().err
+    psnr = {}
+    for name in ("paired", "aligned"):
+        synthetic = synthesize_volume(str(tmp_path / f"{name}.safetensors"), t1, plane="axial", device="cpu")
+        psnr[name] = evaluate_volumes(synthetic, t2, planes=("axial",))["overall"]["psnr"]["mean"]
+    # 4 epochs learn something (15.9 dB here; 6 steps gave 11.7 dB), so 1 dB is a real margin, not noise around zero.
+    assert psnr["paired"] > 14.0 and abs(psnr["aligned"] - psnr["paired"]) < 1.0, psnr
+
+
+def test_evaluate_align_scores_an_acquired_t2_on_another_grid(tmp_path, capsys):
+    t1, t2 = _tiny_pair_files(tmp_path)
+    args = ["evaluate", str(tmp_path / "t2.nii.gz"), str(tmp_path / "t2_other_grid.nii.gz"), "--planes", "axial"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--align" in err
+    assert main([*args, "--align", "--t1", str(tmp_path / "t1.nii.gz"), "--json", str(tmp_path / "m.json")]) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    # The same T2, resampled away and back: only interpolation (and the registration's residual) separates them.
+    from T1ToT2Lib.metrics import evaluate_volumes
+
+    def psnr(actual):
+        return evaluate_volumes(t2, actual, planes=("axial",))["overall"]["psnr"]["mean"]
+
+    other = read_volume(tmp_path / "t2_other_grid.nii.gz")
+    ceiling = psnr(resample_onto(other, t2))  # the true (identity) transform: interpolation error only
+    off = psnr(resample_onto(other, t2, _shifted(1.5)))  # a 1.5 mm misregistration, for scale
+    assert result["overall"]["psnr"]["mean"] > ceiling - 0.5 and ceiling - off > 2.0, (result["overall"], ceiling, off)
+
+
+def _shifted(mm):
+    import SimpleITK as sitk
+
+    return sitk.TranslationTransform(3, (mm, mm, 0.0))
