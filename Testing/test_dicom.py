@@ -380,3 +380,230 @@ def test_cli_export_refuses_to_overwrite_without_flag(tmp_path, rng, capsys):
     read_back = read_dicom_series(out)
     np.testing.assert_allclose(read_back.ijk_to_ras, volume.ijk_to_ras, atol=1e-4)
     assert main(["export-dicom", str(tmp_path / "missing.nii.gz"), str(tmp_path / "x")]) == 2
+
+
+# --------------------------------------------------------------------------- what scanners write (issue 9)
+def _lps_k_step(volume: Volume) -> np.ndarray:
+    return volume.ijk_to_ras[:3, 2] * np.array([-1, -1, 1])
+
+
+def _move_slices(paths, offsets_lps) -> None:
+    for path, offset in zip(paths, offsets_lps):
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [f"{float(v) + float(d):.6f}" for v, d in zip(ds.ImagePositionPatient, offset)]
+        ds.save_as(path)
+
+
+def _integer_volume(orientation="oblique", shape=(8, 6, 7), spacing=(0.55, 0.8, 7.0)):
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    array = (100 + 10 * i + 3 * j + 20 * k).astype(np.float32)  # integers: stored exactly, compared exactly
+    return Volume.from_geometry(array, spacing=spacing, origin=(12.5, -30.25, 41.0), direction=DIRECTIONS[orientation])
+
+
+def test_jitter_within_2_percent_reads_with_the_mean_spacing_and_a_note(tmp_path, capsys):
+    volume = _integer_volume()
+    paths = write_fake_t1(volume, tmp_path / "s")
+    jitter = np.array([0.0, 0.06, -0.04, 0.07, -0.05, 0.02, 0.0, 0.0])  # mm along the normal, up to 1% of 7 mm
+    unit = _lps_k_step(volume) / 7.0
+    _move_slices(paths, [j * unit for j in jitter])
+    read = read_dicom_series(tmp_path / "s")
+    np.testing.assert_array_equal(read.array, volume.array)
+    np.testing.assert_allclose(read.ijk_to_ras, volume.ijk_to_ras, atol=1e-4)  # first and last slices unmoved: mean = 7 mm
+    assert any("jitter" in n and "mean spacing" in n for n in read.meta["notes"])
+    assert "note:" in capsys.readouterr().err
+
+
+def test_smoothly_varying_spacing_is_resampled_onto_a_regular_grid(tmp_path):
+    volume = _integer_volume(orientation="axial", spacing=(0.5, 0.5, 7.0))
+    paths = write_fake_t1(volume, tmp_path / "s")
+    k = np.arange(volume.shape[0])
+    along = 7.0 * k + 0.25 * k * (k - 1)  # steps 7.0, 7.5, 8.0 ...: 0.5 mm (7%) changes, smooth
+    _move_slices(paths, [np.array([0, 0, a - 7.0 * kk]) for kk, a in zip(k, along)])
+    read = read_dicom_series(tmp_path / "s")
+    step = along[-1] / (len(k) - 1)
+    assert read.shape == volume.shape and read.spacing[2] == pytest.approx(step)
+    assert any("variable slice spacing" in n for n in read.meta["notes"])
+    # Stored values grow by 20 per slice: on the regular grid each slice holds the value at its own position.
+    expected = 100 + 20 * np.interp(k * step, along, k)
+    np.testing.assert_allclose(read.array[:, 2, 3] - 10 * 3 - 3 * 2, expected, atol=1e-3)
+
+
+def test_gantry_tilt_is_resampled_onto_an_orthogonal_grid(tmp_path):
+    volume = _integer_volume(orientation="axial", shape=(6, 8, 10), spacing=(1.0, 1.0, 5.0))
+    paths = write_fake_t1(volume, tmp_path / "s")
+    # Each slice slides 1 mm (one voxel) further along +x LPS, i.e. along -I: a sheared stack.
+    _move_slices(paths, [np.array([1.0 * kk, 0.0, 0.0]) for kk in range(6)])
+    read = read_dicom_series(tmp_path / "s")
+    assert any("gantry tilt" in n for n in read.meta["notes"])
+    assert abs(read.direction[:, 2] @ read.direction[:, 0]) < 1e-9  # orthogonal output
+    # Stored voxel i of slice k now lies at I = i - k, so output voxel i of slice k is stored voxel i + k; 0 beyond.
+    for kk in range(1, 6):
+        np.testing.assert_allclose(read.array[kk, :, : 10 - kk], volume.array[kk, :, kk:], atol=1e-4)
+        assert np.all(read.array[kk, :, 10 - kk:] == 0)
+
+
+@pytest.mark.parametrize("case", ["duplicate", "localiser", "colour", "abrupt"])
+def test_refusals_of_what_cannot_be_one_volume(tmp_path, case):
+    volume = _integer_volume(orientation="axial")
+    paths = write_fake_t1(volume, tmp_path / "s")
+    if case == "duplicate":
+        ds = pydicom.dcmread(paths[3])
+        ds.ImagePositionPatient = pydicom.dcmread(paths[2]).ImagePositionPatient
+        ds.save_as(paths[3])
+        expected = "same position"
+    elif case == "localiser":
+        ds = pydicom.dcmread(paths[0])
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        ds.save_as(paths[0])
+        expected = "localiser"
+    elif case == "colour":
+        ds = pydicom.dcmread(paths[0])
+        ds.PhotometricInterpretation, ds.SamplesPerPixel = "RGB", 3
+        ds.save_as(paths[0])
+        expected = "colour"
+    else:  # one slice 30% out of place: not jitter, not smooth
+        _move_slices(paths[4:5], [np.array([0, 0, 2.1])])
+        expected = "uneven slice spacing"
+    with pytest.raises(T1ToT2Error) as excinfo:
+        read_dicom_series(tmp_path / "s")
+    assert expected in one_line_error(excinfo)
+
+
+def test_per_slice_rescale_and_real_world_value_mapping(tmp_path):
+    from pydicom.dataset import Dataset
+
+    volume = _integer_volume(orientation="coronal")
+    volume = volume.with_array(volume.array - volume.array % 2)  # even values: exact at half value with slope 2
+    paths = write_fake_t1(volume, tmp_path / "s")
+    ds = pydicom.dcmread(paths[2])  # slice 2 stored at half the values with slope 2: same real values
+    ds.PixelData = (ds.pixel_array // 2).astype(np.uint16).tobytes()
+    ds.RescaleSlope = "2"
+    ds.save_as(paths[2])
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "s").array, volume.array)
+
+    for path in paths:  # a real world value map (e.g. Philips' floating-point scale) wins over the rescale
+        ds = pydicom.dcmread(path)
+        item, units = Dataset(), Dataset()
+        units.CodeValue, units.CodingSchemeDesignator, units.CodeMeaning = "1", "UCUM", "no units"
+        item.RealWorldValueSlope, item.RealWorldValueIntercept = 0.5, -3.0
+        item.LUTLabel, item.LUTExplanation = "PHYS", "test"
+        item.RealWorldValueFirstValueMapped, item.RealWorldValueLastValueMapped = 0, 65535
+        item.MeasurementUnitsCodeSequence = [units]
+        ds.RealWorldValueMappingSequence = [item]
+        ds.save_as(path)
+    read = read_dicom_series(tmp_path / "s")
+    raw = np.stack([pydicom.dcmread(p).pixel_array for p in sorted(paths)]).astype(np.float32)
+    np.testing.assert_allclose(read.array, raw * 0.5 - 3.0)
+    assert any("real world value mapping (no units)" in n for n in read.meta["notes"])
+
+
+def write_enhanced_mr(volume: Volume, path) -> None:
+    """One Enhanced MR Image Storage file holding ``volume`` (frames in reverse order, rescale per frame)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    lps = np.diag([-1.0, -1.0, 1.0]) @ volume.ijk_to_ras[:3]
+    spacing = volume.spacing
+    row, col = lps[:, 0] / spacing[0], lps[:, 1] / spacing[1]
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4.1", generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID, ds.SeriesDescription = "MR", "Doe^Jane", "X", "T1 VIBE enhanced"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    n, rows, cols = volume.shape
+    ds.NumberOfFrames, ds.Rows, ds.Columns = n, rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    shared, measures, orientation = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]
+    measures.SliceThickness = f"{spacing[2]:.6f}"
+    orientation.ImageOrientationPatient = [f"{v:.8f}" for v in np.r_[row, col]]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orientation]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames, pixels = [], []
+    for k in reversed(range(n)):
+        group, position, transform = Dataset(), Dataset(), Dataset()
+        position.ImagePositionPatient = [f"{v:.6f}" for v in lps[:, 3] + k * lps[:, 2]]
+        slope = 1.0 + (k % 2)  # odd frames stored at half value with slope 2
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = f"{slope:g}", "0", "US"
+        group.PlanePositionSequence, group.PixelValueTransformationSequence = [position], [transform]
+        frames.append(group)
+        pixels.append(np.rint(volume.array[k] / slope).astype(np.uint16))
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = np.stack(pixels).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+def test_enhanced_multiframe_mr_reads_like_its_classic_equivalent(tmp_path):
+    volume = _integer_volume(orientation="oblique")
+    volume = volume.with_array(volume.array - volume.array % 2)  # even values: exact at half value with slope 2
+    write_fake_t1(volume, tmp_path / "classic")
+    write_enhanced_mr(volume, tmp_path / "enhanced" / "EMR.dcm")
+    classic, enhanced = read_dicom_series(tmp_path / "classic"), read_dicom_series(tmp_path / "enhanced")
+    np.testing.assert_allclose(enhanced.ijk_to_ras, classic.ijk_to_ras, atol=1e-5)
+    np.testing.assert_array_equal(enhanced.array, classic.array)
+    np.testing.assert_array_equal(enhanced.array, volume.array)
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless"])
+def test_compressed_series_read_like_the_uncompressed_one(tmp_path, syntax):
+    import pydicom.uid
+
+    volume = _integer_volume(orientation="sagittal", shape=(4, 32, 40))  # OpenJPEG refuses images of a few pixels
+    paths = write_fake_t1(volume, tmp_path / "s")
+    plain = read_dicom_series(tmp_path / "s")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.compress(getattr(pydicom.uid, syntax))
+        ds.save_as(path)
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == getattr(pydicom.uid, syntax)
+    read = read_dicom_series(tmp_path / "s")
+    np.testing.assert_array_equal(read.array, plain.array)
+    np.testing.assert_array_equal(read.ijk_to_ras, plain.ijk_to_ras)
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"])
+def test_pydicoms_compressed_test_files_match_the_uncompressed_one(tmp_path, name):
+    from pydicom.data import get_testdata_file
+
+    for folder, source in (("plain", "MR_small.dcm"), ("compressed", name)):
+        (tmp_path / folder).mkdir()
+        shutil.copy(get_testdata_file(source), tmp_path / folder / source)
+    plain, compressed = read_dicom_series(tmp_path / "plain"), read_dicom_series(tmp_path / "compressed")
+    assert compressed.shape == plain.shape == (1, 64, 64)
+    np.testing.assert_array_equal(compressed.ijk_to_ras, plain.ijk_to_ras)
+    np.testing.assert_array_equal(compressed.array, plain.array)
+
+
+def test_dicomdir_folder_reads_like_the_plain_folder(tmp_path):
+    from pydicom.fileset import FileSet
+
+    volume = _integer_volume(orientation="coronal")
+    paths = write_fake_t1(volume, tmp_path / "plain")
+    fileset = FileSet()
+    for path in paths:
+        fileset.add(pydicom.dcmread(path))
+    fileset.write(tmp_path / "media")
+    assert (tmp_path / "media" / "DICOMDIR").exists()
+    for where in (tmp_path / "media", tmp_path / "media" / "DICOMDIR"):
+        read = read_dicom_series(where)
+        np.testing.assert_array_equal(read.array, volume.array)
+        np.testing.assert_allclose(read.ijk_to_ras, volume.ijk_to_ras, atol=1e-5)
+
+
+def test_evaluate_series_uid_picks_the_acquired_series(tmp_path, capsys):
+    volume = _integer_volume(orientation="axial")
+    uid_a = pydicom.dcmread(write_fake_t1(volume, tmp_path / "study" / "a")[0]).SeriesInstanceUID
+    write_fake_t1(volume.with_array(volume.array + 50), tmp_path / "study" / "b")
+    write_volume(volume, tmp_path / "generated.nii.gz")
+    args = ["evaluate", str(tmp_path / "generated.nii.gz"), str(tmp_path / "study"), "--json", str(tmp_path / "m.json")]
+    assert main(args) == 2 and "--series-uid" in capsys.readouterr().err
+    assert main([*args, "--series-uid", uid_a]) == 0
+    import json
+
+    assert json.loads((tmp_path / "m.json").read_text())["overall"]["nrmse"]["mean"] == pytest.approx(0.0, abs=1e-6)
