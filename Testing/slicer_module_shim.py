@@ -39,6 +39,7 @@ class _App:
     def __init__(self, scene_folder):
         self._settings = _Settings()
         self.defaultScenePath = str(scene_folder)
+        self.connections = []
 
     def settings(self):
         return self._settings
@@ -54,6 +55,10 @@ class _App:
 
     def layoutManager(self):
         return None
+
+    def connect(self, signal, slot):
+        """Qt signal connections are recorded (e.g. startupCompleted -> the Sample Data registration)."""
+        self.connections.append((signal, slot))
 
 
 def parameterNodeWrapper(cls):

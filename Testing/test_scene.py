@@ -424,3 +424,29 @@ def test_synthesis_turns_a_t1_node_into_a_synthetic_t2_node_on_the_t1_grid(mrml_
     assert np.allclose(sc.world_ijk_to_ras(node), matrix @ t1_volume.ijk_to_ras, atol=1e-6, rtol=0)
     assert np.allclose(sc.world_ijk_to_ras(node), sc.world_ijk_to_ras(t1_node), atol=1e-6, rtol=0)
     assert node.GetAttribute("T1ToT2.Synthetic") == "true" and node.GetAttribute("T1ToT2.Model") == "tiny.safetensors"
+
+
+def test_loss_chart_writes_one_row_per_event_however_long_the_run(mrml_scene, monkeypatch):
+    """The loss chart appends: the table's existing columns are kept and only the new row is written."""
+    plot = sc.LossPlot(name="losses")
+    rebuilds = []
+    monkeypatch.setattr(sc, "_table_from_columns", lambda *a, **k: rebuilds.append(a))
+    modified = []
+    plot.table_node.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda caller, event: modified.append(1))
+    columns = None
+    for n in range(1, 301):
+        losses = {"G": 1.0 / n, "D": 0.5} if n < 150 else {"G": 1.0 / n, "D": 0.5, "L1": 0.1}
+        before = len(modified)
+        assert plot.add_event({"event": "step", "epoch": 1, "step": n, "steps": 300, "losses": losses})
+        assert len(modified) - before <= 2  # a constant number of table writes per event
+        if n == 10:
+            columns = {name: plot.table_node.GetTable().GetColumnByName(name) for name in ("Step", "G")}
+            first_values = [columns["G"].GetValue(r) for r in range(10)]
+    assert rebuilds == []  # never rebuilt from all rows
+    table = plot.table_node.GetTable()
+    # The very same column arrays grew (a rebuild would have replaced them) and kept their first values.
+    assert all(table.GetColumnByName(name) is columns[name] for name in columns)
+    assert [columns["G"].GetValue(r) for r in range(10)] == first_values
+    values = sc.table_columns(plot.table_node)
+    assert len(values["Step"]) == 300 and values["Step"][-1] == 300.0
+    assert np.isnan(values["L1"][148]) and values["L1"][149] == 0.1  # a late loss is NaN before it appears

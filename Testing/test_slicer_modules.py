@@ -280,33 +280,58 @@ def test_train_arguments_follow_the_panel(modules, tmp_path):
     assert parsed.resume and parsed.model == "cyclegan" and parsed.n_blocks == 5
 
 
-def test_progress_validation_table_and_phantom_nodes(modules):
+def test_phantom_nodes_and_label_maps(modules):
     _, training = modules
     logic = training.T1ToT2TrainingLogic()
-    step = {"event": "step", "epoch": 2, "step": 5, "steps": 10, "losses": {"G_L1": 0.5}}
-    assert logic.progressFraction(step, totalEpochs=4) == pytest.approx(0.375)
-    assert logic.progressFraction(step) is None  # total unknown before the "start" event
-    assert logic.progressFraction({"event": "epoch", "epoch": 1}, 4) is None
-    assert logic.globalStepEvent(step) == {"event": "step", "step": 15, "losses": {"G_L1": 0.5}}
-    assert logic.globalStepEvent({"event": "epoch", "epoch": 2, "losses": {"G_L1": 0.4}}) is None
-    table = logic.newValidationTable()
-    assert not logic.addValidationRow(table, {"event": "epoch", "epoch": 1, "val_metrics": None})
-    assert logic.addValidationRow(table, {"event": "epoch", "epoch": 1, "val_metrics": {"nrmse": 0.1, "psnr": 20.0, "ssim": 0.5}})
-    assert logic.addValidationRow(table, {"event": "epoch", "epoch": 2, "val_metrics": {"nrmse": 0.05, "psnr": 25.0, "ssim": 0.7}})
-    columns = sc.table_columns(table)
-    assert list(columns) == list(training.VALIDATION_COLUMNS)
-    assert columns["Epoch"] == [1.0, 2.0] and columns["PSNR (dB)"] == [20.0, 25.0]
-    assert logic.newValidationTable(table).GetNumberOfRows() == 0  # Start again empties it
-
     nodes = logic.generatePhantomNodes()
-    assert set(nodes) >= {"left_t1", "left_t2", "right_t1", "right_t2"}
+    assert set(nodes) >= {"left_t1", "left_t2", "right_t1", "right_t2", "left_labels", "right_labels"}
     from T1ToT2Lib import phantom
 
     expected = phantom.make_phantom(size="small", seed=0)
     for key in ("left_t1", "right_t2"):
         assert np.allclose(sc.world_ijk_to_ras(nodes[key]), expected[key].ijk_to_ras)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes[key]), expected[key].array)
-        assert "Phantom" in nodes[key].GetName()
+        assert "Phantom" in nodes[key].GetName() and not nodes[key].IsA("vtkMRMLLabelMapVolumeNode")
+    labels = nodes["right_labels"]
+    assert labels.IsA("vtkMRMLLabelMapVolumeNode")  # outlines in the views, out of the grey-scale selectors
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(labels), expected["right_labels"].array.astype(np.int16))
+    assert np.allclose(sc.world_ijk_to_ras(labels), expected["right_labels"].ijk_to_ras)
+
+
+def test_sample_data_offers_the_phantom_with_labels_as_a_label_map(modules, monkeypatch):
+    synthesis, _ = modules
+    registered = []
+    sample_data = type(sys)("SampleData")
+    sample_data.SampleDataLogic = type("SampleDataLogic", (), {
+        "registerCustomSampleDataSource": staticmethod(lambda **kwargs: registered.append(kwargs))})
+    monkeypatch.setitem(sys.modules, "SampleData", sample_data)
+    parent = type("Parent", (), {})()
+    synthesis.T1ToT2Synthesis(parent)
+    signal, slot = slicer.app.connections[-1]
+    assert signal == "startupCompleted()"
+    slot()  # the application has started
+    (source,) = registered
+    assert source["sampleName"] == "T1ToT2 hand phantom" and Path(source["thumbnailFileName"]).is_file()
+    nodes = source["customDownloader"](object())  # Sample Data passes its source
+    assert [n.GetName() for n in nodes] == source["nodeNames"]
+    assert [n.GetClassName() for n in nodes] == ["vtkMRMLScalarVolumeNode", "vtkMRMLScalarVolumeNode",
+                                                 "vtkMRMLLabelMapVolumeNode"]
+    p = synthesis.T1ToT2SynthesisLogic().getParameterNode()
+    assert p.inputT1 is nodes[0] and p.acquiredT2 is nodes[1]  # two clicks: load, then Synthesize T2
+
+
+def test_devices_offered_are_the_plausible_ones(modules, monkeypatch):
+    synthesis, training = modules
+    import platform
+
+    from T1ToT2Lib.dependencies import plausible_devices
+
+    assert synthesis.DEVICE_CHOICES == training.DEVICE_CHOICES == plausible_devices(platform.system(), platform.machine())
+    for system, machine, expected in (("Linux", "x86_64", ["auto", "cuda", "cpu"]), ("Windows", "AMD64", ["auto", "cuda", "cpu"]),
+                                      ("Darwin", "arm64", ["auto", "mps", "cpu"]), ("Darwin", "x86_64", ["auto", "cpu"])):
+        monkeypatch.setattr(platform, "system", lambda: system)
+        monkeypatch.setattr(platform, "machine", lambda: machine)
+        assert synthesis._plausibleDevices() == training._plausibleDevices() == expected == plausible_devices(system, machine)
 
 
 def test_finished_training_is_offered_to_the_synthesis_module(modules, tmp_path):
@@ -389,9 +414,14 @@ print({json.dumps(json.dumps(events[-1]))}, flush=True)
     assert table["Epoch"] == [1.0, 2.0] and table["NRMSE"] == pytest.approx([0.2, 0.1])
     assert widget.ui.validationTableView.tableNode is p.validationTable
     assert "Model saved" in widget.ui.statusLabel.text
-    offered = synthesis.T1ToT2SynthesisLogic().getParameterNode()
-    assert offered.useBundledModel is False and Path(offered.modelPath) == p.outputModelPath
+    # The Synthesis panel picks the new model up when it is shown, once (a later choice is the user's).
+    synthesis_logic = synthesis.T1ToT2SynthesisLogic()
+    offered = synthesis_logic.getParameterNode()
     assert synthesis.T1ToT2SynthesisLogic.lastTrainedModel() == p.outputModelPath
+    assert synthesis_logic.adoptLastTrainedModel(offered)
+    assert offered.useBundledModel is False and Path(offered.modelPath) == p.outputModelPath
+    offered.useBundledModel = True
+    assert not synthesis_logic.adoptLastTrainedModel(offered) and offered.useBundledModel
 
 
 def test_synthesis_panel_runs_cancels_and_reports(modules, tmp_path, monkeypatch):
@@ -462,6 +492,7 @@ def test_training_job_then_background_synthesis_equals_in_process(modules, tmp_p
     assert table.GetNumberOfRows() == 2
     assert synthesis.T1ToT2SynthesisLogic.lastTrainedModel() == model
     offered = synthesis.T1ToT2SynthesisLogic().getParameterNode()
+    assert synthesis.T1ToT2SynthesisLogic().adoptLastTrainedModel(offered)
     assert offered.useBundledModel is False and Path(offered.modelPath) == model
 
     logic = synthesis.T1ToT2SynthesisLogic()
@@ -569,3 +600,167 @@ def platform_is_mac() -> bool:
     import platform
 
     return platform.system() == "Darwin"
+
+
+# --- panels: scene close, failures, reuse ---------------------------------------------------------
+def _training_widget(training):
+    widget = training.T1ToT2TrainingWidget()
+    widget.ui = slicer_module_shim.fake_ui(ROOT / "T1ToT2Training" / "Resources" / "UI" / "T1ToT2Training.ui")
+    widget.logic = training.T1ToT2TrainingLogic()
+    widget._timer = slicer_module_shim.FakeTimer()
+    widget.setParameterNode(widget.logic.getParameterNode())
+    return widget
+
+
+def _synthesis_widget(synthesis):
+    widget = synthesis.T1ToT2SynthesisWidget()
+    widget.ui = slicer_module_shim.fake_ui(ROOT / "T1ToT2Synthesis" / "Resources" / "UI" / "T1ToT2Synthesis.ui")
+    widget.logic = synthesis.T1ToT2SynthesisLogic()
+    widget._jobTimer = slicer_module_shim.FakeTimer()
+    widget.setParameterNode(widget.logic.getParameterNode())
+    return widget
+
+
+SLEEPER = """
+import json, os, time
+print(json.dumps({"event": "start", "epochs": 3, "pid": os.getpid()}), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("which", ["training", "synthesis"])
+def test_closing_the_scene_cancels_a_running_job(modules, tmp_path, which):
+    psutil = pytest.importorskip("psutil")
+    synthesis, training = modules
+    widget = _training_widget(training) if which == "training" else _synthesis_widget(synthesis)
+    job = BackgroundJob(fake_child(SLEEPER, tmp_path)).start()
+    job.workDir = tmp_path / "work"
+    widget._job = job
+    (widget._timer if which == "training" else widget._jobTimer).start()
+    import time
+
+    deadline = time.time() + 60
+    while not job.poll() and not job.events:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    child = psutil.Process(job.events[0]["pid"])
+    widget.onSceneStartClose(None, None)
+    assert widget._job is None and widget._parameterNode is None
+    assert not (widget._timer if which == "training" else widget._jobTimer).active  # no polling into a closed scene
+    assert not job.is_running and job.cancelled
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_failed_training_shows_its_whole_log(modules, tmp_path, monkeypatch):
+    _, training = modules
+    widget = _training_widget(training)
+    shown = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: shown.append((text, kw)), raising=False)
+    failing = fake_child("""
+import sys
+for n in range(40):
+    print(f"log line {n}", file=sys.stderr)
+print("t1tot2 train: error: the T2 grid differs from the T1 grid: add --align", file=sys.stderr)
+raise SystemExit(2)
+""", tmp_path)
+    job = BackgroundJob(failing).start()
+    job.workDir, job.outputPath = tmp_path / "inputs", tmp_path / "model.safetensors"
+    widget._job, widget._jobKind = job, "train"
+    import time
+
+    deadline = time.time() + 60
+    while widget._job is not None:
+        assert time.time() < deadline
+        widget.onTimer()
+        time.sleep(0.02)
+    ((text, kwargs),) = shown
+    assert "add --align" in text and "log line 0" not in text  # the one-line error...
+    assert "log line 0" in kwargs["detailedText"] and "log line 39" in kwargs["detailedText"]  # ...and the full log
+    assert "Training failed" in widget.ui.statusLabel.text
+
+
+def test_training_status_shows_epoch_step_and_time_left(modules):
+    _, training = modules
+    widget = _training_widget(training)
+    widget._jobKind = "train"
+    widget._handleEvents([{"event": "start", "epochs": 15},
+                          {"event": "step", "epoch": 3, "step": 40, "steps": 290, "losses": {"G": 1.0}, "eta_s": 754}])
+    assert widget.ui.statusLabel.text == "Epoch 3/15, step 40/290, about 13 min left"
+    assert widget.ui.progressBar.value == int(100 * (2 + 40 / 290) / 15)
+
+
+def test_evaluate_button_starts_a_background_job_and_does_not_block(modules, tmp_path, monkeypatch):
+    _, training = modules
+    widget = _training_widget(training)
+    p = widget._parameterNode
+    t1 = small_t1(shape=(10, 20, 24))
+    p.validationT1 = sc.node_from_volume(t1, "val T1")
+    p.validationT2 = sc.node_from_volume(t1.with_array(t1.array + 2), "val T2")
+    p.outputModelPath = tmp_path / "model.safetensors"
+    from T1ToT2Lib.volume import write_volume
+
+    write_volume(t1.with_array(t1.array + 1), tmp_path / "source.nrrd")
+    started = []
+
+    def fake_evaluation(modelPath, validationT1Node, workDir=None):
+        out = tmp_path / "synthetic_t2.nrrd"
+        job = BackgroundJob(fake_child(f"""
+import json, shutil, time
+time.sleep(0.5)
+shutil.copy({str(tmp_path / 'source.nrrd')!r}, {str(out)!r})
+print(json.dumps({{"event": "done", "output": {str(out)!r}}}), flush=True)
+""", tmp_path))
+        job.modelPath, job.outputPath, job.workDir = Path(modelPath), out, tmp_path / "eval"
+        started.append(job)
+        return job.start()
+
+    monkeypatch.setattr(widget.logic, "startEvaluationJob", fake_evaluation)
+    import time
+
+    for run in range(2):
+        t0 = time.time()
+        widget.onEvaluateButton()
+        assert time.time() - t0 < 0.4 and widget._jobKind == "evaluate" and widget._job.is_running  # returned at once
+        deadline = time.time() + 60
+        while widget._job is not None:
+            assert time.time() < deadline
+            widget.onTimer()
+            time.sleep(0.02)
+        assert "metrics table" in widget.ui.statusLabel.text
+        if run == 0:
+            counts = [slicer.mrmlScene.GetNumberOfNodesByClass(c) for c in
+                      ("vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLMarkupsLineNode")]
+    assert [slicer.mrmlScene.GetNumberOfNodesByClass(c) for c in
+            ("vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLMarkupsLineNode")] == counts  # reused, not piled up
+    widget.logic._evaluation["profile"].remove_observers()
+
+
+def test_line_profile_button_reuses_its_table_and_chart(modules):
+    synthesis, _ = modules
+    widget = _synthesis_widget(synthesis)
+    p = widget._parameterNode
+    t1 = small_t1(shape=(10, 20, 24))
+    p.inputT1 = sc.node_from_volume(t1, "T1")
+    p.syntheticT2 = sc.create_or_update_synthetic_node(p.inputT1, t1.with_array(t1.array + 1), "m")
+    widget.onLineProfileButton()
+    first = widget._lineProfile
+    widget.onLineProfileButton()
+    assert widget._lineProfile.table_node is first.table_node and widget._lineProfile.chart_node is first.chart_node
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 1
+    widget._stopLineProfile()
+
+
+def test_self_tests_skip_with_a_message_when_dependencies_are_missing(modules, monkeypatch):
+    synthesis, training = modules
+    from T1ToT2Lib import dependencies
+
+    monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
+    for test_class in (synthesis.T1ToT2SynthesisTest, training.T1ToT2TrainingTest):
+        messages = []
+        test = test_class("runTest")
+        monkeypatch.setattr(test, "delayDisplay", lambda message, msec=None: messages.append(message))
+        monkeypatch.setattr(slicer.util, "pip_install", lambda *a: pytest.fail("a self-test must not install"),
+                            raising=False)
+        test.runTest()
+        assert len(messages) == 1 and "skipped" in messages[0] and "torch" in messages[0]

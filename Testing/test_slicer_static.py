@@ -127,7 +127,8 @@ def test_top_level_cmake_declares_the_extension_and_every_module():
     values = cmake_variables(path)
     for field in EXTENSION_FIELDS:
         assert values.get(field, "").strip(), f"CMakeLists.txt must set {field}"
-    assert values["EXTENSION_CATEGORY"] in ("Filtering", "Deep Learning")
+    assert values["EXTENSION_CATEGORY"] == "Image Synthesis"  # the Extensions Index category for this kind of tool
+    assert "developers" not in values["EXTENSION_CONTRIBUTORS"]
     assert "PyTorch" in values["EXTENSION_DEPENDS"].split()
     assert values["EXTENSION_ICONURL"].endswith("Resources/T1ToT2.png")
     text = cmake_text(path)
@@ -289,6 +290,12 @@ def test_choice_parameters_default_to_one_of_their_choices(module):
         for stmt in cls.body:
             if isinstance(stmt, ast.AnnAssign) and "Choice(" in ast.unparse(stmt.annotation) and stmt.value is not None:
                 choice = re.search(r"Choice\((\w+)\)", ast.unparse(stmt.annotation)).group(1)
+                if choice == "DEVICE_CHOICES":  # depends on the platform: the default must be offered on every one
+                    offered = [dependencies.plausible_devices(system, machine) for system, machine in
+                               (("Linux", "x86_64"), ("Windows", "AMD64"), ("Darwin", "arm64"), ("Darwin", "x86_64"))]
+                    assert all(ast.literal_eval(stmt.value) in devices for devices in offered)
+                    checked += 1
+                    continue
                 assert ast.literal_eval(stmt.value) in constants[choice], f"{module}: {stmt.target.id} default not in {choice}"
                 checked += 1
     assert checked >= 2
@@ -340,7 +347,8 @@ def test_importing_what_the_modules_need_before_torch_does_not_import_torch():
 
 
 def test_library_third_party_imports_are_installed_by_requirements_or_shipped_by_slicer():
-    provided_by_slicer = {"numpy", "SimpleITK", "vtk", "vtkmodules", "slicer", "packaging"}
+    # PyTorchUtils: the PyTorch extension's module, imported only inside ``except ImportError`` (optional).
+    provided_by_slicer = {"numpy", "SimpleITK", "vtk", "vtkmodules", "slicer", "packaging", "PyTorchUtils"}
     import_to_project = {"skimage": "scikit-image", "PIL": "pillow"}
     required = {dependencies.requirement_name(r) for r in
                 dependencies.read_requirements(ROOT / "T1ToT2Synthesis" / "Resources" / "requirements.txt")}
@@ -503,3 +511,35 @@ def test_the_paper_is_cited_with_its_real_authors_and_title_everywhere(tmp_path)
             text = path.read_text(errors="replace") if path.is_file() else ""
             for fragment in WRONG_CITATION_FRAGMENTS:
                 assert fragment not in text or path == Path(__file__), (name, fragment)
+
+
+# --- Extensions Index readiness -------------------------------------------------------------------
+def test_license_is_the_apache_2_text_pyproject_declares():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and len(text.splitlines()) > 190
+    assert re.search(r'^license = "Apache-2.0"$', (ROOT / "pyproject.toml").read_text(), re.M)
+
+
+def test_every_copy_of_the_repository_url_is_the_one_constant():
+    from T1ToT2Lib import about
+
+    values = cmake_variables(ROOT / "CMakeLists.txt")
+    assert values["T1TOT2_REPOSITORY_URL"] == about.REPOSITORY_URL
+    assert values["EXTENSION_HOMEPAGE"] == about.DOCUMENTATION_URL
+    owner_repo = about.REPOSITORY_URL.removeprefix("https://github.com/")
+    for url in [values["EXTENSION_ICONURL"], *values["EXTENSION_SCREENSHOTURLS"].split()]:
+        assert url.startswith(f"https://raw.githubusercontent.com/{owner_repo}/"), url
+    assert json.loads((ROOT / "T1ToT2.json").read_text())["scm_url"] == about.REPOSITORY_URL + ".git"
+    for module in MODULES:
+        source = module_source(module)
+        assert f'DOCUMENTATION_URL = "{about.DOCUMENTATION_URL}"' in source, module
+        assert "helpText" in source and ".format(url=DOCUMENTATION_URL)" in source, module
+        assert 'translate("qSlicerAbstractCoreModule", "Image Synthesis")' in source, module
+        assert "T1ToT2 developers" not in source
+
+
+def test_output_model_browse_opens_a_save_dialog():
+    """ctkPathLineEdit with the Writable filter: Browse accepts a file that does not exist yet."""
+    source = module_source("T1ToT2Training")
+    assert re.search(r"outputModelPathLineEdit\.filters = .*\.Files \| .*\.Writable", source)

@@ -166,3 +166,87 @@ def find_bundled_model(module_dir, file_name: str = "demo_model.safetensors"):
         if candidate.is_file():
             return candidate
     return None
+
+
+#: The Synthesis module's requirements file (``Resources/`` beside ``T1ToT2Lib/``, in a checkout and in Slicer).
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+
+
+def cuda_driver_version():
+    """The NVIDIA driver's CUDA version from ``nvidia-smi``, or None without one."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        output = subprocess.run([smi], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_cuda_driver_version(output)
+
+
+def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=None, system=None) -> bool:
+    """Make torch and the requirements importable in Slicer's Python; False if the user declined.
+
+    ``util`` is ``slicer.util`` (``confirmOkCancelDisplay``, ``pip_install``).
+    Torch comes from the PyTorch extension's ``PyTorchUtils`` when present,
+    else from pip with the index that fits this platform and driver; the other
+    requirements are installed with Slicer's own packages pinned.  ``missing``
+    (a callable returning the missing requirement lines) and ``cuda_version``
+    (a callable) default to this module's checks.
+    """
+    import platform
+    import tempfile
+
+    if missing is None:
+        def missing():
+            return missing_requirements(read_requirements(REQUIREMENTS_FILE))
+    cuda_version = cuda_version or cuda_driver_version
+    if not torch_installed():
+        try:
+            import PyTorchUtils
+        except ImportError:
+            PyTorchUtils = None
+        if PyTorchUtils is not None:
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=ask_confirmation, torchVersionRequirement=TORCH_REQUIREMENT[len("torch"):])
+            if torch is None:
+                return False
+        else:
+            if ask_confirmation and not util.confirmOkCancelDisplay(
+                    "T1 to T2 needs PyTorch, which is not installed. Install it now? This can take several minutes."):
+                return False
+            util.pip_install(torch_pip_arguments(system or platform.system(), cuda_version()))
+    needed = missing()
+    if needed:
+        if ask_confirmation and not util.confirmOkCancelDisplay(
+                f"T1 to T2 needs these Python packages: {', '.join(needed)}. Install them now?"):
+            return False
+        constraints = Path(tempfile.mkdtemp(prefix="T1ToT2-")) / "constraints.txt"
+        constraints.write_text("\n".join(protected_constraints(installing=needed)) + "\n")
+        util.pip_install(requirements_pip_arguments(needed, constraints))
+    return True
+
+
+def plausible_devices(system: str, machine: str) -> list:
+    """The device choices worth offering: CUDA on Linux and Windows, MPS on Apple-silicon macOS."""
+    devices = ["auto"]
+    if system in ("Linux", "Windows"):
+        devices.append("cuda")
+    if system == "Darwin" and machine.lower() in ("arm64", "aarch64"):
+        devices.append("mps")
+    return devices + ["cpu"]
+
+
+def missing_dependencies() -> list:
+    """What is not installed yet (torch and the requirements), without installing anything; [] when ready.
+
+    The modules' self-tests skip with this list instead of installing PyTorch during ctest.
+    """
+    missing = [] if torch_installed() else [TORCH_REQUIREMENT]
+    try:
+        return missing + missing_requirements(read_requirements(REQUIREMENTS_FILE))
+    except T1ToT2Error as exc:
+        return missing + [str(exc)]

@@ -153,6 +153,33 @@ def node_from_volume(volume: Volume, name: str, node=None, scene=None):
     return node
 
 
+def labelmap_node_from_volume(volume: Volume, name: str, node=None, scene=None):
+    """A label map volume node holding ``volume``'s integer labels with its exact world geometry.
+
+    Label maps show as coloured outlines/fills in slice views and are left out
+    of the grey-scale volume selectors (which list scalar volumes only).
+    """
+    scene = _scene(scene)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+    elif name:
+        node.SetName(name)
+    local = np.linalg.inv(transform_to_world(node)) @ volume.ijk_to_ras
+    array = np.ascontiguousarray(np.rint(volume.array), dtype=np.int16)
+    image = node.GetImageData()
+    if image is None:
+        image = vtk.vtkImageData()
+        node.SetAndObserveImageData(image)
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    slicer.util.arrayFromVolume(node)[:] = array
+    node.SetIJKToRASMatrix(_to_vtk(local))
+    slicer.util.arrayFromVolumeModified(node)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
 def create_or_update_synthetic_node(t1_node, volume: Volume, model_name: str, model_planes=None):
     """Put a synthetic T2 made from ``t1_node`` into the scene, reusing the node of a previous run.
 
@@ -335,6 +362,51 @@ def metrics_table_node(metrics: dict, name="T1ToT2 metrics", node=None, scene=No
     return node
 
 
+VALIDATION_COLUMNS = ("Epoch", "NRMSE", "PSNR (dB)", "SSIM")
+
+
+def validation_table_node(node=None, name="T1ToT2 validation per epoch", scene=None):
+    """An empty per-epoch validation table (Epoch, NRMSE, PSNR, SSIM); ``node`` is emptied and reused."""
+    scene = _scene(scene)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    _table_from_columns(node, {column: [] for column in VALIDATION_COLUMNS})
+    return node
+
+
+def add_validation_row(table_node, event) -> bool:
+    """Append an "epoch" event's validation metrics as one row; returns False when it has none."""
+    metrics = event.get("val_metrics") if isinstance(event, dict) else None
+    if table_node is None or not metrics:
+        return False
+    values = (event.get("epoch"), metrics.get("nrmse"), metrics.get("psnr"), metrics.get("ssim"))
+    _append_row(table_node, dict(zip(VALIDATION_COLUMNS, values)))
+    return True
+
+
+def _append_row(table_node, values: dict):
+    """Append one row (column name -> number; missing columns get NaN, new columns are added NaN-filled).
+
+    Only the new row (and a new column's earlier rows) is written: the cost
+    of a row does not grow with the table.
+    """
+    table = table_node.GetTable()
+    rows = table.GetNumberOfRows()
+    for name in values:
+        if table.GetColumnByName(name) is None:
+            column = vtk.vtkDoubleArray()
+            column.SetName(name)
+            column.SetNumberOfTuples(rows)
+            column.Fill(np.nan)
+            table.AddColumn(column)
+    for c in range(table.GetNumberOfColumns()):
+        column = table.GetColumn(c)
+        value = values.get(column.GetName())
+        column.InsertNextValue(np.nan if value is None else float(value))
+    table.Modified()
+    table_node.Modified()
+
+
 def _new_chart(scene, name, title, x_title, y_title, chart=None):
     if chart is None:
         chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
@@ -459,6 +531,51 @@ class LineProfile:
         self._observers = []
 
 
+def create_profile_line(volume_node, name="T1ToT2 profile line"):
+    """A Markups line across the middle of the volume's world bounds (left to right), ready to be moved."""
+    bounds = [0.0] * 6
+    volume_node.GetRASBounds(bounds)
+    centre = [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2]
+    line = volume_node.GetScene().AddNewNodeByClass("vtkMRMLMarkupsLineNode", name)
+    line.AddControlPointWorld(vtk.vtkVector3d(bounds[0], centre[1], centre[2]))
+    line.AddControlPointWorld(vtk.vtkVector3d(bounds[1], centre[1], centre[2]))
+    return line
+
+
+def line_profile(line_node, volume_nodes, previous=None, samples=200) -> "LineProfile":
+    """A :class:`LineProfile`; with ``previous`` (the last one) its table and chart are reused, its observers removed."""
+    if previous is not None:
+        previous.remove_observers()
+        return LineProfile(line_node, volume_nodes, table_node=previous.table_node, chart_node=previous.chart_node,
+                           samples=samples)
+    return LineProfile(line_node, volume_nodes, samples=samples)
+
+
+def show_plot(chart_node, scene=None) -> bool:
+    """Show ``chart_node`` in the plot view, switching to a layout with one when the current has none.
+
+    Works on the scene's layout and plot view nodes (what Slicer's Plots
+    logic ``ShowChartInLayout`` does); returns False when the scene has no
+    layout node (no views, as in a headless scene).
+    """
+    scene = _scene(scene or chart_node.GetScene())
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layout is None:
+        return False
+    description = layout.GetCurrentLayoutDescription() or ""
+    if "vtkMRMLPlotViewNode" not in description:
+        layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
+    views = [scene.GetNthNodeByClass(n, "vtkMRMLPlotViewNode") for n in range(scene.GetNumberOfNodesByClass("vtkMRMLPlotViewNode"))]
+    if not views:  # the application creates it with the layout; headless, make the one the layout names
+        view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode")
+        view.SetLayoutName("PlotView1")
+        view.SetSingletonTag("PlotView1")
+        views = [view]
+    for view in views:
+        view.SetPlotChartNodeID(chart_node.GetID())
+    return True
+
+
 #: Event keys that are bookkeeping, not losses (used when an event has no "losses" dict).
 _NON_LOSS_KEYS = {"event", "step", "epoch", "epochs", "steps", "total", "total_steps", "iteration", "time",
                   "elapsed", "elapsed_s", "eta", "eta_s", "lr", "learning_rate", "seconds", "batch", "batches",
@@ -517,16 +634,14 @@ class LossPlot:
         losses = self._losses(event)
         if not losses:
             return False
-        self.rows.append({self.x_column: self._x(event), **losses})
+        row = {self.x_column: self._x(event), **losses}
+        self.rows.append(row)
+        _append_row(self.table_node, row)  # one row per event, however long the run
         for loss in losses:
             if loss not in self.loss_names:
                 self.loss_names.append(loss)
-        columns = {self.x_column: [row[self.x_column] for row in self.rows]}
-        for loss in self.loss_names:
-            columns[loss] = [row.get(loss) for row in self.rows]
-        _table_from_columns(self.table_node, columns)
-        for index, loss in enumerate(self.loss_names):
-            _ensure_series(self.scene, self.chart_node, self.table_node, self.x_column, loss, index, self.name)
+                _ensure_series(self.scene, self.chart_node, self.table_node, self.x_column, loss,
+                               len(self.loss_names) - 1, self.name)
         return True
 
 

@@ -1,0 +1,215 @@
+"""What the two Slicer modules' panels do, without Qt: jobs, their arguments, progress text, evaluation.
+
+The module files (``T1ToT2Synthesis.py``, ``T1ToT2Training.py``) are skins:
+widgets, the parameter node and timers.  The work behind their buttons is
+here, tested outside Slicer on a real slicer-core scene.  Parameter nodes are
+read by attribute name (``trainT1``, ``epochs``...), so any object with those
+attributes will do.  MRML is touched through :mod:`T1ToT2Lib.scene` only.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+from . import scene, volume, worker
+from .errors import T1ToT2Error
+
+PLANES = ("axial", "coronal", "sagittal")
+
+
+class JobError(T1ToT2Error):
+    """A background job failed: the one-line message, with the job's whole log in :attr:`log`."""
+
+    def __init__(self, message, log=""):
+        super().__init__(message)
+        self.log = log
+
+
+# --- models -------------------------------------------------------------------------------------
+def model_name(model_path) -> str:
+    """"<architecture> (<file name>)", the label synthetic nodes and DICOM series carry."""
+    from .modelfile import read_metadata
+
+    path = pathlib.Path(model_path)
+    try:
+        return f"{read_metadata(path)['config'].get('arch', 'model')} ({path.name})"
+    except (T1ToT2Error, OSError):
+        return path.name
+
+
+def model_planes(model_path):
+    """The planes a model file was trained on, or None when its metadata cannot be read."""
+    from .modelfile import read_metadata
+
+    try:
+        return list(read_metadata(pathlib.Path(model_path))["planes"])
+    except (T1ToT2Error, OSError, KeyError):
+        return None
+
+
+# --- synthesis job ------------------------------------------------------------------------------
+def start_synthesis_job(t1_node, model_path, plane, device, precision, work_dir, python=None):
+    """Start ``t1tot2 synthesize`` on the T1 node in a separate process; returns the running job.
+
+    The node is written to ``work_dir/t1.nrrd``; the job writes
+    ``work_dir/synthetic_t2.nrrd`` (:attr:`outputPath`).
+    """
+    work_dir = pathlib.Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t1_path = volume.write_volume(scene.volume_from_node(t1_node), work_dir / "t1.nrrd")
+    output = work_dir / "synthetic_t2.nrrd"
+    argv = worker.cli_command("synthesize", model_path, t1_path, output, "--plane", plane, "--device", device,
+                              "--precision", precision, "--progress", "json",
+                              python=python or worker.python_executable())
+    job = worker.BackgroundJob(argv, outputs=[output])
+    job.modelPath = pathlib.Path(model_path)
+    job.outputPath = output
+    return job.start()
+
+
+def _raise_if_failed(job, what):
+    job.wait(timeout=30)  # the process has ended; let the reader threads hand over its last lines
+    job.poll()
+    if job.returncode != 0 or job.error_message:
+        message = job.error_message or f"the {what} process exited with status {job.returncode}"
+        raise JobError(message, job.log_text)
+
+
+def finish_synthesis_job(job, t1_node):
+    """Load a finished job's output into the T1's synthetic node; raises :class:`JobError` on failure."""
+    _raise_if_failed(job, "synthesis")
+    done = [e for e in job.events if e.get("event") == "done"]
+    output = pathlib.Path(done[-1]["output"]) if done else job.outputPath
+    synthetic = volume.read_volume(output)
+    # The file holds the T1's geometry; reuse the node's exact matrix so no rounding creeps in.
+    synthetic = scene.volume_from_node(t1_node).with_array(synthetic.array)
+    return scene.create_or_update_synthetic_node(t1_node, synthetic, model_name(job.modelPath),
+                                                 model_planes=model_planes(job.modelPath))
+
+
+# --- training job -------------------------------------------------------------------------------
+def chosen_planes(parameters) -> list:
+    chosen = [name for name, on in zip(PLANES, (parameters.planeAxial, parameters.planeCoronal,
+                                                parameters.planeSagittal)) if on]
+    if not chosen:
+        raise T1ToT2Error("no training plane is selected: tick at least one of axial, coronal, sagittal")
+    return chosen
+
+
+def train_arguments(parameters, work_dir, resume=False) -> list:
+    """The ``t1tot2 train`` arguments for a Training parameter node (its volumes are written to ``work_dir``)."""
+    p = parameters
+    work_dir = pathlib.Path(work_dir)
+    paths = {}
+    for key in ("trainT1", "trainT2", "validationT1", "validationT2"):
+        node = getattr(p, key)
+        if node is not None:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            paths[key] = volume.write_volume(scene.volume_from_node(node), work_dir / f"{key}.nrrd")
+    if "trainT1" not in paths or "trainT2" not in paths:
+        raise T1ToT2Error("the training T1 or T2 volume is not selected: choose both (or generate the phantom)")
+    if not p.outputModelPath or str(p.outputModelPath) in ("", "."):
+        raise T1ToT2Error("no output model file is chosen: pick where to save the .safetensors model")
+    out = pathlib.Path(p.outputModelPath)
+    args = ["train", "--t1", paths["trainT1"], "--t2", paths["trainT2"], "--model", p.modelType,
+            "--planes", ",".join(chosen_planes(p)), "--epochs", p.epochs, "--lr", repr(float(p.learningRate)),
+            "--batch-size", p.batchSize, "--context", p.contextSlices, "--ngf", p.generatorWidth,
+            "--upsample", p.upsampling, "--device", p.device, "--out", out,
+            "--checkpoint-dir", out.with_name(out.name.replace(".safetensors", "") + ".checkpoints"),
+            "--progress", "json"]
+    if p.modelType != "pix2pix":
+        args += ["--n-blocks", p.residualBlocks]
+    if "validationT1" in paths and "validationT2" in paths:
+        args += ["--val-t1", paths["validationT1"], "--val-t2", paths["validationT2"]]
+    if p.maxStepsPerEpoch:
+        args += ["--max-steps-per-epoch", p.maxStepsPerEpoch]
+    if resume:
+        args.append("--resume")
+    return [str(a) for a in args]
+
+
+def start_training_job(parameters, work_dir, resume=False, python=None):
+    """Start ``t1tot2 train`` for a Training parameter node; returns the running job."""
+    work_dir = pathlib.Path(work_dir)
+    argv = worker.cli_command(*train_arguments(parameters, work_dir, resume), python=python or worker.python_executable())
+    job = worker.BackgroundJob(argv, outputs=[pathlib.Path(parameters.outputModelPath)])
+    job.workDir = work_dir
+    job.outputPath = pathlib.Path(parameters.outputModelPath)
+    return job.start()
+
+
+def finish_training_job(job) -> pathlib.Path:
+    """The model a finished training job wrote; raises :class:`JobError` (with the whole log) on failure."""
+    from .modelfile import read_metadata
+
+    try:
+        _raise_if_failed(job, "training")
+    finally:
+        shutil.rmtree(getattr(job, "workDir", "") or "", ignore_errors=True)
+    done = [e for e in job.events if e.get("event") == "done"]
+    path = pathlib.Path(done[-1]["model"]) if done else job.outputPath
+    read_metadata(path)  # a readable T1ToT2 model, or a clear error
+    return path
+
+
+def progress_fraction(event, total_epochs=None):
+    """Fraction of the run done after a "step" event (``total_epochs`` comes from the "start" event), or None."""
+    total = event.get("epochs") or total_epochs
+    if event.get("event") == "step" and event.get("steps") and total:
+        return ((event["epoch"] - 1) + event["step"] / event["steps"]) / total
+    return None
+
+
+def format_duration(seconds) -> str:
+    """A rough, readable duration: "40 s", "3 min", "1 h 05 min"."""
+    seconds = max(0, int(round(float(seconds))))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = (seconds + 30) // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def progress_text(event, total_epochs=None):
+    """The status line for a training "step" event: epoch, step and the time left (``eta_s``), or None."""
+    if event.get("event") != "step":
+        return None
+    total = event.get("epochs") or total_epochs
+    text = f"Epoch {event.get('epoch')}" + (f"/{total}" if total else "")
+    if event.get("steps"):
+        text += f", step {event.get('step')}/{event['steps']}"
+    if event.get("eta_s") is not None:
+        text += f", about {format_duration(event['eta_s'])} left"
+    return text
+
+
+def record_event(event, loss_plot=None, validation_table=None) -> None:
+    """Feed one training event to the loss chart ("step": a row at the run's global step) and the validation table."""
+    if loss_plot is not None:
+        loss_plot.add_event(event)
+    scene.add_validation_row(validation_table, event)
+
+
+# --- evaluation on the validation pair ----------------------------------------------------------
+def evaluate_synthetic(synthetic_node, t1_node, t2_node, previous=None, orientation="auto") -> dict:
+    """Compare view, metrics table and line profile of a synthetic T2 against the acquired one.
+
+    ``previous`` (the dict an earlier call returned) is reused: the same
+    metrics table, profile line, profile table and chart, so evaluating after
+    every training run does not pile up nodes.  Returns {"synthetic",
+    "difference", "metrics", "line", "profile"}.
+    """
+    from . import metrics
+
+    previous = previous or {}
+    shown = scene.show_comparison(t1_node, t2_node, synthetic_node, orientation=orientation)
+    values = metrics.evaluate_volumes(scene.volume_from_node(synthetic_node), scene.volume_from_node(t2_node))
+    table = scene.metrics_table_node(values, name=f"{synthetic_node.GetName()} metrics", node=previous.get("metrics"))
+    line = previous.get("line")
+    if line is None or line.GetScene() is None:
+        line = scene.create_profile_line(synthetic_node)
+    profile = scene.line_profile(line, [t1_node, t2_node, synthetic_node], previous=previous.get("profile"))
+    return {"synthetic": synthetic_node, "difference": shown["difference"], "metrics": table, "line": line,
+            "profile": profile}
