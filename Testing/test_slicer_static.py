@@ -543,3 +543,33 @@ def test_output_model_browse_opens_a_save_dialog():
     """ctkPathLineEdit with the Writable filter: Browse accepts a file that does not exist yet."""
     source = module_source("T1ToT2Training")
     assert re.search(r"outputModelPathLineEdit\.filters = .*\.Files \| .*\.Writable", source)
+
+
+# --- docs/ ---------------------------------------------------------------------------------------
+def test_docs_tissue_table_matches_the_phantom():
+    from T1ToT2Lib import phantom
+
+    vibe, space = phantom.tissue_signals()
+    rows = {}
+    for line in (ROOT / "docs" / "phantom.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[0].isdigit():
+            rows[int(cells[0])] = cells
+    names = {v: k for k, v in phantom.TISSUES.items() if v}
+    assert sorted(rows) == sorted(names)
+    for label, cells in rows.items():
+        props = phantom.TISSUE_PROPERTIES[names[label]]
+        assert cells[1].replace(" ", "_").replace("fatty_marrow", "marrow") == names[label]
+        assert [float(c) for c in cells[2:6]] == [props["T1"], props["T2star"], props["T2_space"], props["PD"]], cells
+        assert (cells[6] == "yes") == props["fat"] and (cells[7] == "yes") == props["flow"]
+        assert abs(float(cells[8]) - vibe[label]) <= 0.5 and abs(float(cells[9]) - space[label]) <= 0.5, cells
+
+
+def test_docs_pages_are_linked_from_the_readme_and_their_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    for page in ("phantom.md", "metrics.md", "performance.md", "architecture.md"):
+        assert f"](docs/{page})" in readme, page
+    for page in (ROOT / "docs").glob("*.md"):
+        for target in re.findall(r"\]\(([^)#:]+\.md)\)", page.read_text()):
+            assert (page.parent / target).is_file(), (page.name, target)
+        assert "DESIGN.md" not in page.read_text()
