@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "dicom",
     "demo",
     "bench",
+    "onnx_engine",
 )
 
 

@@ -220,6 +220,9 @@ def register_cli(subparsers):
     p.add_argument("--batch-norm", default="slice", choices=BATCH_NORM_MODES,
                    help="batch-norm statistics: each slice's own (as the reference Pix2Pix test) or the running ones")
     p.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
+    p.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"),
+                   help="auto (default): ONNX Runtime for an .onnx model or when torch is absent (using the .onnx "
+                        "exported beside the model file), else PyTorch; see 't1tot2 export-onnx'")
     p.set_defaults(func=run_synthesize)
 
 
@@ -233,7 +236,11 @@ def default_plane(model) -> str:
 
 def run_synthesize(args) -> int:
     from .modelfile import load_model
+    from .onnx_engine import resolve_engine, run_synthesize_onnx
 
+    engine, model_path = resolve_engine(getattr(args, "engine", "auto"), args.model)
+    if engine == "onnx":
+        return run_synthesize_onnx(args, model_path)
     started = time.time()
     model = load_model(args.model)  # fails early, before the T1 is read, on a bad model file
     bar = None

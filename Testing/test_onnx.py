@@ -1,0 +1,116 @@
+"""ONNX export and synthesis without PyTorch: same output as the torch engine, in a process where torch cannot load."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from T1ToT2Lib import onnx_engine  # noqa: E402
+from T1ToT2Lib.errors import T1ToT2Error  # noqa: E402
+from T1ToT2Lib.volume import Volume, read_volume, write_volume  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL = ROOT / "Resources" / "demo_model.safetensors"
+needs_demo_model = pytest.mark.skipif(not DEMO_MODEL.is_file(), reason="Resources/demo_model.safetensors is absent")
+
+#: Runs the command line with torch made unimportable (as in a Slicer without the PyTorch extension).
+NO_TORCH = textwrap.dedent("""
+    import sys
+    sys.modules["torch"] = None  # 'import torch' now raises ImportError
+    from T1ToT2Lib.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def cli(*args, block_torch=False, cwd=None):
+    argv = [sys.executable, "-c", NO_TORCH, *map(str, args)] if block_torch else [
+        sys.executable, "-m", "T1ToT2Lib.cli", *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def hand(tmp_path_factory):
+    """A crop of the phantom's right hand around the thumb (keeps the test to seconds)."""
+    from T1ToT2Lib.phantom import make_phantom
+
+    volumes = make_phantom("small", seed=0)
+    t1 = volumes["right_t1"]
+    k, j, i = (np.array(t1.shape) // 2)
+    crop = (slice(k - 20, k + 20), slice(None), slice(i - 24, i + 24))
+    ijk_origin = np.array([crop[2].start, 0, crop[0].start, 1.0])
+    matrix = t1.ijk_to_ras.copy()
+    matrix[:, 3] = t1.ijk_to_ras @ ijk_origin
+    folder = tmp_path_factory.mktemp("onnx")
+    path = write_volume(Volume(np.ascontiguousarray(t1.array[crop]), matrix, {}), folder / "t1.nrrd")
+    return folder, path
+
+
+@needs_demo_model
+def test_export_then_synthesize_without_torch_matches_torch(hand):
+    folder, t1_path = hand
+    onnx_path = folder / "demo.onnx"
+    result = cli("export-onnx", DEMO_MODEL, onnx_path)
+    assert result.returncode == 0, result.stderr
+    assert onnx_path.is_file() and not list(folder.glob(".demo*"))  # written atomically
+
+    # The metadata travelled: planes, channels, scales, the synthetic notice.
+    from T1ToT2Lib.modelfile import read_metadata
+
+    model = onnx_engine.load_onnx_model(onnx_path)
+    source = read_metadata(DEMO_MODEL)
+    assert model.planes == source["planes"] and model.in_channels == source["in_channels"]
+    assert model.t2_scale == pytest.approx(float(source["intensity"]["t2_scale"]))
+    assert model.config == source["config"] and model.multiple == 64
+
+    torch_out, onnx_out = folder / "torch.nrrd", folder / "onnx.nrrd"
+    assert cli("synthesize", DEMO_MODEL, t1_path, torch_out, "--plane", "coronal", "--engine", "torch",
+               "--progress", "none").returncode == 0
+    result = cli("synthesize", onnx_path, t1_path, onnx_out, "--plane", "coronal", "--engine", "onnx",
+                 "--progress", "json", block_torch=True)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert events[-1]["event"] == "done" and events[-1]["engine"] == "onnx"
+    assert [e["done"] for e in events if e["event"] == "slices"][-1] == read_volume(t1_path).shape[1]
+    reference, candidate = read_volume(torch_out), read_volume(onnx_out)
+    assert candidate.same_geometry(read_volume(t1_path), tol=1e-6)
+    relative_rms = np.sqrt(np.mean((candidate.array - reference.array) ** 2)) / np.sqrt(np.mean(reference.array ** 2))
+    assert relative_rms < 1e-3, relative_rms
+    assert reference.array.std() > 0
+
+
+@needs_demo_model
+def test_auto_engine_uses_the_exported_model_beside_the_file_when_torch_is_absent(hand):
+    folder, t1_path = hand
+    model = folder / "auto.safetensors"
+    model.write_bytes(DEMO_MODEL.read_bytes())
+    result = cli("synthesize", model, t1_path, folder / "x.nrrd", "--plane", "coronal", block_torch=True)
+    assert result.returncode == 2 and "t1tot2 export-onnx auto.safetensors auto.onnx" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # a one-line error, no traceback
+    assert cli("export-onnx", model, folder / "auto.onnx").returncode == 0
+    result = cli("synthesize", model, t1_path, folder / "auto_out.nrrd", "--plane", "fuse", "--progress", "json",
+                 block_torch=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["engine"] == "onnx"
+
+
+def test_engine_choice_and_its_errors(tmp_path):
+    model = tmp_path / "m.safetensors"
+    assert onnx_engine.resolve_engine("torch", model) == ("torch", model)
+    assert onnx_engine.resolve_engine("auto", tmp_path / "m.onnx") == ("onnx", tmp_path / "m.onnx")
+    with pytest.raises(T1ToT2Error, match="export-onnx m.safetensors m.onnx"):
+        onnx_engine.resolve_engine("onnx", model)
+    (tmp_path / "m.onnx").write_bytes(b"")
+    assert onnx_engine.resolve_engine("onnx", model) == ("onnx", tmp_path / "m.onnx")
+    with pytest.raises(T1ToT2Error, match="is an ONNX model: run it with --engine onnx"):
+        onnx_engine.resolve_engine("torch", tmp_path / "m.onnx")
+    with pytest.raises(T1ToT2Error, match="not a readable ONNX model"):
+        onnx_engine.load_onnx_model(tmp_path / "m.onnx")
+    result = cli("export-onnx", model, tmp_path / "out.txt")
+    assert result.returncode == 2 and "an ONNX model file must end in .onnx" in result.stderr
