@@ -133,7 +133,7 @@ class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = T1ToT2SynthesisLogic()
         self.ui.bundledModelLabel.text = self.logic.bundledModelDescription()
         self.ui.modelPathLineEdit.filters = self.ui.modelPathLineEdit.Files
-        self.ui.modelPathLineEdit.nameFilters = [_("Model files (*.safetensors)")]
+        self.ui.modelPathLineEdit.nameFilters = [_("Model files (*.safetensors *.onnx)")]
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
 
@@ -232,9 +232,10 @@ class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- synthesis in a background process -------------------------------------------
     def onSynthesizeButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start the synthesis."), waitCursor=True):
-            if not self.logic.ensureDependencies(askConfirmation=True):
-                return
             p = self._parameterNode
+            # An exported ONNX model needs only ONNX Runtime (a small install), not PyTorch.
+            if not self.logic.ensureDependencies(askConfirmation=True, modelPath=self.logic.modelPathFromParameters(p)):
+                return
             self._jobOutput = tempfile.mkdtemp(prefix="T1ToT2-")
             self._jobT1Node = p.inputT1
             self._job = self.logic.startSynthesisJob(
@@ -358,11 +359,12 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         requirements = dependencies.read_requirements(self.moduleDir() / "Resources" / "requirements.txt")
         return dependencies.missing_requirements(requirements)
 
-    def ensureDependencies(self, askConfirmation=True) -> bool:
-        """Make torch and the requirements importable; returns False if the user declined."""
-        from T1ToT2Lib import dependencies
+    def ensureDependencies(self, askConfirmation=True, modelPath=None) -> bool:
+        """Make the packages importable (torch only when no ONNX export of ``modelPath`` exists); False if declined."""
+        from T1ToT2Lib import dependencies, panel
 
-        return dependencies.ensure_in_slicer(slicer.util, ask_confirmation=askConfirmation,
+        needTorch = modelPath is None or panel.onnx_model_for(modelPath) is None
+        return dependencies.ensure_in_slicer(slicer.util, ask_confirmation=askConfirmation, need_torch=needTorch,
                                              missing=self.missingRequirements, cuda_version=self.cudaDriverVersion)
 
     @staticmethod
@@ -391,7 +393,7 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
                 raise T1ToT2Error("the bundled demo model is not installed: choose a model file or reinstall the extension")
             return path
         if not parameterNode.modelPath or not pathlib.Path(parameterNode.modelPath).is_file():
-            raise T1ToT2Error(f"model file '{parameterNode.modelPath}' does not exist: choose a .safetensors model file")
+            raise T1ToT2Error(f"model file '{parameterNode.modelPath}' does not exist: choose a .safetensors or .onnx model file")
         return pathlib.Path(parameterNode.modelPath)
 
     @staticmethod

@@ -764,3 +764,23 @@ def test_self_tests_skip_with_a_message_when_dependencies_are_missing(modules, m
                             raising=False)
         test.runTest()
         assert len(messages) == 1 and "skipped" in messages[0] and "torch" in messages[0]
+
+
+def test_an_exported_onnx_model_needs_no_pytorch_install(modules, slicer_installers, monkeypatch, tmp_path):
+    synthesis, _ = modules
+    from T1ToT2Lib import dependencies
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
+    logic = synthesis.T1ToT2SynthesisLogic()
+    monkeypatch.setattr(logic, "missingRequirements", lambda: [])
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"x")
+    slicer_installers["answer"] = False  # a PyTorch prompt would be declined
+    assert not logic.ensureDependencies(askConfirmation=True, modelPath=model)  # no export: PyTorch is needed
+    assert "PyTorch" in slicer_installers["asked"][0]
+    slicer_installers["asked"].clear()
+    (tmp_path / "model.onnx").write_bytes(b"x")  # exported beside it: ONNX Runtime is enough
+    assert logic.ensureDependencies(askConfirmation=True, modelPath=model)
+    assert logic.ensureDependencies(askConfirmation=True, modelPath=tmp_path / "model.onnx")
+    assert slicer_installers["asked"] == [] and slicer_installers["pip"] == []

@@ -190,7 +190,9 @@ def test_testing_folders_register_self_tests_that_exist(module, tmp_path):
 
 def test_demo_model_install_rule_points_at_the_top_level_resources():
     text = cmake_text(ROOT / "T1ToT2Synthesis" / "CMakeLists.txt")
-    assert "${CMAKE_CURRENT_SOURCE_DIR}/../Resources/demo_model.safetensors" in text
+    # The model file and, when exported, its ONNX twin (synthesis without PyTorch) are installed side by side.
+    assert re.search(r"foreach\(T1ToT2_DEMO_FILE demo_model\.safetensors demo_model\.onnx\)", text)
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/../Resources/${T1ToT2_DEMO_FILE}" in text
     assert "Resources/Models" in text  # where T1ToT2Lib.dependencies.find_bundled_model looks in an install
 
 

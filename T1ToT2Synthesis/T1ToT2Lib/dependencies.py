@@ -187,7 +187,7 @@ def cuda_driver_version():
     return parse_cuda_driver_version(output)
 
 
-def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=None, system=None) -> bool:
+def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=None, system=None, need_torch=True) -> bool:
     """Make torch and the requirements importable in Slicer's Python; False if the user declined.
 
     ``util`` is ``slicer.util`` (``confirmOkCancelDisplay``, ``pip_install``).
@@ -195,7 +195,9 @@ def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=Non
     else from pip with the index that fits this platform and driver; the other
     requirements are installed with Slicer's own packages pinned.  ``missing``
     (a callable returning the missing requirement lines) and ``cuda_version``
-    (a callable) default to this module's checks.
+    (a callable) default to this module's checks.  ``need_torch=False`` (synthesis
+    with an exported ONNX model) installs only the small packages, ONNX Runtime
+    among them, and never PyTorch.
     """
     import platform
     import tempfile
@@ -204,7 +206,7 @@ def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=Non
         def missing():
             return missing_requirements(read_requirements(REQUIREMENTS_FILE))
     cuda_version = cuda_version or cuda_driver_version
-    if not torch_installed():
+    if need_torch and not torch_installed():
         try:
             import PyTorchUtils
         except ImportError:

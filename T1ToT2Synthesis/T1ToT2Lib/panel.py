@@ -27,25 +27,42 @@ class JobError(T1ToT2Error):
 
 
 # --- models -------------------------------------------------------------------------------------
-def model_name(model_path) -> str:
-    """"<architecture> (<file name>)", the label synthetic nodes and DICOM series carry."""
+def model_metadata(model_path) -> dict:
+    """A model's metadata, from a ``.safetensors`` model file or an exported ``.onnx`` (no weights are loaded)."""
+    path = pathlib.Path(model_path)
+    if path.suffix.lower() == ".onnx":
+        from .onnx_engine import load_onnx_model
+
+        return load_onnx_model(path).metadata
     from .modelfile import read_metadata
 
+    return read_metadata(path)
+
+
+def model_name(model_path) -> str:
+    """"<architecture> (<file name>)", the label synthetic nodes and DICOM series carry."""
     path = pathlib.Path(model_path)
     try:
-        return f"{read_metadata(path)['config'].get('arch', 'model')} ({path.name})"
-    except (T1ToT2Error, OSError):
+        return f"{model_metadata(path)['config'].get('arch', 'model')} ({path.name})"
+    except (T1ToT2Error, OSError, KeyError):
         return path.name
 
 
 def model_planes(model_path):
-    """The planes a model file was trained on, or None when its metadata cannot be read."""
-    from .modelfile import read_metadata
-
+    """The planes a model was trained on, or None when its metadata cannot be read."""
     try:
-        return list(read_metadata(pathlib.Path(model_path))["planes"])
+        return list(model_metadata(model_path)["planes"])
     except (T1ToT2Error, OSError, KeyError):
         return None
+
+
+def onnx_model_for(model_path):
+    """The ONNX model synthesis can run without PyTorch: the path itself if ``.onnx``, else an export beside it."""
+    path = pathlib.Path(model_path)
+    if path.suffix.lower() == ".onnx":
+        return path
+    sibling = path.with_suffix(".onnx")
+    return sibling if sibling.is_file() else None
 
 
 # --- synthesis job ------------------------------------------------------------------------------
