@@ -196,9 +196,11 @@ class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.adoptLastTrainedModel(self._parameterNode):
             self.ui.statusLabel.text = _("Using the model just trained in T1 to T2 Training.")
         if not self._parameterNode.inputT1:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.inputT1 = first
+            # The first grey-scale volume (label maps are scalar volume nodes too, but never a T1).
+            volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                       if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+            if volumes:
+                self._parameterNode.inputT1 = volumes[0]
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:

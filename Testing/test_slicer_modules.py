@@ -784,3 +784,14 @@ def test_an_exported_onnx_model_needs_no_pytorch_install(modules, slicer_install
     assert logic.ensureDependencies(askConfirmation=True, modelPath=model)
     assert logic.ensureDependencies(askConfirmation=True, modelPath=tmp_path / "model.onnx")
     assert slicer_installers["asked"] == [] and slicer_installers["pip"] == []
+
+
+def test_panel_picks_the_first_grey_scale_volume_never_a_label_map(modules):
+    synthesis, _ = modules
+    from T1ToT2Lib.volume import Volume
+
+    labels = sc.labelmap_node_from_volume(Volume.from_geometry(np.ones((4, 5, 6)), spacing=(1, 1, 1)), "labels")
+    t1 = sc.node_from_volume(small_t1(), "T1")
+    widget = _synthesis_widget(synthesis)
+    widget.initializeParameterNode()
+    assert widget._parameterNode.inputT1 is t1 and labels.IsA("vtkMRMLScalarVolumeNode")
