@@ -159,7 +159,7 @@ def test_train_with_align_on_another_grid_is_within_1_db_of_the_aligned_pair(tmp
     from T1ToT2Lib.synthesize import synthesize_volume
 
     t1, t2 = _tiny_pair_files(tmp_path)
-    common = ["train", "--t1", str(tmp_path / "t1.nii.gz"), "--planes", "axial", "--epochs", "4",
+    common = ["train", "--t1", str(tmp_path / "t1.nii.gz"), "--model", "pix2pix", "--planes", "axial", "--epochs", "4",
               "--ngf", "8", "--ndf", "8", "--depth", "3", "--lr", "2e-3", "--device", "cpu", "--progress", "none", "--seed", "3"]
     refused = tmp_path / "refused.safetensors"
     assert main([*common, "--t2", str(tmp_path / "t2_other_grid.nii.gz"), "--out", str(refused)]) == 2
