@@ -44,6 +44,8 @@ class Volume:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if np.iscomplexobj(self.array):
+            raise T1ToT2Error("the image has complex voxels: pass the magnitude image (e.g. |z|), not the complex data")
         self.array = np.asarray(self.array, dtype=np.float32)
         if self.array.ndim != 3:
             raise T1ToT2Error(f"a volume must be 3-D, got an array of shape {self.array.shape}: pass one 3-D scalar image")
@@ -150,7 +152,11 @@ def _extension(path: Path) -> str:
 
 
 def volume_from_sitk(image) -> Volume:
-    """Convert a 3-D SimpleITK image (LPS) to a :class:`Volume` (RAS)."""
+    """Convert a 3-D SimpleITK image (LPS) to a :class:`Volume` (RAS).
+
+    Refused in one line: other dimensions, several components, complex voxels,
+    non-finite voxels and values that do not fit float32.
+    """
     import SimpleITK as sitk
 
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -158,11 +164,85 @@ def volume_from_sitk(image) -> Volume:
             f"expected a 3-D scalar image, got {image.GetDimension()}-D with "
             f"{image.GetNumberOfComponentsPerPixel()} components: pass one grey-scale volume"
         )
-    array = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
+    if "complex" in image.GetPixelIDTypeAsString().lower():
+        raise T1ToT2Error("the image has complex voxels: pass the magnitude image (e.g. |z|), not the complex data")
+    raw = sitk.GetArrayViewFromImage(image)
+    check_finite(raw, "the image")
+    array = raw.astype(np.float32)
     m = np.eye(4)
     m[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
     m[:3, 3] = image.GetOrigin()
     return Volume(array, _LPS_TO_RAS @ m)
+
+
+# --- validation -----------------------------------------------------------
+#: Fewest voxels along any axis of a volume that is synthesised or trained on: a slice of 1 or 2 voxels is a line.
+MIN_VOXELS_PER_AXIS = 3
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_finite(array: np.ndarray, what: str = "the image") -> None:
+    """Refuse NaN, infinite voxels and values beyond float32 (they would become infinite), in one line."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "fc":
+        if array.dtype.kind in "iu" and array.size and max(abs(float(array.max())), abs(float(array.min()))) > _FLOAT32_MAX:
+            raise T1ToT2Error(f"{what} has integer values beyond the float32 range: rescale it before use")
+        return
+    nan = int(np.count_nonzero(np.isnan(array)))
+    if nan:
+        raise T1ToT2Error(f"{what} has {nan} NaN voxel{'s' if nan != 1 else ''}: replace them (e.g. by 0) or fix the reconstruction")
+    inf = int(np.count_nonzero(np.isinf(array)))
+    if inf:
+        raise T1ToT2Error(f"{what} has {inf} infinite voxel{'s' if inf != 1 else ''}: replace them or fix the reconstruction")
+    if array.dtype.itemsize > 4 and array.size:
+        peak = float(np.max(np.abs(array)))
+        if peak > _FLOAT32_MAX:
+            raise T1ToT2Error(f"{what} has values up to {peak:.3g}, beyond the float32 range (3.4e38): rescale it before use")
+
+
+def check_image(volume: "Volume", what: str = "the volume", min_size: int = MIN_VOXELS_PER_AXIS) -> "Volume":
+    """Refuse, in one line, a volume no synthesis or training can use: too small, non-finite, all zero or constant."""
+    if not isinstance(volume, Volume):
+        raise T1ToT2Error(f"{what} must be a Volume: read files with T1ToT2Lib.volume.read_volume")
+    shape = tuple(int(n) for n in volume.shape)
+    if min(shape) < min_size:
+        raise T1ToT2Error(
+            f"{what} is too small ({'x'.join(map(str, shape))} voxels): it needs at least {min_size} voxels along every "
+            f"axis; a single slice or a line is not a volume, pass the whole series"
+        )
+    check_finite(volume.array, what)
+    low, high = float(volume.array.min()), float(volume.array.max())
+    if low == high == 0.0:
+        raise T1ToT2Error(f"{what} is all zeros: check that the right image (and DICOM series) was given")
+    if low == high:
+        raise T1ToT2Error(f"{what} is constant (every voxel is {low:g}): it carries no contrast, pass a real image")
+    return volume
+
+
+def _itemsize(pixel_id) -> int:
+    """Bytes per component of a SimpleITK pixel type (8 when unsure)."""
+    import SimpleITK as sitk
+
+    try:
+        return max(4, sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).itemsize)
+    except Exception:  # noqa: BLE001 - only an estimate
+        return 8
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """Refuse work that needs more memory than is available, before allocating it, with the needed figure."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if nbytes > available:
+        raise T1ToT2Error(
+            f"{what} needs about {_gib(nbytes)} of memory but only {_gib(available)} is available: "
+            f"crop or downsample the volume, or use a machine with more memory"
+        )
 
 
 def volume_to_sitk(volume: Volume):
@@ -194,7 +274,18 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     import SimpleITK as sitk
 
     try:
-        image = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header only: refuse what would not fit before allocating it
+        size = reader.GetSize()
+        if size and min(size) < 1:
+            raise RuntimeError(f"the header gives a size of {'x'.join(map(str, size))} voxels")
+        if len(size) == 3:
+            voxels = float(np.prod([float(n) for n in size])) * reader.GetNumberOfComponents()
+            # The file's pixels plus their float32 copy.
+            itemsize = _itemsize(reader.GetPixelID())
+            check_memory(voxels * (itemsize + 4), f"reading '{path.name}' ({'x'.join(map(str, size))} voxels)")
+        image = reader.Execute()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise T1ToT2Error(f"cannot read '{path}' ({first}): is it a valid image file?") from None
