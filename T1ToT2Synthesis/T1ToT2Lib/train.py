@@ -34,7 +34,7 @@ import numpy as np
 from .atomic import atomic_path
 from .data import DEFAULT_PERCENTILE, SliceDataset, check_context, check_paired, check_planes
 from .errors import T1ToT2Error
-from .volume import PLANES, Volume, read_volume
+from .volume import PLANES, Volume, check_image, read_volume
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "t1tot2-checkpoint"
@@ -310,14 +310,22 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
         raise T1ToT2Error(f"unknown model {config.model!r}: use one of {', '.join(trainable)}")
     if config.total_epochs < 1:
         raise T1ToT2Error(f"epochs must be at least 1 (got {config.total_epochs})")
+    if int(config.epochs) < 0 or int(config.epochs_decay) < 0:
+        raise T1ToT2Error(f"epochs must be at least 1 and epochs-decay at least 0 (got {config.epochs} and {config.epochs_decay})")
+    if not np.isfinite(float(config.lr)) or float(config.lr) <= 0:
+        raise T1ToT2Error(f"learning rate {config.lr} must be a positive number: use e.g. --lr 2e-4")
+    if int(config.batch_size) < 1:
+        raise T1ToT2Error(f"batch size {config.batch_size} must be at least 1: use e.g. --batch-size 1")
+    if config.max_steps_per_epoch is not None and int(config.max_steps_per_epoch) < 1:
+        raise T1ToT2Error(f"max steps per epoch {config.max_steps_per_epoch} must be at least 1: raise it or leave it out")
 
-    t1, t2 = _load(config.t1, "T1"), _load(config.t2, "T2")
+    t1, t2 = check_image(_load(config.t1, "T1"), "the T1"), check_image(_load(config.t2, "T2"), "the T2")
     check_paired(t1, t2)
     validation = None
     if (config.val_t1 is None) != (config.val_t2 is None):
         raise T1ToT2Error("validation needs both --val-t1 and --val-t2 (or neither)")
     if config.val_t1 is not None:
-        validation = (_load(config.val_t1, "val T1"), _load(config.val_t2, "val T2"))
+        validation = (check_image(_load(config.val_t1, "val T1"), "the validation T1"), check_image(_load(config.val_t2, "val T2"), "the validation T2"))
         check_paired(*validation, what=("validation T1", "validation T2"))
 
     rank, world, local_rank = _distributed()
