@@ -22,7 +22,7 @@ import numpy as np
 from .atomic import atomic_path
 from .data import context_stack, foreground_scale, pad_to_multiple
 from .errors import T1ToT2Error
-from .volume import PLANES, Volume, read_volume, volume_to_sitk
+from .volume import PLANES, Volume, check_image, check_memory, read_volume, volume_to_sitk
 
 PLANE_MODES = (*PLANES, "fuse")
 
@@ -142,6 +142,9 @@ def synthesize_volume(model, t1: Volume, plane: str = "axial", device="auto", pr
         raise T1ToT2Error(f"batch size {batch_size} must be at least 1")
     if not isinstance(t1, Volume):
         raise T1ToT2Error("synthesize_volume needs a Volume: read files with T1ToT2Lib.volume.read_volume")
+    check_image(t1, "the T1")  # too small, NaN/Inf, all zero or constant: refused in one line
+    # The normalised copy, the sum of the planes' predictions (and their squares), the result: before any work.
+    check_memory(float(t1.array.size) * 4 * (6 if uncertainty else 4), f"synthesising a {'x'.join(map(str, t1.shape))} volume")
     target_device = device if isinstance(device, torch.device) else resolve_device(device)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
     planes = PLANES if plane == "fuse" else (plane,)
