@@ -307,6 +307,30 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
         description = "SYNTHETIC image made by T1ToT2, not acquired"
     if description:
         image.SetMetaData("ITK_FileNotes", str(description)[:79])  # NIfTI descrip (80 bytes), NRRD/MHA note
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return write_image(image, path, compress)
+
+
+def write_image(image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write a SimpleITK image atomically; a failed write (disk full, permission) is a one-line :class:`T1ToT2Error`.
+
+    SimpleITK reports every write failure as a ``RuntimeError`` with a multi-line ITK trace; the
+    temporary file is removed and the user is told which file failed and what to check.
+    """
+    import shutil
+
+    import SimpleITK as sitk
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+    except RuntimeError:
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        need = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+        if free is not None and free < need + 2**20:
+            raise T1ToT2Error(f"cannot write '{path}': the disk is full ({_gib(free)} free, about {_gib(need)} needed): free some space or write elsewhere") from None
+        raise T1ToT2Error(f"cannot write '{path}': the image writer failed: check free disk space and that the folder is writable") from None
     return path
