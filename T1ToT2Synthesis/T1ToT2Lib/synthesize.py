@@ -22,7 +22,7 @@ import numpy as np
 from .atomic import atomic_path
 from .data import context_stack, foreground_scale, pad_to_multiple
 from .errors import T1ToT2Error
-from .volume import PLANES, Volume, check_image, check_memory, read_volume, volume_to_sitk
+from .volume import PLANES, Volume, check_image, check_memory, read_volume, volume_to_sitk, write_image
 
 PLANE_MODES = (*PLANES, "fuse")
 
@@ -195,9 +195,7 @@ def write_synthetic_volume(volume: Volume, path) -> Path:
     image.SetMetaData("ITK_FileNotes", description)  # what ITK's NIfTI writer puts into the header's descrip field
     image.SetMetaData("T1ToT2_synthetic", "true")
     image.SetMetaData("T1ToT2_description", description)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-    return path
+    return write_image(image, path)  # atomic; a failed write (disk full, permission) is one line
 
 
 def synthesize_file(model, t1_path, out_path, series_uid=None, **kwargs) -> Path:
