@@ -144,7 +144,7 @@ def synthesize_volume(model, t1: Volume, plane: str = "axial", device="auto", pr
         raise T1ToT2Error("synthesize_volume needs a Volume: read files with T1ToT2Lib.volume.read_volume")
     check_image(t1, "the T1")  # too small, NaN/Inf, all zero or constant: refused in one line
     # The normalised copy, the sum of the planes' predictions (and their squares), the result: before any work.
-    check_memory(float(t1.array.size) * 4 * (6 if uncertainty else 4), f"synthesising a {'x'.join(map(str, t1.shape))} volume")
+    check_memory(float(t1.array.size) * 4 * 6, f"synthesising a {'x'.join(map(str, t1.shape))} volume")
     target_device = device if isinstance(device, torch.device) else resolve_device(device)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
     planes = PLANES if plane == "fuse" else (plane,)
