@@ -95,8 +95,11 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None):
         tmp = Path(tmp)
         try:
             os.close(fd)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
+            mode = 0o666 & ~_umask()
+            os.chmod(tmp, mode)  # mkstemp makes 0600; give the file the mode a plain open() would
             yield tmp
+            # Some writers (safetensors) replace the file rather than write into it, and the new file is 0600 again.
+            os.chmod(tmp, mode)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
