@@ -107,6 +107,25 @@ def write_difference(generated: Volume, actual: Volume, out_dir, plane="axial") 
 
 
 # --- line profiles ---------------------------------------------------------------
+def write_error_map(synthetic: Volume, error_map: Volume, real_error: np.ndarray | None, out_dir, plane="axial") -> Path:
+    """Central slice of the synthetic T2, its error map (the synthesis's own estimate) and, when known, the real error."""
+    out_dir = Path(out_dir)
+    panels = [("SYNTHETIC T2", central_slice(synthetic, plane), "gray"),
+              ("error map (estimated)", central_slice(error_map, plane), "magma")]
+    if real_error is not None:
+        panels.append(("|synthetic − acquired| (real)", central_slice(synthetic.with_array(real_error), plane), "magma"))
+    fig = new_figure(3.2 * len(panels), 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    aspect = pixel_aspect(synthetic, plane)
+    for ax, (title, image, cmap) in zip(axes, panels):
+        vmax = float(np.percentile(image, 99.5)) or 1.0
+        shown = ax.imshow(image, cmap=cmap, vmin=0, vmax=vmax, aspect=aspect)
+        fig.colorbar(shown, ax=ax, shrink=0.7)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    return save_figure(fig, out_dir / "error_map.png")
+
+
 def parse_points(text: str) -> np.ndarray:
     """``"r,a,s;r,a,s;..."`` (RAS millimetres) to an (n, 3) array."""
     try:
@@ -302,6 +321,45 @@ def save_lookup_model(path, t1: Volume, t2: Volume, bins=256, mask=None, plane="
     }
     metadata.update(extra_metadata or {})
     return Path(save_model(path, state, metadata))
+
+
+def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0, extra_metadata=None) -> Path:
+    """Fit the feature-regression baseline (boosted trees on multi-scale T1 features) and save it as a model file.
+
+    ``synthesize``, ``evaluate``, ``compare`` and the demo run it like any model; its trees are
+    tensors in the safetensors file (see :mod:`T1ToT2Lib.feature_regression`).
+    """
+    import time
+
+    from scipy import ndimage
+
+    from .data import DEFAULT_PERCENTILE, check_paired, foreground_scale, foreground_threshold
+    from .feature_regression import DEFAULT_FIT, fit_feature_regressor
+    from .modelfile import save_model
+
+    check_paired(t1, t2)
+    started = time.perf_counter()
+    t1_scale, t2_scale = foreground_scale(t1.array), foreground_scale(t2.array)
+    if mask is None:
+        mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)), iterations=2)
+    mask = np.asarray(mask.array > 0 if isinstance(mask, Volume) else mask, bool)
+    regressor, _ = fit_feature_regressor(t1.array / np.float32(t1_scale), t2.array / np.float32(t2_scale), mask, seed=seed)
+    metadata = {
+        "config": {"arch": "feature_regression", "in_channels": 1},
+        "planes": ["axial"],
+        "in_channels": 1,
+        "intensity": {"t1_percentile": DEFAULT_PERCENTILE, "t2_percentile": DEFAULT_PERCENTILE, "t2_scale": t2_scale,
+                      "training_t1_scale": t1_scale},
+        "prior": regressor.metadata(),
+        "training": {
+            "method": "gradient-boosted trees (scikit-learn HistGradientBoostingRegressor, absolute error) on multi-scale 3-D T1 features",
+            "fit": DEFAULT_FIT, "epochs": 0, "seed": int(seed),
+            "shape": list(t1.shape), "spacing_mm": [float(s) for s in t1.spacing],
+            "voxels_in_mask": int(mask.sum()), "seconds": round(time.perf_counter() - started, 1),
+        },
+    }
+    metadata.update(extra_metadata or {})
+    return Path(save_model(path, regressor.to_tensors("prior"), metadata))
 
 
 def write_joint_histograms(pairs: dict, out_dir, bins=128, mask=None, stem="joint_histogram") -> dict:
@@ -512,6 +570,14 @@ def register_cli(subparsers):
     lk.add_argument("--bins", type=int, default=256)
     lk.set_defaults(func=_run_lookup)
 
+    fb = sub.add_parser("feature-baseline", help="fit the feature-regression baseline (boosted trees on local T1 features) as a model file")
+    fb.add_argument("t1")
+    fb.add_argument("t2")
+    fb.add_argument("model", help="output .safetensors")
+    fb.add_argument("--mask", metavar="LABELS", help="label map: fit on labels > 0 only (default: the dilated foreground)")
+    fb.add_argument("--seed", type=int, default=0)
+    fb.set_defaults(func=_run_feature_baseline)
+
     oc = sub.add_parser("occlusion", help="predicted T2 at points vs the width of the visible T1 window")
     oc.add_argument("model")
     oc.add_argument("t1")
@@ -570,6 +636,14 @@ def _run_lookup(args):
     mask = _read(args.mask) if args.mask else None
     path = save_lookup_model(args.model, _read(args.t1), _read(args.t2), bins=args.bins, mask=mask)
     print(f"wrote the look-up baseline model {path}")
+    return 0
+
+
+def _run_feature_baseline(args):
+    t1, t2 = _read(args.t1), _read(args.t2)
+    mask = _read(args.mask) if args.mask else None
+    path = save_feature_baseline(args.model, t1, t2, mask=mask, seed=args.seed)
+    print(f"wrote the feature-regression baseline to {path}")
     return 0
 
 

@@ -23,6 +23,24 @@ PRESETS = {
 }
 
 
+def matmul_gflops(size: int = 2048, dtype: str = "float32", repeats: int = 3) -> float:
+    """The machine's matrix-multiply rate (GFLOP/s, best of ``repeats``) with torch's current threads.
+
+    The speed of these shared machines varies about 3x from day to day, so every time the project
+    reports is stated beside this figure.
+    """
+    import torch
+
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype))
+    a @ b  # warm-up: thread pool and kernels
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
 def _sync(device):
     import torch
 

@@ -136,16 +136,25 @@ class SliceDataset:
         percentile: float = DEFAULT_PERCENTILE,
         skip_empty: bool = True,
         augment: bool = False,
+        prior: np.ndarray | None = None,
+        patch: int | None = None,
     ):
         check_paired(t1, t2)
         self.planes = tuple(check_planes(planes))
         self.context = check_context(context)
         self.multiple = int(multiple)
         self.augment = augment
+        if patch is not None and int(patch) < 4:
+            raise T1ToT2Error(f"patch size {patch} is too small: use at least 4 pixels (or whole slices)")
+        self.patch = None if patch is None else int(patch)
         self.t1_scale = float(t1_scale) if t1_scale else foreground_scale(t1.array, percentile)
         self.t2_scale = float(t2_scale) if t2_scale else foreground_scale(t2.array, percentile)
         self.t1 = t1.array / np.float32(self.t1_scale)
         self.t2 = t2.array / np.float32(self.t2_scale)
+        # A prior (the feature regression's normalised T2 prediction) is fed as extra channels after the T1's.
+        self.prior = None if prior is None else np.asarray(prior, dtype=np.float32)
+        if self.prior is not None and self.prior.shape != t1.shape:
+            raise T1ToT2Error(f"prior shape {self.prior.shape} differs from the T1 shape {t1.shape}")
         self.axes = {plane: t1.plane_axis(plane) for plane in self.planes}
         self.shape = t1.shape
 
@@ -186,14 +195,21 @@ class SliceDataset:
             batches = batches[rank::world_size][:per_rank]
         return batches
 
+    def _patches(self, a, b, rng):
+        return _object_patches(a, b, self.patch, rng, level=0.05)
+
     def arrays(self, batch: Batch, rng: np.random.Generator | None = None):
-        """(real_a, real_b) float32 arrays, shapes (n, context, H, W) and (n, 1, H, W), padded."""
+        """(real_a, real_b) float32 arrays, shapes (n, context, H, W) (2·context with a prior) and (n, 1, H, W), padded."""
         axis = self.axes[batch.plane]
         t1_slices = np.moveaxis(self.t1, axis, 0)
         t2_slices = np.moveaxis(self.t2, axis, 0)
         idx = np.asarray(batch.indices)
         a = context_stack(t1_slices, idx, self.context)
+        if self.prior is not None:
+            a = np.concatenate([a, context_stack(np.moveaxis(self.prior, axis, 0), idx, self.context)], axis=1)
         b = t2_slices[idx][:, None]
+        if self.patch and rng is not None:
+            a, b = self._patches(a, b, rng)
         if self.augment and rng is not None:
             if rng.random() < 0.5:
                 a, b = a[..., ::-1], b[..., ::-1]
@@ -202,6 +218,22 @@ class SliceDataset:
         a, _ = pad_to_multiple(np.ascontiguousarray(a, dtype=np.float32), self.multiple)
         b, _ = pad_to_multiple(np.ascontiguousarray(b, dtype=np.float32), self.multiple)
         return a, b
+
+
+def _object_patches(a: np.ndarray, b: np.ndarray, size: int, rng: np.random.Generator, level: float):
+    """One random ``size``-square crop per sample, centred on a pixel of the object (T2 or T1 above ``level``)."""
+    n, _, h, w = a.shape
+    ph, pw = min(size, h), min(size, w)
+    out_a = np.empty((n, a.shape[1], ph, pw), np.float32)
+    out_b = np.empty((n, 1, ph, pw), np.float32)
+    for s in range(n):
+        inside = np.flatnonzero(((b[s, 0] > level) | (a[s, a.shape[1] // 2] > level)).ravel())
+        centre = rng.choice(inside) if inside.size else rng.integers(h * w)
+        top = int(np.clip(centre // w - ph // 2, 0, h - ph))
+        left = int(np.clip(centre % w - pw // 2, 0, w - pw))
+        out_a[s] = a[s, :, top:top + ph, left:left + pw]
+        out_b[s] = b[s, :, top:top + ph, left:left + pw]
+    return out_a, out_b
 
 
 def check_planes(planes) -> list:

@@ -283,6 +283,50 @@ def evaluate_volumes(generated: Volume, actual: Volume, mask=None, planes=PLANES
     return {"per_plane": per_plane, "overall": overall, "grid_energy": worst, "masked": mask is not None, "notes": notes}
 
 
+def tissue_table(generated: Volume, actual: Volume, labels, names: dict | None = None) -> list[dict]:
+    """Per tissue label: voxels, mean acquired, mean synthetic, mean signed and absolute error, relative error.
+
+    ``labels`` is a label Volume (or integer array) on the same grid; ``names`` maps label value -> name
+    (default: the volume's ``meta["labels"]`` as the phantom writes it, else "label N").  Label 0
+    (background) is left out.  Shows which tissues a model confuses (fat vs cortex is the paper's hard case).
+    """
+    _check_geometry(generated, actual)
+    if isinstance(labels, Volume):
+        _check_geometry(labels, actual, what="label map")
+        if names is None and isinstance(labels.meta.get("labels"), dict):
+            names = {int(v): k for k, v in labels.meta["labels"].items()}
+        labels = labels.array
+    labels = np.rint(np.asarray(labels)).astype(np.int64)
+    if labels.shape != actual.shape:
+        raise T1ToT2Error(f"label map shape {labels.shape} differs from the volumes' {actual.shape}: pass labels on the same grid")
+    names = names or {}
+    g, i = generated.array.astype(np.float64), actual.array.astype(np.float64)
+    rows = []
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        inside = labels == value
+        acquired, synthetic = float(i[inside].mean()), float(g[inside].mean())
+        rows.append({
+            "label": int(value), "tissue": names.get(int(value), f"label {int(value)}"), "voxels": int(inside.sum()),
+            "acquired_mean": acquired, "synthetic_mean": synthetic,
+            "mean_error": synthetic - acquired, "mean_abs_error": float(np.abs(g[inside] - i[inside]).mean()),
+            "relative_error": (synthetic - acquired) / acquired if acquired else float("nan"),
+        })
+    if not rows:
+        raise T1ToT2Error("the label map has no label above 0: pass a tissue label map")
+    return rows
+
+
+def format_tissue_table(rows: list[dict]) -> str:
+    header = f"{'tissue':<18} {'voxels':>7} {'acquired':>9} {'synthetic':>9} {'mean err':>9} {'|err|':>8} {'rel.':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['tissue']:<18} {r['voxels']:>7} {r['acquired_mean']:>9.1f} {r['synthetic_mean']:>9.1f} "
+                     f"{r['mean_error']:>+9.1f} {r['mean_abs_error']:>8.1f} {100 * r['relative_error']:>+6.1f}%")
+    return "\n".join(lines)
+
+
 # --- output -----------------------------------------------------------------
 def _fmt(stat, digits):
     if stat["mean"] is None:
@@ -352,8 +396,10 @@ def register_cli(subparsers):
     p.add_argument("--series-uid", help="SeriesInstanceUID of ACTUAL when it is a DICOM folder with several series")
     p.add_argument("--generated-series-uid", help="SeriesInstanceUID of GENERATED when it is a DICOM folder with several series")
     p.add_argument("--t1-series-uid", help="SeriesInstanceUID of --t1 when it is a DICOM folder with several series")
+    p.add_argument("--labels", metavar="LABELS", help="tissue label map on the same grid: add a per-tissue table "
+                   "(mean acquired, mean synthetic, error per label) to the output, JSON and CSV")
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
-    p.add_argument("--csv", metavar="FILE", help="write the per-plane table as CSV")
+    p.add_argument("--csv", metavar="FILE", help="write the per-plane table as CSV (and FILE's stem + _tissues.csv with --labels)")
     p.set_defaults(func=run_evaluate)
 
 
@@ -386,9 +432,18 @@ def run_evaluate(args) -> int:
     result = evaluate_volumes(generated, actual, mask=mask, planes=planes, gaussian=args.gaussian)
     result["generated"], result["actual"] = str(args.generated), str(args.actual)
     result["generated_is_synthetic"] = True
+    if args.labels:
+        tissue_labels = read_volume(args.labels)
+        _check_geometry(tissue_labels, actual, what="--labels map")
+        result["tissues"] = tissue_table(generated, actual, tissue_labels)
     print(format_table(result))
+    if result.get("tissues"):
+        print("\n" + format_tissue_table(result["tissues"]))
     if args.json:
         write_json(result, args.json)
     if args.csv:
         write_csv(csv_rows(result), args.csv)
+        if result.get("tissues"):
+            csv_path = Path(args.csv)
+            write_csv(result["tissues"], csv_path.with_name(csv_path.name.replace(".csv", "") + "_tissues.csv"))
     return 0

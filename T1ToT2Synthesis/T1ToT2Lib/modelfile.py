@@ -5,7 +5,9 @@ Metadata keys (all strings; JSON where structured):
 ``format`` ("t1tot2-model"), ``format_version``, ``config`` (network config),
 ``planes``, ``in_channels``, ``intensity`` (T1 percentile and the T2 scale
 seen in training: outputs times ``t2_scale`` are in T2 units), ``training``,
-``validation_metrics``, ``t1tot2_version``, ``created``, ``synthetic_notice``.
+``validation_metrics``, ``t1tot2_version``, ``created``, ``synthetic_notice``,
+and for models with a feature-regression stage ``prior`` (feature list and tree
+summary; the trees themselves are the ``prior.*`` tensors).
 
 Loading never unpickles: safetensors holds raw tensors and a JSON header only.
 """
@@ -25,7 +27,9 @@ FORMAT = "t1tot2-model"
 FORMAT_VERSION = 1
 SYNTHETIC_NOTICE = "outputs are synthetic images, not acquired; not for diagnosis"
 REQUIRED_KEYS = ("format", "format_version", "config", "planes", "in_channels", "intensity")
-_JSON_KEYS = ("config", "intensity", "training", "validation_metrics")
+_JSON_KEYS = ("config", "intensity", "training", "validation_metrics", "prior")
+#: Tensors under this prefix belong to the model's feature-regression prior, not to the generator.
+PRIOR_PREFIX = "prior."
 
 
 def _as_string(value) -> str:
@@ -232,6 +236,7 @@ class LoadedModel:
     path: Path | None = None
     multiple: int = 1
     name: str = field(default="")
+    prior: object = None  # T1ToT2Lib.feature_regression.FeatureRegressor, for refiner and feature_regression models
 
 
 def load_model(path, device="cpu") -> LoadedModel:
@@ -252,6 +257,14 @@ def load_model(path, device="cpu") -> LoadedModel:
     except Exception as exc:  # noqa: BLE001
         raise T1ToT2Error(f"cannot build the network described in '{Path(path).name}' ({exc}): the file may come from another T1ToT2 version") from None
     state = load_file(str(path), device="cpu")
+    prior_tensors = {k[len(PRIOR_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(PRIOR_PREFIX)}
+    prior = None
+    if networks.uses_prior(config) or prior_tensors:
+        from .feature_regression import FeatureRegressor
+
+        if "prior" not in meta or not prior_tensors:
+            raise T1ToT2Error(f"'{Path(path).name}' needs a feature-regression prior but carries none: the file is damaged, re-export it")
+        prior = FeatureRegressor.from_tensors({f"prior.{k}": v for k, v in prior_tensors.items()}, meta["prior"])
     try:
         generator.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -270,6 +283,7 @@ def load_model(path, device="cpu") -> LoadedModel:
         path=Path(path),
         multiple=int(networks.required_multiple(config)),
         name=f"{config.get('arch', 'model')} ({Path(path).name})",
+        prior=prior,
     )
 
 

@@ -118,13 +118,33 @@ def _image_src(path: Path, out_dir: Path, embed: bool) -> str:
     return Path(path).resolve().relative_to(out_dir.resolve()).as_posix()
 
 
+def tissue_html(tissues: dict) -> str:
+    """Per-tissue table: for each model, mean acquired and synthetic T2 per tissue label and the relative error."""
+    if not tissues:
+        return ""
+    names = list(tissues)
+    labels = [(r["label"], r["tissue"], r["voxels"], r["acquired_mean"]) for r in next(iter(tissues.values()))]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = []
+    for label, tissue, voxels, acquired in labels:
+        cells = []
+        for n in names:
+            row = next((r for r in tissues[n] if r["label"] == label), None)
+            cells.append("<td>n/a</td>" if row is None else
+                         f"<td>{row['synthetic_mean']:.0f} ({100 * row['relative_error']:+.0f}%)</td>")
+        body.append(f"<tr><td>{html.escape(tissue)}</td><td>{voxels}</td><td>{acquired:.0f}</td>{''.join(cells)}</tr>")
+    return ("<h3>Per tissue: mean T2, synthetic (relative error)</h3><table id=tissues><tr><th>tissue</th><th>voxels</th>"
+            f"<th>acquired</th>{head}</tr>{''.join(body)}</table>")
+
+
 def write_report(out_dir, results: dict, figures=(), settings=None, title="T1ToT2 model comparison",
-                 recommended=None, baseline=None, notes=(), embed_images=False) -> Path:
+                 recommended=None, baseline=None, notes=(), embed_images=False, tissues=None) -> Path:
     """Write ``out_dir/index.html``.
 
     ``results``: model name -> :func:`T1ToT2Lib.metrics.evaluate_volumes` result.
     ``figures``: (caption, PNG path inside ``out_dir``) pairs, shown in order.
     ``settings``: a dict shown as a table (data, budget, timings...).
+    ``tissues``: model name -> :func:`T1ToT2Lib.metrics.tissue_table` rows (optional).
     """
     out_dir = Path(out_dir)
     parts = [
@@ -136,7 +156,7 @@ def write_report(out_dir, results: dict, figures=(), settings=None, title="T1ToT
     if settings:
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in settings.items())
         parts.append(f"<h2>Set-up</h2><table id=settings>{rows}</table>")
-    parts += ["<h2>Metrics</h2>", table1(results), table2(results), grid_table(results)]
+    parts += ["<h2>Metrics</h2>", table1(results), table2(results), grid_table(results), tissue_html(tissues)]
     if recommended and baseline:
         parts.append(gain_summary(results, recommended, baseline))
     for note in notes:

@@ -61,7 +61,8 @@ def inference_generator(generator, batch_norm: str = "slice"):
 
     if batch_norm not in BATCH_NORM_MODES:
         raise T1ToT2Error(f"unknown batch-norm mode {batch_norm!r}: use one of {', '.join(BATCH_NORM_MODES)}")
-    if batch_norm == "running" or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in generator.modules()):
+    if (batch_norm == "running" or getattr(generator, "uses_running_statistics", False)
+            or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in generator.modules())):
         return generator.eval()
     per_slice = copy.deepcopy(generator).eval()
     _swap_batch_norm(per_slice)
@@ -98,31 +99,44 @@ def _swap_batch_norm(module) -> None:
 
 
 def _predict_plane(generator, normalised: np.ndarray, axis: int, in_channels: int, multiple: int,
-                   device, precision: str, batch_size: int, out: np.ndarray, tick, cancel_event) -> None:
-    """Predict every slice along ``axis`` and add it into ``out`` (same shape as ``normalised``)."""
+                   device, precision: str, batch_size: int, out: np.ndarray, tick, cancel_event,
+                   prior: np.ndarray | None = None, out_squares: np.ndarray | None = None) -> None:
+    """Predict every slice along ``axis`` and add it into ``out`` (same shape as ``normalised``).
+
+    With a ``prior`` volume its slices follow the T1's as channels; ``out_squares`` collects the
+    squared predictions (for the spread between planes).
+    """
     import torch
 
     from .devices import autocast_context
 
     slices = np.moveaxis(normalised, axis, 0)
+    prior_slices = None if prior is None else np.moveaxis(prior, axis, 0)
     target = np.moveaxis(out, axis, 0)  # a view: writing it writes ``out``
+    target_squares = None if out_squares is None else np.moveaxis(out_squares, axis, 0)
     for start in range(0, slices.shape[0], batch_size):
         if cancel_event is not None and cancel_event.is_set():
             raise SynthesisCancelled("synthesis cancelled; nothing was written")
         indices = np.arange(start, min(start + batch_size, slices.shape[0]))
         stack = context_stack(slices, indices, in_channels)
+        if prior_slices is not None:
+            stack = np.concatenate([stack, context_stack(prior_slices, indices, in_channels)], axis=1)
         padded, crop = pad_to_multiple(np.ascontiguousarray(stack, dtype=np.float32), multiple)
         with torch.inference_mode(), autocast_context(device, precision):
             predicted = generator(torch.from_numpy(padded).to(device))
-        predicted = predicted.float().cpu().numpy()[:, 0]
-        target[indices] += crop.apply(predicted)
+        predicted = crop.apply(predicted.float().cpu().numpy()[:, 0])
+        target[indices] += predicted
+        if target_squares is not None:
+            target_squares[indices] += predicted * predicted
         tick(len(indices))
 
 
 def synthesize_volume(model, t1: Volume, plane: str = "axial", device="auto", precision: str = "fp32",
                       batch_size: int = 8, progress=None, cancel_event: threading.Event | None = None,
-                      batch_norm: str = "slice") -> Volume:
+                      batch_norm: str = "slice", uncertainty: bool = False):
     """The synthetic T2 of ``t1`` on exactly ``t1``'s grid.
+
+    With ``uncertainty`` it returns ``(synthetic, error_map)``: see :func:`error_map`.
 
     ``model`` is a model file path or a :class:`~T1ToT2Lib.modelfile.LoadedModel`.
     ``plane`` "fuse" averages the axial, coronal and sagittal predictions.
@@ -147,8 +161,25 @@ def synthesize_volume(model, t1: Volume, plane: str = "axial", device="auto", pr
     check_memory(float(t1.array.size) * 4 * 6, f"synthesising a {'x'.join(map(str, t1.shape))} volume")
     target_device = device if isinstance(device, torch.device) else resolve_device(device)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
+    from .preprocess import prepare_input
+
+    prepared = prepare_input(t1, loaded)  # what the model file says it was trained with: N4, voxel size
+    if prepared is not None:
+        result = synthesize_volume(loaded, prepared.volume, plane, target_device, precision, batch_size,
+                                   progress, cancel_event, batch_norm, uncertainty)
+        if uncertainty:
+            return tuple(prepared.restore(v) for v in result)
+        return prepared.restore(result)
     planes = PLANES if plane == "fuse" else (plane,)
     normalised = t1.array / np.float32(foreground_scale(t1.array, loaded.t1_percentile))
+    prior, prior_error = None, None
+    if loaded.prior is not None:
+        emit_prior = progress or (lambda event: None)
+        emit_prior({"event": "prior", "message": "feature regression (3-D multi-scale T1 features, boosted trees)"})
+        if uncertainty:
+            prior, prior_error = loaded.prior.predict_volume(normalised, with_error=True)
+        else:
+            prior = loaded.prior.predict_volume(normalised)
     total = sum(t1.shape[t1.plane_axis(p)] for p in planes)
     emit = progress or (lambda event: None)
 
@@ -156,6 +187,7 @@ def synthesize_volume(model, t1: Volume, plane: str = "axial", device="auto", pr
         generator = inference_generator(loaded.generator.to(run_device), batch_norm)
         run_precision = effective_precision(run_device, precision)
         out = np.zeros(t1.shape, dtype=np.float32)
+        squares = np.zeros(t1.shape, dtype=np.float32) if uncertainty else None
         done = [0]
 
         def tick(n):
@@ -164,21 +196,40 @@ def synthesize_volume(model, t1: Volume, plane: str = "axial", device="auto", pr
 
         for p in planes:
             _predict_plane(generator, normalised, t1.plane_axis(p), loaded.in_channels, loaded.multiple,
-                           run_device, run_precision, int(batch_size), out, tick, cancel_event)
-        return out
+                           run_device, run_precision, int(batch_size), out, tick, cancel_event, prior, squares)
+        return out, squares
 
-    out = run_with_oom_fallback(work, target_device)
+    out, squares = run_with_oom_fallback(work, target_device)
     if len(planes) > 1:
         out /= np.float32(len(planes))
-    out *= np.float32(loaded.t2_scale)
-    np.maximum(out, 0.0, out=out)
-    return t1.with_array(
-        out,
+    synthetic = t1.with_array(
+        np.maximum(out * np.float32(loaded.t2_scale), 0.0),
         synthetic=True,
         model=loaded.name,
         plane=plane,
         description=synthetic_description(loaded.name),
     )
+    if not uncertainty:
+        return synthetic
+    spread = np.sqrt(np.maximum(squares / np.float32(len(planes)) - out * out, 0.0)) if len(planes) > 1 else np.zeros_like(out)
+    return synthetic, error_map(t1, spread, prior_error, loaded)
+
+
+def error_map(t1: Volume, spread: np.ndarray, predicted_error: np.ndarray | None, loaded) -> Volume:
+    """How far each synthetic voxel can be trusted: an expected absolute error in T2 units.
+
+    Two estimates the synthesis makes by itself, combined in quadrature: the error the model's
+    error trees predict from the local T1 features (learnt from out-of-fold errors on the training
+    hand: large at edges, partial volume, thin shells), and the spread (standard deviation) of the
+    three planes' predictions.  Models without error trees have only the spread.  The map's worth is
+    measured on the phantom as its rank correlation with the real error (see the README).
+    """
+    combined = spread * spread
+    if predicted_error is not None:
+        combined = combined + predicted_error * predicted_error
+    estimate = np.sqrt(combined) * np.float32(loaded.t2_scale)
+    return t1.with_array(estimate.astype(np.float32), synthetic=True, model=loaded.name,
+                         description=f"ERROR MAP of a SYNTHETIC T2 by T1ToT2 {loaded.name}"[:79])
 
 
 def write_synthetic_volume(volume: Volume, path) -> Path:

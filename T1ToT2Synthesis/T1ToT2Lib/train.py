@@ -70,6 +70,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     loss_csv: object = None
     augment: bool = False
+    patch: int | None = None  # train on random patches of this size centred on the object (None: whole slices)
     percentile: float = DEFAULT_PERCENTILE
 
     @property
@@ -89,7 +90,7 @@ class TrainConfig:
 
     def fingerprint(self) -> dict:
         """Settings a resumed run must share with the run that wrote the checkpoint."""
-        keys = ("model", "network", "planes", "lr", "betas", "batch_size", "context", "seed", "epochs", "epochs_decay", "max_steps_per_epoch", "augment", "percentile")
+        keys = ("model", "network", "planes", "lr", "betas", "batch_size", "context", "seed", "epochs", "epochs_decay", "max_steps_per_epoch", "augment", "patch", "percentile")
         values = asdict(self)
         return json.loads(json.dumps({k: values[k] for k in keys}, default=list))
 
@@ -356,7 +357,11 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
         overrides["depth"] = networks.depth_for_size(max(max(t1.shape[a] for a in range(3) if a != t1.plane_axis(p)) for p in planes))
     net_config = networks.default_config(config.model, in_channels=context, **overrides)
     multiple = int(networks.required_multiple(net_config))
-    dataset = SliceDataset(t1, t2, planes, context=context, multiple=multiple, percentile=config.percentile, augment=config.augment)
+    prior_model, training_prior = None, None
+    if networks.uses_prior(net_config):
+        prior_model, training_prior = fit_prior(t1, t2, config, emit)
+    dataset = SliceDataset(t1, t2, planes, context=context, multiple=multiple, percentile=config.percentile,
+                           augment=config.augment, prior=training_prior, patch=config.patch)
     model = networks.build_model(net_config).to(device)
     groups = model.parameter_groups()
     optimizers = {
@@ -414,7 +419,8 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
                     kept = f"the checkpoint after epoch {epoch} is kept: continue with --resume" if epoch else "no epoch was complete, so nothing was kept: start again"
                     raise TrainingCancelled(f"training cancelled during epoch {epoch + 1}; {kept}")
                 tick = time.perf_counter()
-                augment_rng = np.random.default_rng([config.seed, epoch, step, rank]) if config.augment else None
+                augment_rng = (np.random.default_rng([config.seed, epoch, step, rank])
+                               if config.augment or config.patch else None)
                 a, b = dataset.arrays(batch, augment_rng)
                 real_a = torch.from_numpy(a).to(device)
                 real_b = torch.from_numpy(b).to(device)
@@ -441,7 +447,7 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
             mean_losses = {k: v / max(1, len(batches)) for k, v in sums.items()}
             val_metrics = None
             if is_main and validation is not None:
-                val_metrics = validate(model, net_config, validation, planes, dataset.t2_scale, config, device)
+                val_metrics = validate(model, net_config, validation, planes, dataset.t2_scale, config, device, prior_model)
             history["epochs"].append({"epoch": epoch + 1, "losses": mean_losses, "val_metrics": val_metrics})
             written = None
             if is_main:
@@ -452,6 +458,7 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
 
         if is_main:
             from .modelfile import save_model
+            from .preprocess import preprocessing_record
 
             last_val = next((e["val_metrics"] for e in reversed(history["epochs"]) if e["val_metrics"]), None)
             metadata = {
@@ -465,14 +472,19 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
                     "slices": len(dataset), "epochs": config.epochs, "epochs_decay": config.epochs_decay,
                     "lr": config.lr, "betas": list(config.betas), "batch_size": config.batch_size, "seed": config.seed,
                     "device": str(device), "precision": config.precision, "world_size": world,
-                    "steps_per_epoch": steps_per_epoch, "augment": config.augment,
+                    "steps_per_epoch": steps_per_epoch, "augment": config.augment, "patch": config.patch,
                     "seconds": round(time.time() - started, 1),
                     "mean_step_seconds": round(float(np.mean(step_times)), 4) if step_times else None,
                     "losses": history["epochs"][-1]["losses"] if history["epochs"] else None,
                 },
                 "validation_metrics": last_val or {},
+                "preprocessing": preprocessing_record(t1),  # voxel size and N4, repeated at synthesis (T1ToT2Lib.preprocess)
             }
-            save_model(out, model.generator.state_dict(), metadata)
+            weights = dict(model.generator.state_dict())
+            if prior_model is not None:
+                weights.update(prior_model.to_tensors("prior"))
+                metadata["prior"] = prior_model.metadata()
+            save_model(out, weights, metadata)
         _write_debug_hash(model, rank)
         if distributed:
             torch.distributed.barrier()
@@ -484,7 +496,29 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
     return out
 
 
-def validate(model, net_config, validation, planes, t2_scale, config, device) -> dict:
+def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit):
+    """Fit the feature regression on the training pair; returns (regressor, out-of-fold training prior).
+
+    The network learns to correct the prior, so it must see the prior's errors as they are on an unseen
+    hand: the training prior is cross-fitted (each half of the volume predicted by trees fitted on the other).
+    """
+    from .data import foreground_scale, foreground_threshold
+    from .feature_regression import fit_feature_regressor
+
+    tick = time.perf_counter()
+    t1n = t1.array / np.float32(foreground_scale(t1.array, config.percentile))
+    t2n = t2.array / np.float32(foreground_scale(t2.array, config.percentile))
+    from scipy import ndimage
+
+    mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)),
+                                   iterations=2)
+    regressor, prior = fit_feature_regressor(t1n, t2n, mask, seed=config.seed, cross_fit=True)
+    emit({"event": "prior", "kind": "feature_regression", "trees": regressor.trees.metadata()["n_trees"],
+          "seconds": round(time.perf_counter() - tick, 1)})
+    return regressor, prior
+
+
+def validate(model, net_config, validation, planes, t2_scale, config, device, prior=None) -> dict:
     """Synthesise the validation T1 with the current generator and score it against the validation T2."""
     from . import networks
     from .modelfile import LoadedModel
@@ -496,7 +530,7 @@ def validate(model, net_config, validation, planes, t2_scale, config, device) ->
     loaded = LoadedModel(
         generator=generator, config=net_config, metadata={}, planes=list(planes), in_channels=int(config.context),
         t2_scale=float(t2_scale), t1_percentile=float(config.percentile), multiple=int(networks.required_multiple(net_config)),
-        name=f"{config.model} (training)",
+        name=f"{config.model} (training)", prior=prior,
     )
     plane = planes[0] if len(planes) == 1 else "fuse"
     try:
@@ -605,18 +639,23 @@ def register_cli(subparsers):
     p.add_argument("--val-t2", help="validation T2 on the same grid as --val-t1")
     p.add_argument("--align", action="store_true",
                    help="register each T2 to its T1 (rigid, mutual information) and resample it onto the T1 grid when the grids differ")
-    p.add_argument("--model", default="pix2pix", choices=("pix2pix", "cyclegan", "unit"))
+    p.add_argument("--n4", action="store_true",
+                   help="N4 bias-field correction of the training T1s and T2s (recorded in the model: synthesis corrects its T1 too)")
+    p.add_argument("--model", default="refiner", choices=("refiner", "pix2pix", "cyclegan", "unit"),
+                   help="refiner (default, recommended): boosted trees on 3-D T1 features + a residual CNN that corrects them; "
+                        "pix2pix, cyclegan, unit: the paper's GANs")
     p.add_argument("--preset", default="recommended", choices=("recommended", "paper"),
-                   help="Pix2Pix defaults: 'recommended' = resize-convolution up-sampling, instance norm, 3-slice 2.5-D input "
-                        "(beats the paper's on the phantom); 'paper' = the paper's U-Net. Explicit options override either")
+                   help="Pix2Pix defaults: 'recommended' = resize-convolution up-sampling, instance norm, 3-slice 2.5-D input; "
+                        "'paper' = the paper's U-Net. Explicit options override either")
     p.add_argument("--planes", default=",".join(PLANES), help="comma-separated planes to train on (default: all three)")
-    p.add_argument("--epochs", type=int, default=15, help="epochs at constant learning rate (paper: 15)")
-    p.add_argument("--epochs-decay", type=int, default=0, help="extra epochs with the learning rate decaying linearly to 0")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--betas", default="0.5,0.999", help="Adam betas")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--epochs", type=int, help="epochs at constant learning rate (GANs: 15 as the paper; refiner: 4)")
+    p.add_argument("--epochs-decay", type=int, help="extra epochs with the learning rate decaying linearly to 0 (refiner: 4, GANs: 0)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (GANs: 2e-4 as the paper; refiner: 2e-3)")
+    p.add_argument("--betas", help="Adam betas (GANs: 0.5,0.999; refiner: 0.9,0.999)")
+    p.add_argument("--batch-size", type=int, help="slices per step (GANs: 1; refiner: 4)")
     p.add_argument("--context", type=int, help="slices per input (1 = 2-D as the paper, 3 or 5 = 2.5-D; default from --preset)")
-    p.add_argument("--ngf", type=int, help="generator base width (default 64)")
+    p.add_argument("--ngf", type=int, help="generator base width (default 64; refiner 32)")
+    p.add_argument("--n-layers", type=int, help="refiner: dilated convolution layers (default 6)")
     p.add_argument("--ndf", type=int, help="discriminator base width (default 64)")
     p.add_argument("--depth", type=int, help="U-Net down-samplings (default: from the network)")
     p.add_argument("--n-blocks", type=int, help="ResNet blocks of CycleGAN/UNIT generators")
@@ -625,7 +664,7 @@ def register_cli(subparsers):
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--augment", action="store_true", help="random flips of the training slices")
+    p.add_argument("--augment", action="store_true", default=None, help="random flips of the training slices (refiner: on)")
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
     p.add_argument("--checkpoint-dir", help="where per-epoch checkpoints go (default: <out>.checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
@@ -637,18 +676,35 @@ def register_cli(subparsers):
 
 def preset_options(model: str, preset: str) -> tuple:
     """(network overrides, context) that ``--preset`` gives ``model`` before explicit options apply."""
-    if model == "pix2pix" and preset == "recommended":
-        from .compare import RECOMMENDED
+    from .compare import training_defaults
 
-        return dict(RECOMMENDED["network"]), RECOMMENDED["context"]
-    return {}, 1
+    defaults = training_defaults(model, preset)
+    return defaults["network"], defaults["context"]
 
 
 def run_train(args) -> int:
-    preset_network, preset_context = preset_options(args.model, args.preset)
-    explicit = {k: getattr(args, k) for k in ("ngf", "ndf", "depth", "n_blocks", "upsample", "norm") if getattr(args, k) is not None}
-    overrides = {**preset_network, **explicit}
-    args.context = preset_context if args.context is None else args.context
+    from .compare import training_defaults
+
+    defaults = training_defaults(args.model, args.preset)
+    explicit = {k: getattr(args, k) for k in ("ngf", "ndf", "depth", "n_blocks", "upsample", "norm", "n_layers")
+                if getattr(args, k, None) is not None}
+    if args.model != "refiner" and "n_layers" in explicit:
+        raise T1ToT2Error("--n-layers applies to the refiner only: drop it or use --model refiner")
+    if args.model == "refiner":
+        unused = [k for k in ("ndf", "depth", "n_blocks", "upsample") if k in explicit]
+        if unused:
+            raise T1ToT2Error(f"--{unused[0].replace('_', '-')} does not apply to the refiner: drop it or choose a GAN with --model")
+    overrides = {**defaults["network"], **explicit}
+    args.context = defaults["context"] if args.context is None else args.context
+    for key in ("epochs", "epochs_decay", "lr", "batch_size", "augment"):
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[key])
+    betas = tuple(defaults["betas"]) if args.betas is None else _parse_betas(args.betas)
+    for key, low in (("epochs", 1), ("epochs_decay", 0), ("batch_size", 1)):
+        if int(getattr(args, key)) < low:
+            raise T1ToT2Error(f"--{key.replace('_', '-')} {getattr(args, key)} must be at least {low}")
+    if not (args.lr > 0 and np.isfinite(args.lr)):
+        raise T1ToT2Error(f"--lr {args.lr} must be a positive number, e.g. 2e-4")
     t1 = read_volume(args.t1, series_uid=args.t1_series_uid) if args.t1_series_uid else args.t1
     t2 = read_volume(args.t2, series_uid=args.t2_series_uid) if args.t2_series_uid else args.t2
     if args.align:  # T2s on their own grid are registered and resampled onto their T1's (T1ToT2Lib.align)
@@ -657,10 +713,16 @@ def run_train(args) -> int:
         t1, t2 = aligned_pair(t1, t2)
         if args.val_t1 and args.val_t2:
             args.val_t1, args.val_t2 = aligned_pair(args.val_t1, args.val_t2, what=("validation T1", "validation T2"))
+    if args.n4:  # bias-field correction of every training volume (T1ToT2Lib.preprocess)
+        from .preprocess import n4_correct
+
+        t1, t2 = (n4_correct(v if isinstance(v, Volume) else read_volume(v)) for v in (t1, t2))
+        if args.val_t1 and args.val_t2:
+            args.val_t1, args.val_t2 = (n4_correct(v if isinstance(v, Volume) else read_volume(v)) for v in (args.val_t1, args.val_t2))
     config = TrainConfig(
         t1=t1, t2=t2, val_t1=args.val_t1, val_t2=args.val_t2, out=args.out, model=args.model,
         network=overrides, planes=tuple(check_planes(args.planes)), epochs=args.epochs, epochs_decay=args.epochs_decay,
-        lr=args.lr, betas=_parse_betas(args.betas), batch_size=args.batch_size, context=args.context, device=args.device,
+        lr=args.lr, betas=betas, batch_size=args.batch_size, context=args.context, device=args.device,
         precision=args.precision, seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
         max_steps_per_epoch=args.max_steps_per_epoch, loss_csv=args.loss_csv, augment=args.augment,
     )

@@ -18,7 +18,9 @@ import math
 
 from ..errors import T1ToT2Error
 
-ARCHITECTURES = ("pix2pix", "cyclegan", "unit")
+ARCHITECTURES = ("refiner", "pix2pix", "cyclegan", "unit")
+#: Models that are fitted, not trained by the GAN loop; they still run as generators at synthesis.
+FITTED = ("lookup", "feature_regression")
 
 _COMMON = {
     "in_channels": 1,
@@ -33,6 +35,16 @@ _COMMON = {
 }
 
 _DEFAULTS = {
+    "refiner": {
+        **_COMMON,
+        "ngf": 32,
+        "n_layers": 6,
+        "norm": "none",
+        "dropout": 0.0,
+        "lambda_l1": 1.0,
+        "prior": "feature_regression",
+        "pool_size": 0,
+    },
     "pix2pix": {
         **_COMMON,
         "depth": 9,
@@ -82,9 +94,10 @@ _CHOICES = {
     "resize_mode": ("nearest", "bilinear"),
     "output": ("linear", "tanh"),
     "gan_mode": ("vanilla", "lsgan"),
+    "prior": ("feature_regression",),
 }
 _MINIMUM_INT = {"in_channels": 1, "ngf": 1, "ndf": 1, "n_layers_d": 1, "d_scales": 1, "depth": 1, "n_blocks": 0,
-                "n_downsampling": 0, "n_shared": 1, "pool_size": 0}
+                "n_downsampling": 0, "n_shared": 1, "pool_size": 0, "n_layers": 1}
 
 
 def depth_for_size(size: int) -> int:
@@ -147,9 +160,11 @@ def _complete(config: dict) -> dict:
 def required_multiple(config: dict) -> int:
     """What slice height and width must be padded to a multiple of."""
     arch = config.get("arch")
-    if arch == "lookup":
+    if arch in FITTED:
         return 1
     config = _complete(config)
+    if arch == "refiner":
+        return 1
     if arch == "pix2pix":
         return 2 ** config["depth"]
     return 2 ** config["n_downsampling"]
@@ -161,10 +176,20 @@ def build_generator(config: dict):
         from .lookup import LookupTranslator
 
         return LookupTranslator(config)
+    if isinstance(config, dict) and config.get("arch") == "feature_regression":
+        from .refiner import PriorPassthrough
+
+        return PriorPassthrough(int(config.get("in_channels", 1)))
     config = _complete(config)
     from .blocks import init_weights
 
     generator = _GENERATORS[config["arch"]](config)
+    if config["arch"] == "refiner":
+        # PyTorch's default (Kaiming-uniform) initialisation: a deep plain CNN without normalisation
+        # would start with vanishing activations from Normal(0, 0.02) weights.  The head starts at
+        # zero so the untrained refiner returns its prior.
+        generator.reset_head()
+        return generator
     return init_weights(generator, config["init_gain"])
 
 
@@ -173,8 +198,15 @@ def build_model(config: dict):
     config = _complete(config)
     from .blocks import init_weights
 
+    if config["arch"] == "refiner":
+        return _MODELS["refiner"](config)
     model = _MODELS[config["arch"]](config)
     return init_weights(model, config["init_gain"])
+
+
+def uses_prior(config: dict) -> bool:
+    """Whether the network's input carries the feature-regression prior's slices after the T1 slices."""
+    return isinstance(config, dict) and (config.get("arch") == "feature_regression" or bool(config.get("prior")))
 
 
 def _pix2pix_generator(config):
@@ -213,8 +245,20 @@ def _unit_model(config):
     return UNITModel(config)
 
 
-_GENERATORS = {"pix2pix": _pix2pix_generator, "cyclegan": _cyclegan_generator, "unit": _unit_generator}
-_MODELS = {"pix2pix": _pix2pix_model, "cyclegan": _cyclegan_model, "unit": _unit_model}
+def _refiner_generator(config):
+    from .refiner import build_refiner
+
+    return build_refiner(config)
+
+
+def _refiner_model(config):
+    from .refiner import RefinerModel
+
+    return RefinerModel(config, _refiner_generator(config))
+
+
+_GENERATORS = {"refiner": _refiner_generator, "pix2pix": _pix2pix_generator, "cyclegan": _cyclegan_generator, "unit": _unit_generator}
+_MODELS = {"refiner": _refiner_model, "pix2pix": _pix2pix_model, "cyclegan": _cyclegan_model, "unit": _unit_model}
 
 
 def count_parameters(module) -> int:

@@ -1,0 +1,242 @@
+"""The feature-regression stage: gradient-boosted trees from local T1 features to T2.
+
+scikit-learn's :class:`~sklearn.ensemble.HistGradientBoostingRegressor` does the fitting (absolute
+error loss, robust to the Rician tail).  The fitted trees are kept as plain arrays (node feature,
+threshold, children, leaf value) so a model file stores them as safetensors tensors: nothing is
+pickled, and loading executes no code.  Prediction rebuilds scikit-learn's own tree predictors
+from those arrays when the installed version uses the same node layout, and otherwise walks the
+arrays with numpy (same result; the tests check both against ``HistGradientBoostingRegressor.predict``).
+
+:class:`FeatureRegressor` is used two ways: alone, as the ``feature_regression`` baseline model
+(`t1tot2 analyze feature-baseline`), and as the prior that the recommended ``refiner`` network
+corrects (see :mod:`T1ToT2Lib.networks.refiner`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import T1ToT2Error
+from .features import check_spec, feature_names, feature_slabs, feature_volume
+
+#: Tree fields stored in a model file, with their dtypes.
+_FIELDS = {"value": np.float64, "feature_idx": np.int64, "num_threshold": np.float64,
+           "missing_go_to_left": np.uint8, "left": np.int64, "right": np.int64, "is_leaf": np.uint8}
+#: Bounds checked before any array from a file is used (a hostile file cannot make us allocate more).
+MAX_TREES, MAX_NODES = 5000, 5_000_000
+DEFAULT_FIT = {"max_iter": 200, "max_leaf_nodes": 31, "learning_rate": 0.1, "max_samples": 160_000}
+
+
+@dataclass
+class TreeEnsemble:
+    """Additive regression trees as flat arrays: ``fields[name]`` over all nodes, ``offsets`` per tree."""
+
+    fields: dict
+    offsets: np.ndarray  # (n_trees + 1,) start of each tree's nodes
+    baseline: float
+    n_features: int
+
+    @classmethod
+    def from_sklearn(cls, estimator) -> "TreeEnsemble":
+        nodes = [predictors[0].nodes for predictors in estimator._predictors]
+        offsets = np.cumsum([0] + [len(n) for n in nodes]).astype(np.int64)
+        fields = {name: np.concatenate([n[name] for n in nodes]).astype(dtype) for name, dtype in _FIELDS.items()}
+        if np.any(np.concatenate([n["is_categorical"] for n in nodes])):
+            raise T1ToT2Error("categorical splits are not supported in feature regression")
+        return cls(fields, offsets, float(np.ravel(estimator._baseline_prediction)[0]), int(estimator.n_features_in_))
+
+    # --- safetensors ------------------------------------------------------------------------
+    def to_tensors(self, prefix: str) -> dict:
+        import torch
+
+        out = {f"{prefix}.{name}": torch.from_numpy(np.ascontiguousarray(values)) for name, values in self.fields.items()}
+        out[f"{prefix}.offsets"] = torch.from_numpy(self.offsets)
+        return out
+
+    def metadata(self) -> dict:
+        return {"baseline": self.baseline, "n_features": self.n_features, "n_trees": len(self.offsets) - 1}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, prefix: str, meta: dict, n_features: int) -> "TreeEnsemble":
+        try:
+            offsets = tensors[f"{prefix}.offsets"].numpy().astype(np.int64)
+            fields = {name: tensors[f"{prefix}.{name}"].numpy().astype(dtype) for name, dtype in _FIELDS.items()}
+            n_trees, baseline = int(meta["n_trees"]), float(meta["baseline"])
+        except (KeyError, TypeError, ValueError):
+            raise T1ToT2Error("the model file's tree arrays are incomplete: the file is damaged, re-export it") from None
+        n_nodes = len(fields["value"])
+        ok = (0 < n_trees <= MAX_TREES and n_nodes <= MAX_NODES and len(offsets) == n_trees + 1
+              and offsets[0] == 0 and offsets[-1] == n_nodes and np.all(np.diff(offsets) > 0)
+              and all(len(v) == n_nodes for v in fields.values()) and np.isfinite(baseline))
+        if ok:
+            internal = fields["is_leaf"] == 0
+            tree_of = np.repeat(np.arange(n_trees), np.diff(offsets))
+            size = np.diff(offsets)[tree_of]
+            for child in ("left", "right"):
+                c = fields[child][internal]
+                ok &= bool(np.all((c > 0) & (c < size[internal])))
+            f = fields["feature_idx"][internal]
+            ok &= bool(np.all((f >= 0) & (f < n_features))) and bool(np.all(np.isfinite(fields["value"])))
+        if not ok:
+            raise T1ToT2Error("the model file's trees are inconsistent (sizes, children or features out of range): the file is damaged, re-export it")
+        return cls(fields, offsets, baseline, n_features)
+
+    # --- prediction ---------------------------------------------------------------------------
+    def _sklearn_predictors(self):
+        try:
+            from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
+            from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+        except ImportError:
+            return None
+        names = set(PREDICTOR_RECORD_DTYPE.names or ())
+        if not set(_FIELDS) <= names or {"is_categorical", "bitset_idx"} - names:
+            return None
+        predictors = []
+        empty = np.zeros((0, 8), dtype=np.uint32)
+        for start, stop in zip(self.offsets[:-1], self.offsets[1:]):
+            nodes = np.zeros(stop - start, dtype=PREDICTOR_RECORD_DTYPE)
+            for name in _FIELDS:
+                nodes[name] = self.fields[name][start:stop]
+            predictors.append(TreePredictor(nodes, empty, empty))
+        return predictors
+
+    def predict(self, X: np.ndarray, engine: str = "auto") -> np.ndarray:
+        """Sum of the trees' leaf values plus the baseline, for feature rows ``X`` (n, n_features)."""
+        X = np.ascontiguousarray(X, dtype=np.float64 if engine == "numpy" else np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise T1ToT2Error(f"feature rows have shape {X.shape}, the trees need {self.n_features} features")
+        predictors = self._sklearn_predictors() if engine in ("auto", "sklearn") else None
+        out = np.full(len(X), self.baseline, dtype=np.float64)
+        if predictors is not None:
+            import os
+
+            X64 = X.astype(np.float64)
+            known = np.zeros((0, 8), dtype=np.uint32)
+            f_idx_map = np.zeros(self.n_features, dtype=np.uint32)
+            threads = os.cpu_count() or 1
+            for predictor in predictors:
+                out += predictor.predict(X64, known, f_idx_map, threads)
+            return out
+        f = self.fields
+        for start in self.offsets[:-1]:
+            node = np.full(len(X), start, dtype=np.int64)
+            active = np.flatnonzero(f["is_leaf"][node] == 0)
+            while active.size:
+                n = node[active]
+                value = X[active, f["feature_idx"][n]]
+                left = np.where(np.isnan(value), f["missing_go_to_left"][n] == 1, value <= f["num_threshold"][n])
+                node[active] = start + np.where(left, f["left"][n], f["right"][n])
+                active = active[f["is_leaf"][node[active]] == 0]
+            out += f["value"][node]
+        return out
+
+
+@dataclass
+class FeatureRegressor:
+    """Features of the normalised T1 → boosted trees → normalised T2.
+
+    ``error_trees`` (optional) predict the absolute error the T2 trees make on a hand they never
+    saw, fitted to the out-of-fold errors of the training hand: the learned part of the error map.
+    """
+
+    spec: dict
+    trees: TreeEnsemble
+    error_trees: TreeEnsemble | None = None
+
+    def predict_volume(self, normalised_t1: np.ndarray, with_error: bool = False):
+        """Normalised T2 prediction on the same grid, computed slab by slab (bounded memory).
+
+        With ``with_error`` also the predicted absolute error of that prediction (zeros without error trees).
+        """
+        x = np.asarray(normalised_t1, dtype=np.float32)
+        out = np.empty(x.shape, np.float32)
+        error = np.zeros(x.shape, np.float32) if with_error else None
+        for k0, k1, block in feature_slabs(x, self.spec):
+            rows = block.reshape(-1, block.shape[-1])
+            out[k0:k1] = self.trees.predict(rows).reshape(block.shape[:-1])
+            if with_error and self.error_trees is not None:
+                error[k0:k1] = np.maximum(self.error_trees.predict(rows), 0.0).reshape(block.shape[:-1])
+        return (out, error) if with_error else out
+
+    def to_tensors(self, prefix: str = "prior") -> dict:
+        tensors = self.trees.to_tensors(prefix)
+        if self.error_trees is not None:
+            tensors.update(self.error_trees.to_tensors(f"{prefix}_error"))
+        return tensors
+
+    def metadata(self) -> dict:
+        meta = {"kind": "feature_regression", "features": self.spec, **self.trees.metadata()}
+        if self.error_trees is not None:
+            meta["error_trees"] = self.error_trees.metadata()
+        return meta
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, meta: dict, prefix: str = "prior") -> "FeatureRegressor":
+        if not isinstance(meta, dict) or meta.get("kind") != "feature_regression":
+            raise T1ToT2Error("the model file's prior is not a feature regression this T1ToT2 knows: upgrade T1ToT2")
+        spec = check_spec(meta.get("features"))
+        n_features = len(feature_names(spec))
+        if int(meta.get("n_features", -1)) != n_features:
+            raise T1ToT2Error("the model file's trees and feature list disagree: the file is damaged, re-export it")
+        error_trees = None
+        if meta.get("error_trees") is not None:
+            error_trees = TreeEnsemble.from_tensors(tensors, f"{prefix}_error", meta["error_trees"], n_features)
+        return cls(spec, TreeEnsemble.from_tensors(tensors, prefix, meta, n_features), error_trees)
+
+
+def training_samples(mask: np.ndarray, max_samples: int, seed: int, restrict=None) -> np.ndarray:
+    """Flat voxel indices to fit on: inside ``mask`` (and ``restrict``), at most ``max_samples``, seeded."""
+    selection = mask if restrict is None else (mask & restrict)
+    candidates = np.flatnonzero(selection.ravel())
+    if candidates.size == 0:
+        raise T1ToT2Error("no foreground voxels to fit the feature regression on: check that T1 and T2 contain the object")
+    rng = np.random.default_rng(seed)
+    if candidates.size > max_samples:
+        candidates = np.sort(rng.choice(candidates, int(max_samples), replace=False))
+    return candidates
+
+
+def _fit_trees(X, y, seed: int, fit: dict, loss: str = "absolute_error") -> TreeEnsemble:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    model = HistGradientBoostingRegressor(
+        loss=loss, max_iter=int(fit["max_iter"]), max_leaf_nodes=int(fit["max_leaf_nodes"]),
+        learning_rate=float(fit["learning_rate"]), early_stopping=False, random_state=int(seed))
+    model.fit(X, y)
+    return TreeEnsemble.from_sklearn(model)
+
+
+def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, mask: np.ndarray,
+                          spec: dict | None = None, seed: int = 0, fit: dict | None = None,
+                          cross_fit: bool = False):
+    """Fit the trees on voxels of ``mask``; returns ``(regressor, training_prior)``.
+
+    ``training_prior`` is the prediction on the training volume itself.  With ``cross_fit`` it is
+    *out-of-fold*: the volume is split in two halves along its first axis, each half is predicted
+    by trees fitted on the other, so a network trained to correct the prior learns to correct the
+    errors it will meet on unseen hands, not the smaller in-sample errors.
+    """
+    spec = check_spec(spec)
+    fit = {**DEFAULT_FIT, **(fit or {})}
+    features = feature_volume(normalised_t1, spec)
+    X = features.reshape(-1, features.shape[-1])
+    y = np.asarray(normalised_t2, dtype=np.float32).ravel()
+    mask = np.asarray(mask, bool)
+    rows = training_samples(mask, fit["max_samples"], seed)
+    regressor = FeatureRegressor(spec, _fit_trees(X[rows], y[rows], seed, fit))
+    if not cross_fit:
+        return regressor, regressor.trees.predict(X).reshape(mask.shape).astype(np.float32)
+    prior = np.empty(mask.shape, np.float32)
+    half = np.zeros(mask.shape, bool)
+    half[: mask.shape[0] // 2] = True
+    for fold, held_out in enumerate((half, ~half)):
+        rows = training_samples(mask, fit["max_samples"] // 2, seed + 1 + fold, restrict=~held_out)
+        trees = _fit_trees(X[rows], y[rows], seed, fit)
+        prior[held_out] = trees.predict(X[held_out.ravel()])
+    # The error model: expected |T2 - prior| on unseen anatomy, learnt from the out-of-fold errors.
+    error_fit = {**fit, "max_iter": max(20, int(fit["max_iter"]) // 2)}
+    rows = training_samples(mask, fit["max_samples"], seed + 3)
+    regressor.error_trees = _fit_trees(X[rows], np.abs(y - prior.ravel())[rows], seed, error_fit, loss="squared_error")
+    return regressor, prior

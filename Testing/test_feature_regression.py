@@ -1,0 +1,157 @@
+"""Feature regression (boosted trees on multi-scale T1 features) and the refiner network built on it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from T1ToT2Lib.errors import T1ToT2Error
+from T1ToT2Lib.feature_regression import FeatureRegressor, TreeEnsemble, fit_feature_regressor
+from T1ToT2Lib.features import DEFAULT_SPEC, feature_names, feature_slabs, feature_volume
+
+CHEAP_FIT = {"max_iter": 30, "max_samples": 20_000}
+
+
+@pytest.fixture(scope="module")
+def fitted_sklearn():
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 5)).astype(np.float32)
+    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + 0.05 * rng.normal(size=len(X))
+    model = HistGradientBoostingRegressor(loss="absolute_error", max_iter=40, early_stopping=False, random_state=0).fit(X, y)
+    return model, rng.normal(size=(2500, 5)).astype(np.float32)
+
+
+@pytest.mark.parametrize("engine", ["sklearn", "numpy"])
+def test_stored_trees_predict_exactly_what_scikit_learn_predicts(fitted_sklearn, engine):
+    model, X = fitted_sklearn
+    trees = TreeEnsemble.from_sklearn(model)
+    again = TreeEnsemble.from_tensors(trees.to_tensors("t"), "t", trees.metadata(), 5)
+    np.testing.assert_allclose(again.predict(X, engine=engine), model.predict(X), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("damage", ["child", "feature", "offsets", "missing"])
+def test_damaged_tree_arrays_are_refused_in_one_line(fitted_sklearn, damage):
+    model, _ = fitted_sklearn
+    trees = TreeEnsemble.from_sklearn(model)
+    tensors = trees.to_tensors("t")
+    internal = int(np.flatnonzero(trees.fields["is_leaf"] == 0)[0])
+    if damage == "child":
+        tensors["t.left"][internal] = 10_000_000
+    elif damage == "feature":
+        tensors["t.feature_idx"][internal] = 99
+    elif damage == "offsets":
+        tensors["t.offsets"][-1] += 5
+    else:
+        del tensors["t.value"]
+    with pytest.raises(T1ToT2Error) as info:
+        TreeEnsemble.from_tensors(tensors, "t", trees.metadata(), 5)
+    assert "damaged" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_features_are_the_named_scipy_filters_and_slabs_match_the_whole_volume():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    x = ndimage.gaussian_filter(rng.random((70, 23, 31)).astype(np.float32), 1.5)
+    whole = feature_volume(x)
+    names = feature_names()
+    assert whole.shape == x.shape + (len(names),)
+    np.testing.assert_array_equal(whole[..., names.index("intensity")], x)
+    np.testing.assert_allclose(whole[..., names.index("gaussian_2.0")], ndimage.gaussian_filter(x, 2.0), atol=1e-6)
+    np.testing.assert_array_equal(whole[..., names.index("maximum_5")], ndimage.maximum_filter(x, 5))
+    # Slabs of 16 slices with their margins give the same features as filtering the whole volume at once.
+    for k0, k1, block in feature_slabs(x, DEFAULT_SPEC, slab=16):
+        np.testing.assert_allclose(block, whole[k0:k1], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def hands():
+    from T1ToT2Lib.phantom import make_phantom
+
+    return make_phantom("small", seed=0)
+
+
+def test_feature_baseline_round_trips_through_its_model_file_and_beats_the_look_up(hands, tmp_path):
+    from T1ToT2Lib import analysis, metrics
+    from T1ToT2Lib.modelfile import load_model, read_metadata
+    from T1ToT2Lib.synthesize import synthesize_volume
+
+    path = tmp_path / "trees.safetensors"
+    analysis.save_feature_baseline(path, hands["left_t1"], hands["left_t2"], seed=0)
+    meta = read_metadata(path)
+    assert meta["config"]["arch"] == "feature_regression" and meta["prior"]["n_trees"] > 0
+    # A safetensors file: header JSON plus raw tensors, read without unpickling.
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        assert all(k.startswith("prior.") for k in f.keys())
+    loaded = load_model(path)
+    synthetic = synthesize_volume(loaded, hands["right_t1"], plane="axial")
+    assert synthetic.same_geometry(hands["right_t1"], tol=0) and synthetic.meta["synthetic"]
+    # What the file predicts is the regressor applied to the normalised T1, in T2 units.
+    from T1ToT2Lib.data import foreground_scale
+
+    x = hands["right_t1"].array / np.float32(foreground_scale(hands["right_t1"].array))
+    direct = np.maximum(loaded.prior.predict_volume(x) * loaded.t2_scale, 0)
+    np.testing.assert_allclose(synthetic.array, direct, rtol=1e-5, atol=1e-2)
+
+    mask = metrics.foreground_mask(hands["right_labels"])
+    lookup = synthesize_volume(analysis.save_lookup_model(tmp_path / "lut.safetensors", hands["left_t1"], hands["left_t2"],
+                                                          mask=hands["left_labels"].array > 0), hands["right_t1"])
+    trees_score = metrics.evaluate_volumes(synthetic, hands["right_t2"], mask=mask)["overall"]
+    lookup_score = metrics.evaluate_volumes(lookup, hands["right_t2"], mask=mask)["overall"]
+    assert trees_score["psnr"]["mean"] > lookup_score["psnr"]["mean"] + 3
+    assert trees_score["ssim"]["mean"] > lookup_score["ssim"]["mean"]
+
+
+def test_cross_fitted_training_prior_is_out_of_fold(hands):
+    """Each half of the training volume is predicted by trees that never saw it: its error is larger than in-sample."""
+    from T1ToT2Lib.data import foreground_scale
+
+    t1, t2 = hands["left_t1"].array, hands["left_t2"].array
+    x, y = t1 / foreground_scale(t1), t2 / foreground_scale(t2)
+    mask = hands["left_labels"].array > 0
+    regressor, in_sample = fit_feature_regressor(x, y, mask, fit=CHEAP_FIT)
+    _, out_of_fold = fit_feature_regressor(x, y, mask, fit=CHEAP_FIT, cross_fit=True)
+    in_error = np.abs(in_sample - y)[mask].mean()
+    out_error = np.abs(out_of_fold - y)[mask].mean()
+    assert out_error > in_error
+    assert isinstance(regressor, FeatureRegressor)
+
+
+def test_an_untrained_refiner_returns_its_prior_and_its_model_file_carries_the_trees(hands, tmp_path):
+    from T1ToT2Lib import networks
+
+    config = networks.default_config("refiner", in_channels=3, ngf=8, n_layers=3)
+    generator = networks.build_generator(config)
+    x = torch.rand(2, 6, 20, 24)
+    np.testing.assert_array_equal(generator(x).detach().numpy(), x[:, 4:5].numpy())
+    assert networks.required_multiple(config) == 1 and networks.uses_prior(config)
+
+
+@pytest.mark.slow
+def test_a_short_refiner_training_beats_the_look_up_baseline(hands, tmp_path):
+    """Acceptance: one short training run beats the look-up baseline on PSNR and SSIM (right hand, never seen)."""
+    from T1ToT2Lib import analysis, metrics
+    from T1ToT2Lib.modelfile import read_metadata
+    from T1ToT2Lib.synthesize import synthesize_volume
+    from T1ToT2Lib.train import TrainConfig, train
+
+    out = tmp_path / "refiner.safetensors"
+    train(TrainConfig(t1=hands["left_t1"], t2=hands["left_t2"], out=out, model="refiner", context=3,
+                      network={"ngf": 8, "n_layers": 4}, planes=("axial",), epochs=1, lr=2e-3, betas=(0.9, 0.999),
+                      batch_size=8, max_steps_per_epoch=12, checkpoint_dir=tmp_path / "ck"))
+    meta = read_metadata(out)
+    assert meta["prior"]["kind"] == "feature_regression" and meta["config"]["arch"] == "refiner"
+    synthetic, errors = synthesize_volume(out, hands["right_t1"], plane="axial", uncertainty=True)
+    assert errors.same_geometry(hands["right_t1"], tol=0) and np.all(errors.array >= 0)
+    mask = metrics.foreground_mask(hands["right_labels"])
+    lookup = synthesize_volume(analysis.save_lookup_model(tmp_path / "lut.safetensors", hands["left_t1"], hands["left_t2"],
+                                                          mask=hands["left_labels"].array > 0), hands["right_t1"])
+    ours = metrics.evaluate_volumes(synthetic, hands["right_t2"], mask=mask)["overall"]
+    base = metrics.evaluate_volumes(lookup, hands["right_t2"], mask=mask)["overall"]
+    assert ours["psnr"]["mean"] > base["psnr"]["mean"] and ours["ssim"]["mean"] > base["ssim"]["mean"]
+    json.dumps(meta["prior"])  # metadata is plain JSON
