@@ -249,7 +249,12 @@ class BackgroundJob:
                 return None
         for thread in self._threads:
             thread.join(timeout=5)
-        return self.returncode
+        code = self.returncode
+        if code not in (0, None):
+            # A child that died (SIGKILL, out-of-memory killer, crash) could not remove its temporary files.
+            for output in self.outputs:
+                remove_partials(output)
+        return code
 
     def cancel(self, timeout=5.0):
         """Stop the job: interrupt, then terminate, then kill; returns the return code."""
