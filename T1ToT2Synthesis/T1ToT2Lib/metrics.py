@@ -60,6 +60,8 @@ def psnr(g, i) -> float:
     peak = float(max(g.max(), i.max()))
     if mse == 0:
         return math.inf
+    if peak <= 0:
+        raise T1ToT2Error(f"PSNR needs a positive peak but the largest value in both images is {peak:g}: score magnitude images (>= 0)")
     return 10.0 * math.log10(peak * peak / mse)
 
 
