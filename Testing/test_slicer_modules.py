@@ -450,14 +450,13 @@ time.sleep(60)
     assert widget.ui.cancelButton.visible and not widget.ui.synthesizeButton.enabled
     import time
 
-    deadline = time.time() + 30
+    deadline = time.time() + 120  # a hang guard, not a speed bound
     while widget.ui.progressBar.value != 25:
         assert time.time() < deadline
         widget.onJobTimer()
         time.sleep(0.02)
-    started = time.time()
     widget.onCancelButton()
-    assert time.time() - started < 1.0  # the panel does not wait for the process
+    assert widget._job is not None  # the panel does not wait for the process: its timer notices the end
     while widget._job is not None:
         assert time.time() < deadline
         widget.onJobTimer()
@@ -718,9 +717,8 @@ print(json.dumps({{"event": "done", "output": {str(out)!r}}}), flush=True)
     import time
 
     for run in range(2):
-        t0 = time.time()
         widget.onEvaluateButton()
-        assert time.time() - t0 < 0.4 and widget._jobKind == "evaluate" and widget._job.is_running  # returned at once
+        assert widget._jobKind == "evaluate" and widget._job.is_running  # returned at once, the job still runs
         deadline = time.time() + 60
         while widget._job is not None:
             assert time.time() < deadline
