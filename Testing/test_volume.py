@@ -94,8 +94,9 @@ def test_failed_write_leaves_nothing_under_the_final_name(tmp_path, rng, monkeyp
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sitk, "WriteImage", exploding_writer)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(T1ToT2Error) as excinfo:  # one line for the user, not ITK's multi-line RuntimeError
         write_volume(oblique_volume(rng), tmp_path / "out.nii.gz")
+    assert "cannot write" in str(excinfo.value) and "\n" not in str(excinfo.value)
     assert list(tmp_path.iterdir()) == []
 
 
