@@ -2,7 +2,7 @@
 
 Each case times a warm-up-free median of a few repeats, counts the case's
 FLOPs with :class:`torch.utils.flop_counter.FlopCounterMode`, and reports the
-achieved rate next to the floor of DESIGN.md (FLOPs ÷ the machine's measured
+achieved rate next to the floor of docs/performance.md (FLOPs ÷ the machine's measured
 matrix rate for that precision), so a regression shows as a falling
 "% of peak" rather than as a raw time that depends on the machine.
 """

@@ -174,7 +174,7 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
 def register_cli(subparsers):
     p = subparsers.add_parser("demo", help="phantom → train → synthesize → evaluate → report → DICOM, in minutes on a CPU")
     p.add_argument("out", metavar="OUTDIR", help="output folder (replaced if it holds an earlier demo)")
-    p.add_argument("--epochs", type=int, help=f"training epochs (default {DEMO_TRAINING['epochs']})")
+    p.add_argument("--epochs", type=int, help="constant-rate epochs of the network, and as many decaying ones (default: the recommended schedule)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--size", choices=["small", "full"], default="small", help="phantom size (full: the paper's 0.6 mm grid; use a GPU)")
     p.add_argument("--seed", type=int, default=0)

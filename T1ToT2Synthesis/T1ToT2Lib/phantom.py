@@ -1,7 +1,7 @@
 """The procedural hand phantom: paired T1 VIBE and T2 SPACE volumes of a left and a right hand.
 
 No paired hand MRI can be shipped, so the project simulates its own (see
-DESIGN.md, "Phantom"):
+docs/phantom.md):
 
 1. :mod:`T1ToT2Lib.phantom_anatomy` lays out a hand from a few dozen seeded
    numbers; the right hand is the mirrored left hand with small variations in

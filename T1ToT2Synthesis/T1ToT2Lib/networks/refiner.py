@@ -41,7 +41,7 @@ class RefinerGenerator(nn.Module):
         self.context = int(context)
         layers = [nn.Conv2d(2 * self.context, width, 3, padding=1), nn.ReLU(inplace=True)]
         for d in dilations(n_layers):
-            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d, padding_mode="replicate", bias=norm == "none"),
+            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d, bias=norm == "none"),
                        norm_layer(norm, width), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(width, 1, 1)
