@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .data import context_stack, foreground_scale, pad_to_multiple
+from .data import Crop, foreground_scale, padded_size
 from .errors import T1ToT2Error
 from .volume import PLANES, Volume, check_image, check_memory, read_volume, volume_to_sitk, write_image
 
@@ -114,16 +114,41 @@ def _predict_plane(generator, normalised: np.ndarray, axis: int, in_channels: in
     prior_slices = None if prior is None else np.moveaxis(prior, axis, 0)
     target = np.moveaxis(out, axis, 0)  # a view: writing it writes ``out``
     target_squares = None if out_squares is None else np.moveaxis(out_squares, axis, 0)
+    # One padded input buffer for the whole plane (pinned for CUDA transfers), filled in place per
+    # batch: no per-batch allocation of stacks and padded copies.  It is laid out channels-last,
+    # which oneDNN's convolutions run faster on the CPU (same values).
+    sources = [slices] if prior_slices is None else [slices, prior_slices]
+    h, w = slices.shape[1:]
+    hp, wp = padded_size(h, multiple), padded_size(w, multiple)
+    crop = Crop((hp - h) // 2, (wp - w) // 2, h, w)  # centred, as pad_to_multiple
+    channels = in_channels * len(sources)
+    pin = getattr(device, "type", str(device)) == "cuda"
+    buffer = torch.empty((min(batch_size, slices.shape[0]), hp, wp, channels), dtype=torch.float32,
+                         pin_memory=pin).permute(0, 3, 1, 2)  # NCHW shape, channels-last strides
+    buffer_np = buffer.numpy()
+    rows, cols = slice(crop.top, crop.top + h), slice(crop.left, crop.left + w)
+    half = in_channels // 2
     for start in range(0, slices.shape[0], batch_size):
         if cancel_event is not None and cancel_event.is_set():
             raise SynthesisCancelled("synthesis cancelled; nothing was written")
         indices = np.arange(start, min(start + batch_size, slices.shape[0]))
-        stack = context_stack(slices, indices, in_channels)
-        if prior_slices is not None:
-            stack = np.concatenate([stack, context_stack(prior_slices, indices, in_channels)], axis=1)
-        padded, crop = pad_to_multiple(np.ascontiguousarray(stack, dtype=np.float32), multiple)
+        n = len(indices)
+        # = context_stack (neighbours beyond the ends repeat the end slice), copied into the buffer
+        neighbour = np.clip(indices[:, None] + np.arange(-half, half + 1)[None, :], 0, slices.shape[0] - 1)
+        for s, source in enumerate(sources):
+            for i in range(n):
+                for k in range(in_channels):
+                    buffer_np[i, s * in_channels + k, rows, cols] = source[neighbour[i, k]]
+        view = buffer_np[:n]
+        if hp != h:  # edge padding, as pad_to_multiple: rows first, then whole columns
+            view[..., :crop.top, cols] = view[..., crop.top:crop.top + 1, cols]
+            view[..., crop.top + h:, cols] = view[..., crop.top + h - 1:crop.top + h, cols]
+        if wp != w:
+            view[..., :crop.left] = view[..., crop.left:crop.left + 1]
+            view[..., crop.left + w:] = view[..., crop.left + w - 1:crop.left + w]
+        batch = buffer[:n].to(device, non_blocking=pin)
         with torch.inference_mode(), autocast_context(device, precision):
-            predicted = generator(torch.from_numpy(padded).to(device))
+            predicted = generator(batch)
         predicted = crop.apply(predicted.float().cpu().numpy()[:, 0])
         target[indices] += predicted
         if target_squares is not None:
