@@ -55,15 +55,49 @@ def resolve_device(name: str = "auto"):
 
 
 def check_precision(precision: str) -> str:
+    """The precision's name, lower case; "auto" (see :func:`auto_precision`) is accepted beside :data:`PRECISIONS`."""
     precision = str(precision or "fp32").lower()
-    if precision not in PRECISIONS:
-        raise T1ToT2Error(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision != "auto" and precision not in PRECISIONS:
+        raise T1ToT2Error(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)} or auto")
     return precision
 
 
+def native_bf16(device) -> bool:
+    """Whether ``device`` runs bfloat16 matrix work in hardware.
+
+    On the CPU that is oneDNN's check for AVX512-BF16 or AMX: without them bfloat16 is emulated
+    and was measured hundreds of times slower than float32 (an AVX2-only machine of this project).
+    """
+    import torch
+
+    kind = getattr(device, "type", str(device)).split(":", 1)[0]
+    if kind == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if kind == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def auto_precision(device) -> str:
+    """What precision "auto" means on ``device``: bf16 on a GPU that has it (else fp16), bf16 on a
+    CPU with native bfloat16 (``t1tot2 bench`` measures its quality cost on the phantom), else fp32."""
+    kind = getattr(device, "type", str(device)).split(":", 1)[0]
+    if kind == "cuda":
+        return "bf16" if native_bf16(device) else "fp16"
+    if kind == "cpu" and native_bf16(device):
+        return "bf16"
+    return "fp32"
+
+
 def effective_precision(device, precision: str, warn=None) -> str:
-    """The precision actually used on ``device``: fp16 on the CPU falls back to bf16 (with a message)."""
+    """The precision actually used on ``device``: "auto" resolved by :func:`auto_precision`;
+    fp16 on the CPU falls back to bf16 (with a message)."""
     precision = check_precision(precision)
+    if precision == "auto":
+        return auto_precision(device)
     if precision == "fp16" and getattr(device, "type", str(device)) == "cpu":
         message = "fp16 is not supported on the CPU; using bf16 instead"
         (warn or (lambda m: print(f"t1tot2: {m}", file=sys.stderr)))(message)
