@@ -230,7 +230,10 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
     rows = training_samples(mask, fit["max_samples"], seed)
     regressor = FeatureRegressor(spec, _fit_trees(X[rows], y[rows], seed, fit))
     if not cross_fit:
-        return regressor, regressor.trees.predict(X).reshape(mask.shape).astype(np.float32)
+        prior = regressor.trees.predict(X).reshape(mask.shape).astype(np.float32)
+        error_fit = {**fit, "max_iter": max(20, int(fit["max_iter"]) // 2)}
+        regressor.error_trees = _fit_trees(X[rows], np.abs(y - prior.ravel())[rows], seed, error_fit, loss="squared_error")
+        return regressor, prior
     prior = np.empty(mask.shape, np.float32)
     half = np.zeros(mask.shape, bool)
     half[: mask.shape[0] // 2] = True

@@ -71,6 +71,7 @@ class TrainConfig:
     loss_csv: object = None
     augment: bool = False
     patch: int | None = None  # train on random patches of this size centred on the object (None: whole slices)
+    prior_cross_fit: bool = True  # refiner: train on an out-of-fold prior (True) or the final trees' own prediction
     percentile: float = DEFAULT_PERCENTILE
 
     @property
@@ -512,7 +513,7 @@ def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit):
 
     mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)),
                                    iterations=2)
-    regressor, prior = fit_feature_regressor(t1n, t2n, mask, seed=config.seed, cross_fit=True)
+    regressor, prior = fit_feature_regressor(t1n, t2n, mask, seed=config.seed, cross_fit=config.prior_cross_fit)
     emit({"event": "prior", "kind": "feature_regression", "trees": regressor.trees.metadata()["n_trees"],
           "seconds": round(time.perf_counter() - tick, 1)})
     return regressor, prior
