@@ -139,6 +139,23 @@ def test_synthetic_node_takes_t1_geometry_transform_and_is_reused(mrml_scene):
     assert np.allclose(slicer.util.arrayFromVolume(again), t1.array * 3)
 
 
+def test_error_map_is_a_second_node_on_the_synthetic_grid_referenced_and_reused(mrml_scene):
+    t1_node = sc.node_from_volume(oblique_volume(), "hand T1")
+    transform, _ = linear_transform_node(mrml_scene)
+    t1_node.SetAndObserveTransformNodeID(transform.GetID())
+    t1 = sc.volume_from_node(t1_node)
+    synthetic = sc.create_or_update_synthetic_node(t1_node, t1.with_array(t1.array * 2), "m.safetensors")
+    errors = sc.create_or_update_error_map_node(synthetic, t1.with_array(np.abs(t1.array - 100)))
+    assert sc.error_map_node(synthetic) is errors and errors.GetName() == "hand T1 synthetic T2 error map"
+    assert errors.GetAttribute("T1ToT2.Synthetic") == "true" and errors.GetTransformNodeID() == transform.GetID()
+    assert np.allclose(sc.volume_from_node(errors).ijk_to_ras, t1.ijk_to_ras, atol=1e-6, rtol=0)
+    assert np.allclose(slicer.util.arrayFromVolume(errors), np.abs(t1.array - 100))
+    again = sc.create_or_update_error_map_node(synthetic, t1.with_array(np.ones_like(t1.array)))
+    assert again.GetID() == errors.GetID() and mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 3
+    with pytest.raises(T1ToT2Error, match="grid"):
+        sc.create_or_update_error_map_node(synthetic, Volume.from_geometry(np.ones((3, 3, 3), np.float32)))
+
+
 def test_synthetic_node_refuses_a_volume_on_another_grid(mrml_scene):
     t1_node = sc.node_from_volume(oblique_volume(), "T1")
     wrong = Volume.from_geometry(np.zeros((9, 11, 13)), spacing=(1, 1, 1))

@@ -40,7 +40,7 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
     from .bench import matmul_gflops
     from .compare import ORACLE_NAME, RECOMMENDED
     from .dicom import export_dicom_series
-    from .phantom import landmarks, write_phantom
+    from .phantom import TISSUES, landmarks, write_phantom
     from .synthesize import synthesize_volume, write_synthetic_volume
     from .train import BarProgress, TrainConfig, train
     from .volume import read_volume, write_volume
@@ -92,8 +92,8 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
         _say("[4/6] evaluating against the right hand's acquired T2, beside the oracle and the two baselines")
         left_fit_mask = read_volume(files["left_labels"]).array > 0
         lookup_path = analysis.save_lookup_model(work / "lookup_baseline.safetensors", left_t1, left_t2, mask=left_fit_mask)
-        trees_path = analysis.save_feature_baseline(work / "feature_baseline.safetensors", left_t1, left_t2,
-                                                    mask=left_fit_mask, seed=seed)
+        # Fitted on the hand and a rim of air around it, as the recommended model's own trees are.
+        trees_path = analysis.save_feature_baseline(work / "feature_baseline.safetensors", left_t1, left_t2, seed=seed)
         oracle = read_volume(files["right_t2_clean"])
         candidates = {
             ORACLE_NAME: oracle,
@@ -102,7 +102,9 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
             "look-up baseline": synthesize_volume(lookup_path, right_t1, plane="axial", device=device),
         }
         results = {name: metrics.evaluate_volumes(v, right_t2, mask=mask) for name, v in candidates.items()}
-        tissues = {name: metrics.tissue_table(v, right_t2, right_labels) for name, v in candidates.items() if name != ORACLE_NAME}
+        tissue_names = {value: name for name, value in TISSUES.items()}
+        tissues = {name: metrics.tissue_table(v, right_t2, right_labels, names=tissue_names)
+                   for name, v in candidates.items() if name != ORACLE_NAME}
         from scipy.stats import spearmanr
 
         true_error = np.abs(synthetic.array - oracle.array)

@@ -88,6 +88,9 @@ def export_onnx(model_path, out_path, opset: int = OPSET, batch_norm: str = "sli
     loaded = load_model(model_path, device="cpu")
     if loaded.config.get("arch") == "lookup":
         raise T1ToT2Error("the look-up baseline is a table, not a network: synthesize it with the torch engine")
+    if loaded.prior is not None:
+        raise T1ToT2Error(f"'{Path(model_path).name}' ({loaded.config.get('arch')}) starts with a feature-regression stage "
+                          "(boosted trees) that ONNX export does not cover yet: synthesize it with the torch engine")
     generator = inference_generator(loaded.generator, batch_norm)
     side = max(loaded.multiple, 16)
     example = torch.zeros(1, loaded.in_channels, side, side * 2)

@@ -76,12 +76,14 @@ def start_synthesis_job(t1_node, model_path, plane, device, precision, work_dir,
     work_dir.mkdir(parents=True, exist_ok=True)
     t1_path = volume.write_volume(scene.volume_from_node(t1_node), work_dir / "t1.nrrd")
     output = work_dir / "synthetic_t2.nrrd"
+    error_map = work_dir / "synthetic_t2_error_map.nrrd"
     argv = worker.cli_command("synthesize", model_path, t1_path, output, "--plane", plane, "--device", device,
-                              "--precision", precision, "--progress", "json",
+                              "--precision", precision, "--uncertainty", error_map, "--progress", "json",
                               python=python or worker.python_executable())
-    job = worker.BackgroundJob(argv, outputs=[output])
+    job = worker.BackgroundJob(argv, outputs=[output, error_map])
     job.modelPath = pathlib.Path(model_path)
     job.outputPath = output
+    job.errorMapPath = error_map
     return job.start()
 
 
@@ -101,8 +103,12 @@ def finish_synthesis_job(job, t1_node):
     synthetic = volume.read_volume(output)
     # The file holds the T1's geometry; reuse the node's exact matrix so no rounding creeps in.
     synthetic = scene.volume_from_node(t1_node).with_array(synthetic.array)
-    return scene.create_or_update_synthetic_node(t1_node, synthetic, model_name(job.modelPath),
+    node = scene.create_or_update_synthetic_node(t1_node, synthetic, model_name(job.modelPath),
                                                  model_planes=model_planes(job.modelPath))
+    error_map = getattr(job, "errorMapPath", None)
+    if error_map is not None and pathlib.Path(error_map).is_file():
+        scene.create_or_update_error_map_node(node, synthetic.with_array(volume.read_volume(error_map).array))
+    return node
 
 
 # --- training job -------------------------------------------------------------------------------

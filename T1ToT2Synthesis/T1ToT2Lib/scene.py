@@ -721,6 +721,30 @@ def error_map_node(synthetic_node):
     return synthetic_node.GetNodeReference(ERROR_MAP_REFERENCE_ROLE) if synthetic_node is not None else None
 
 
+def create_or_update_error_map_node(synthetic_node, volume: Volume):
+    """The synthetic node's error map (expected |error| per voxel) as a second node, referenced from it.
+
+    Same grid, parent transform and study as the synthetic node; named "<synthetic name> error map",
+    marked synthetic, shown with a warm colour table when used as an overlay.
+    """
+    _check_scalar_volume(synthetic_node, "synthetic T2")
+    scene = synthetic_node.GetScene()
+    name = f"{synthetic_node.GetName()} error map"
+    if volume.array.shape != tuple(slicer.util.arrayFromVolume(synthetic_node).shape):
+        raise T1ToT2Error(f"the error map's grid does not match '{synthetic_node.GetName()}': synthesize again")
+    node = error_map_node(synthetic_node)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        synthetic_node.SetNodeReferenceID(ERROR_MAP_REFERENCE_ROLE, node.GetID())
+    node.SetAndObserveTransformNodeID(synthetic_node.GetTransformNodeID())
+    node_from_volume(volume.with_array(volume.array), name, node=node, scene=scene)
+    node.CopyOrientation(synthetic_node)  # the synthetic node's exact matrix: no rounding between the two
+    node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
+    node.SetAttribute(SOURCE_ATTRIBUTE, synthetic_node.GetAttribute(SOURCE_ATTRIBUTE) or "")
+    place_beside_in_subject_hierarchy(node, synthetic_node)
+    return node
+
+
 def show_comparison(t1_node, acquired_node, synthetic_node, orientation=None, overlay="difference", opacity=0.5,
                     scene=None) -> dict:
     """T1 | acquired T2 | synthetic T2 in one row of linked slice views of one orientation.

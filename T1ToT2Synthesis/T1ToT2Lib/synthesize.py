@@ -274,11 +274,26 @@ def write_synthetic_volume(volume: Volume, path) -> Path:
     return write_image(image, path)  # atomic; a failed write (disk full, permission) is one line
 
 
-def synthesize_file(model, t1_path, out_path, series_uid=None, **kwargs) -> Path:
-    """Read ``t1_path`` (file or DICOM folder; ``series_uid`` picks one series), synthesise, write ``out_path`` atomically."""
+def synthesize_file(model, t1_path, out_path, series_uid=None, uncertainty_path=None, **kwargs) -> Path:
+    """Read ``t1_path`` (file or DICOM folder; ``series_uid`` picks one series), synthesise, write ``out_path`` atomically.
+
+    With ``uncertainty_path`` the error map (:func:`error_map`) is written there too, on the same grid.
+    """
+    if uncertainty_path is not None:
+        check_output_name(uncertainty_path)
+    check_output_name(out_path)
     t1 = read_volume(t1_path, series_uid=series_uid)
-    volume = synthesize_volume(model, t1, **kwargs)
+    if uncertainty_path is None:
+        return write_synthetic_volume(synthesize_volume(model, t1, **kwargs), out_path)
+    volume, errors = synthesize_volume(model, t1, uncertainty=True, **kwargs)
+    write_synthetic_volume(errors, uncertainty_path)
     return write_synthetic_volume(volume, out_path)
+
+
+def check_output_name(path) -> None:
+    name = Path(path).name.lower()
+    if not name.endswith((".nii.gz", ".nii", ".nrrd", ".mha")):
+        raise T1ToT2Error(f"cannot write '{Path(path).name}': use .nii.gz, .nii, .nrrd or .mha")
 
 
 # --- command line ----------------------------------------------------------------------
@@ -296,6 +311,8 @@ def register_cli(subparsers):
     p.add_argument("--batch", type=int, default=8, help="slices per forward pass")
     p.add_argument("--batch-norm", default="slice", choices=BATCH_NORM_MODES,
                    help="batch-norm statistics: each slice's own (as the reference Pix2Pix test) or the running ones")
+    p.add_argument("--uncertainty", metavar="OUT", help="also write the error map (expected |error| per voxel, T2 units) "
+                   "to OUT (.nii.gz, .nrrd, .mha), on the T1's grid")
     p.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
     p.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"),
                    help="auto (default): ONNX Runtime for an .onnx model or when torch is absent (using the .onnx "
@@ -330,6 +347,8 @@ def run_synthesize(args) -> int:
         nonlocal bar
         from tqdm import tqdm
 
+        if event.get("event") != "slices":
+            return
         if bar is None:
             bar = tqdm(total=event["total"], unit="slice", desc="synthesize", file=sys.stderr)
         bar.n = event["done"]
@@ -340,7 +359,7 @@ def run_synthesize(args) -> int:
     try:
         path = synthesize_file(model, args.t1, args.out, series_uid=args.series_uid, plane=plane, device=args.device,
                                precision=args.precision, batch_size=args.batch, progress=progress,
-                               batch_norm=args.batch_norm)
+                               batch_norm=args.batch_norm, uncertainty_path=args.uncertainty)
     except T1ToT2Error as exc:
         if args.progress == "json":
             emit_json({"event": "error", "message": str(exc)})
@@ -352,4 +371,6 @@ def run_synthesize(args) -> int:
         emit_json({"event": "done", "output": str(path), "seconds": round(time.time() - started, 2)})
     else:
         print(f"synthetic T2 written to {path}", file=sys.stderr)
+        if args.uncertainty:
+            print(f"its error map written to {args.uncertainty}", file=sys.stderr)
     return 0

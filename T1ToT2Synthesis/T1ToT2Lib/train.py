@@ -666,6 +666,7 @@ def register_cli(subparsers):
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--augment", action="store_true", default=None, help="random flips of the training slices (refiner: on)")
+    p.add_argument("--patch", type=int, help="train on random square patches of this size centred on the object (refiner: 48; GANs: whole slices)")
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
     p.add_argument("--checkpoint-dir", help="where per-epoch checkpoints go (default: <out>.checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
@@ -697,7 +698,7 @@ def run_train(args) -> int:
             raise T1ToT2Error(f"--{unused[0].replace('_', '-')} does not apply to the refiner: drop it or choose a GAN with --model")
     overrides = {**defaults["network"], **explicit}
     args.context = defaults["context"] if args.context is None else args.context
-    for key in ("epochs", "epochs_decay", "lr", "batch_size", "augment"):
+    for key in ("epochs", "epochs_decay", "lr", "batch_size", "augment", "patch"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     betas = tuple(defaults["betas"]) if args.betas is None else _parse_betas(args.betas)
@@ -726,6 +727,7 @@ def run_train(args) -> int:
         lr=args.lr, betas=betas, batch_size=args.batch_size, context=args.context, device=args.device,
         precision=args.precision, seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
         max_steps_per_epoch=args.max_steps_per_epoch, loss_csv=args.loss_csv, augment=args.augment,
+        patch=args.patch, prior_cross_fit=defaults["prior_cross_fit"],
     )
     progress = {"bar": BarProgress(), "json": json_progress(), "none": None}[args.progress]
     cancel = threading.Event()

@@ -39,7 +39,7 @@ _DEFAULTS = {
         **_COMMON,
         "ngf": 32,
         "n_layers": 6,
-        "norm": "none",
+        "norm": "batch",
         "dropout": 0.0,
         "lambda_l1": 1.0,
         "prior": "feature_regression",
@@ -199,7 +199,9 @@ def build_model(config: dict):
     from .blocks import init_weights
 
     if config["arch"] == "refiner":
-        return _MODELS["refiner"](config)
+        model = _MODELS["refiner"](config)
+        model.generator.reset_head()  # training starts from the prior itself (see build_generator)
+        return model
     model = _MODELS[config["arch"]](config)
     return init_weights(model, config["init_gain"])
 
