@@ -149,6 +149,11 @@ def test_a_short_refiner_training_beats_the_look_up_baseline(hands, tmp_path):
     synthetic, errors = synthesize_volume(out, hands["right_t1"], plane="axial", uncertainty=True)
     assert errors.same_geometry(hands["right_t1"], tol=0) and np.all(errors.array >= 0)
     mask = metrics.foreground_mask(hands["right_labels"])
+    # The error map predicts the synthesis's own error (acquisition noise excluded: against the noise-free T2).
+    from scipy.stats import spearmanr
+
+    real_error = np.abs(synthetic.array - hands["right_t2_clean"].array)
+    assert spearmanr(errors.array[mask], real_error[mask]).statistic >= 0.5
     lookup = synthesize_volume(analysis.save_lookup_model(tmp_path / "lut.safetensors", hands["left_t1"], hands["left_t2"],
                                                           mask=hands["left_labels"].array > 0), hands["right_t1"])
     ours = metrics.evaluate_volumes(synthetic, hands["right_t2"], mask=mask)["overall"]

@@ -167,3 +167,24 @@ def test_thin_slab_scores_without_the_grid_periods_that_do_not_fit(rng):
     coronal = result["per_plane"]["coronal"]["grid_energy"]  # 6x24 slices: E_8 cannot be measured
     assert np.isfinite(coronal["2"]) and np.isfinite(coronal["4"]) and np.isnan(coronal["8"])
     assert np.isfinite(result["grid_energy"]["8"]) and any("too small for E_8" in n for n in result["notes"])
+
+
+def test_tissue_table_on_a_constructed_case():
+    """Two tissues with known means: the table's means, errors and relative errors follow by hand."""
+    from T1ToT2Lib.metrics import format_tissue_table, tissue_table
+
+    labels = np.zeros((4, 5, 6), np.float32)
+    labels[:2] = 1
+    labels[2:, :, :3] = 2
+    acquired = np.where(labels == 1, 100.0, np.where(labels == 2, 40.0, 0.0)).astype(np.float32)
+    synthetic = acquired.copy()
+    synthetic[labels == 1] = 110.0  # +10 on every voxel of tissue 1
+    synthetic[(labels == 2) & (np.indices(labels.shape)[2] == 0)] = 20.0  # -20 on a third of tissue 2
+    vol = lambda a: Volume.from_geometry(a)  # noqa: E731
+    rows = tissue_table(vol(synthetic), vol(acquired), vol(labels), names={1: "fat", 2: "cortex"})
+    assert [r["tissue"] for r in rows] == ["fat", "cortex"] and [r["voxels"] for r in rows] == [60, 30]
+    fat, cortex = rows
+    assert fat["acquired_mean"] == 100 and fat["synthetic_mean"] == 110 and fat["relative_error"] == pytest.approx(0.1)
+    assert cortex["synthetic_mean"] == pytest.approx(40 - 20 / 3) and cortex["mean_abs_error"] == pytest.approx(20 / 3)
+    assert cortex["relative_error"] == pytest.approx(-1 / 6)
+    assert "fat" in format_tissue_table(rows) and "+10.0%" in format_tissue_table(rows)

@@ -323,11 +323,13 @@ def save_lookup_model(path, t1: Volume, t2: Volume, bins=256, mask=None, plane="
     return Path(save_model(path, state, metadata))
 
 
-def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0, extra_metadata=None) -> Path:
+def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0, extra_metadata=None,
+                          regressor=None) -> Path:
     """Fit the feature-regression baseline (boosted trees on multi-scale T1 features) and save it as a model file.
 
     ``synthesize``, ``evaluate``, ``compare`` and the demo run it like any model; its trees are
-    tensors in the safetensors file (see :mod:`T1ToT2Lib.feature_regression`).
+    tensors in the safetensors file (see :mod:`T1ToT2Lib.feature_regression`).  ``regressor``: trees
+    already fitted on this pair (a refiner's prior, fitted the same way) are saved instead of refitting.
     """
     import time
 
@@ -343,7 +345,8 @@ def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0
     if mask is None:
         mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)), iterations=2)
     mask = np.asarray(mask.array > 0 if isinstance(mask, Volume) else mask, bool)
-    regressor, _ = fit_feature_regressor(t1.array / np.float32(t1_scale), t2.array / np.float32(t2_scale), mask, seed=seed)
+    if regressor is None:
+        regressor, _ = fit_feature_regressor(t1.array / np.float32(t1_scale), t2.array / np.float32(t2_scale), mask, seed=seed)
     metadata = {
         "config": {"arch": "feature_regression", "in_channels": 1},
         "planes": ["axial"],
@@ -441,12 +444,37 @@ def _predict_slices(model, batch: np.ndarray) -> np.ndarray:
     return crop.apply(np.concatenate(out))
 
 
+def _occluded_priors(prior, slices: np.ndarray, index: int, windows, context: int) -> np.ndarray:
+    """The feature-regression prior's context slices when only each window is visible (last row: no occlusion).
+
+    The prior reads 3-D features, so the window is a column through every slice of a slab around
+    ``index`` (wide enough for the largest filter); everything outside it is zero, as in the 2-D input.
+    """
+    from .data import context_stack
+    from .features import margin
+
+    reach = margin(prior.spec) + context
+    k0, k1 = max(0, index - reach), min(len(slices), index + reach + 1)
+    slab = slices[k0:k1]
+    out = []
+    for window in [*windows, None]:
+        visible = slab
+        if window is not None:
+            r0, r1, c0, c1 = window
+            visible = np.zeros_like(slab)
+            visible[:, r0:r1, c0:c1] = slab[:, r0:r1, c0:c1]
+        predicted = prior.predict_volume(visible)
+        out.append(context_stack(predicted, [index - k0], context)[0])
+    return np.stack(out).astype(np.float32)
+
+
 def occlusion_study(model, t1: Volume, t2: Volume, points_ras, plane="axial", widths=None) -> dict:
     """Predicted T2 at each point when the T1 slice is cut down to a w x w window around it (fig. 13).
 
     ``model`` is a loaded model (:func:`T1ToT2Lib.modelfile.load_model`) or a model file path;
     ``points_ras`` a dict name -> (r, a, s) or a list of points.  The T1 is normalised as for
-    synthesis, then everything outside the window is set to zero in every input channel.
+    synthesis, then everything outside the window is set to zero in every input channel; a model with a
+    feature-regression prior sees it computed from the same occluded T1 (see :func:`_occluded_priors`).
     The result holds, per point, the prediction for each width, the full-context prediction,
     the acquired T2 value and ``converged_width_px`` / ``_mm``: the smallest width from which
     on every prediction stays within 5% of the full-context value (5% of the T2 scale when
@@ -472,16 +500,21 @@ def occlusion_study(model, t1: Volume, t2: Volume, points_ras, plane="axial", wi
         raise T1ToT2Error(f"occlusion widths must be at least 1 pixel, got {widths[0]}")
     result = {"plane": plane, "widths_px": widths, "widths_mm": [x * pixel_mm for x in widths], "pixel_mm": pixel_mm,
               "t2_scale": float(model.t2_scale), "tolerance": OCCLUSION_TOLERANCE, "points": {}}
+    prior = getattr(model, "prior", None)
     for name, point in points_ras.items():
         index, row, col = _point_pixel(t1, point, axis)
         full = context_stack(slices, [index], model.in_channels)[0]
         batch = np.zeros((len(widths) + 1,) + full.shape, np.float32)
         batch[-1] = full
+        windows = []
         for n, width in enumerate(widths):
             half = width // 2
             r0, r1 = max(0, row - half), min(h, row + width - half)
             c0, c1 = max(0, col - half), min(w, col + width - half)
             batch[n, :, r0:r1, c0:c1] = full[:, r0:r1, c0:c1]
+            windows.append((r0, r1, c0, c1))
+        if prior is not None:
+            batch = np.concatenate([batch, _occluded_priors(prior, slices, index, windows, model.in_channels)], axis=1)
         predicted = _predict_slices(model, batch)[:, row, col] * float(model.t2_scale)
         full_value, values = float(predicted[-1]), predicted[:-1]
         tolerance = OCCLUSION_TOLERANCE * max(abs(full_value), OCCLUSION_TOLERANCE * float(model.t2_scale))

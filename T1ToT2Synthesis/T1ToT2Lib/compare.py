@@ -22,16 +22,16 @@ from .volume import PLANES
 #: T1 slices plus the prior's) corrects it, trained with L1 on all three planes and fused over them
 #: at synthesis.  ``training`` holds its optimiser settings (a plain regression network, not a GAN:
 #: Adam betas 0.9/0.999, a higher rate decaying linearly to 0, 48-pixel patches centred on the hand,
-#: flips; trained on the trees' own prediction of the training hand, which measured better than an
-#: out-of-fold prior at this budget).  ``t1tot2 train`` takes it as its default.
+#: flips; trained on an out-of-fold prior so it learns the errors the trees make on unseen anatomy).
+#: ``t1tot2 train`` takes it as its default.
 RECOMMENDED = {
     "model": "refiner",
     "network": {"norm": "batch"},
     "context": 3,
     "planes": PLANES,
     "synthesis_plane": "fuse",
-    "training": {"epochs": 4, "epochs_decay": 4, "lr": 2e-3, "betas": (0.9, 0.999), "batch_size": 16, "augment": True,
-                 "patch": 48, "prior_cross_fit": False},
+    "training": {"epochs": 10, "epochs_decay": 10, "lr": 2e-3, "betas": (0.9, 0.999), "batch_size": 16, "augment": True,
+                 "patch": 48, "prior_cross_fit": True},
 }
 
 #: The best Pix2Pix of the first round (resize-convolution up-sampling, instance normalisation,

@@ -92,8 +92,11 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
         _say("[4/6] evaluating against the right hand's acquired T2, beside the oracle and the two baselines")
         left_fit_mask = read_volume(files["left_labels"]).array > 0
         lookup_path = analysis.save_lookup_model(work / "lookup_baseline.safetensors", left_t1, left_t2, mask=left_fit_mask)
-        # Fitted on the hand and a rim of air around it, as the recommended model's own trees are.
-        trees_path = analysis.save_feature_baseline(work / "feature_baseline.safetensors", left_t1, left_t2, seed=seed)
+        # The recommended model's own first stage, on its own: the trees fitted on the left hand and its rim of air.
+        from .modelfile import load_model
+
+        trees_path = analysis.save_feature_baseline(work / "feature_baseline.safetensors", left_t1, left_t2, seed=seed,
+                                                    regressor=load_model(model_path).prior)
         oracle = read_volume(files["right_t2_clean"])
         candidates = {
             ORACLE_NAME: oracle,

