@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         network.update(ngf=64)
     with tempfile.TemporaryDirectory() as work:
         config = TrainConfig(
-            t1=vols["left_t1"], t2=vols["left_t2"], val_t1=vols["right_t1"], val_t2=vols["right_t2"],
+            t1=vols["left_t1"], t2=vols["left_t2"],
             out=args.out, model=RECOMMENDED["model"], network=network, planes=tuple(RECOMMENDED["planes"]),
             context=RECOMMENDED["context"], **schedule, seed=0, device=args.device,
             checkpoint_dir=Path(work) / "checkpoints",

@@ -31,6 +31,11 @@ MAX_TREES, MAX_NODES = 5000, 5_000_000
 DEFAULT_FIT = {"max_iter": 200, "max_leaf_nodes": 31, "learning_rate": 0.1, "max_samples": 160_000, "early_stopping": True}
 
 
+def _as_array(value) -> np.ndarray:
+    """A torch tensor (model file) or numpy array (ONNX metadata) as numpy."""
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
 @dataclass
 class TreeEnsemble:
     """Additive regression trees as flat arrays: ``fields[name]`` over all nodes, ``offsets`` per tree."""
@@ -63,8 +68,8 @@ class TreeEnsemble:
     @classmethod
     def from_tensors(cls, tensors: dict, prefix: str, meta: dict, n_features: int) -> "TreeEnsemble":
         try:
-            offsets = tensors[f"{prefix}.offsets"].numpy().astype(np.int64)
-            fields = {name: tensors[f"{prefix}.{name}"].numpy().astype(dtype) for name, dtype in _FIELDS.items()}
+            offsets = _as_array(tensors[f"{prefix}.offsets"]).astype(np.int64)
+            fields = {name: _as_array(tensors[f"{prefix}.{name}"]).astype(dtype) for name, dtype in _FIELDS.items()}
             n_trees, baseline = int(meta["n_trees"]), float(meta["baseline"])
         except (KeyError, TypeError, ValueError):
             raise T1ToT2Error("the model file's tree arrays are incomplete: the file is damaged, re-export it") from None

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import T1ToT2Error
 
-#: The default feature set: 34 features per voxel.
+#: The default feature set: 33 features per voxel.
 DEFAULT_SPEC = {
     "gaussian_scales": [0.7, 1.0, 2.0, 4.0, 8.0],
     "extreme_sizes": [3, 5, 9, 15],

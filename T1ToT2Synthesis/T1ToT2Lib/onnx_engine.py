@@ -35,6 +35,8 @@ OPSET = 17
 #: metadata_props keys in the exported file.
 FORMAT_KEY, FORMAT = "t1tot2_format", "t1tot2-onnx"
 METADATA_KEY = "t1tot2_metadata"
+#: The feature-regression trees of a refiner, as base64 arrays (the trees are data; nothing is unpickled).
+PRIOR_KEY = "t1tot2_prior_arrays"
 ENGINES = ("auto", "torch", "onnx")
 
 
@@ -52,6 +54,7 @@ class OnnxModel:
     multiple: int
     path: Path | None = None
     name: str = field(default="")
+    prior: object = None  # the feature-regression stage of a refiner: numpy and scikit-learn, no torch
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(n, in_channels, h, w) float32 -> (n, h, w)."""
@@ -88,12 +91,10 @@ def export_onnx(model_path, out_path, opset: int = OPSET, batch_norm: str = "sli
     loaded = load_model(model_path, device="cpu")
     if loaded.config.get("arch") == "lookup":
         raise T1ToT2Error("the look-up baseline is a table, not a network: synthesize it with the torch engine")
-    if loaded.prior is not None:
-        raise T1ToT2Error(f"'{Path(model_path).name}' ({loaded.config.get('arch')}) starts with a feature-regression stage "
-                          "(boosted trees) that ONNX export does not cover yet: synthesize it with the torch engine")
     generator = inference_generator(loaded.generator, batch_norm)
     side = max(loaded.multiple, 16)
-    example = torch.zeros(1, loaded.in_channels, side, side * 2)
+    channels = loaded.in_channels * (2 if loaded.prior is not None else 1)  # a refiner also reads the prior's slices
+    example = torch.zeros(1, channels, side, side * 2)
     axes = {0: "batch", 2: "height", 3: "width"}
     metadata = dict(loaded.metadata)
     metadata["onnx"] = {"multiple": int(loaded.multiple), "opset": int(opset), "batch_norm": batch_norm,
@@ -108,7 +109,10 @@ def export_onnx(model_path, out_path, opset: int = OPSET, batch_norm: str = "sli
         import onnx
 
         proto = onnx.load(str(tmp))
-        for key, value in ((FORMAT_KEY, FORMAT), (METADATA_KEY, json.dumps(metadata, default=json_default))):
+        props = [(FORMAT_KEY, FORMAT), (METADATA_KEY, json.dumps(metadata, default=json_default))]
+        if loaded.prior is not None:
+            props.append((PRIOR_KEY, _encode_arrays(loaded.prior.to_tensors("prior"))))
+        for key, value in props:
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.doc_string = "SYNTHETIC T2 generator exported by T1ToT2: images it makes are not for diagnosis"
@@ -124,6 +128,27 @@ def default_providers() -> list:
     available = ort.get_available_providers()
     preferred = ("CUDAExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
     return [p for p in preferred if p in available] + ["CPUExecutionProvider"]
+
+
+def _encode_arrays(tensors: dict) -> str:
+    import base64
+
+    return json.dumps({name: {"dtype": str(t.numpy().dtype), "data": base64.b64encode(t.numpy().tobytes()).decode("ascii")}
+                       for name, t in tensors.items()})
+
+
+def _decode_arrays(text: str) -> dict:
+    import base64
+
+    allowed = {"float64", "int64", "uint8", "float32", "int32"}
+    try:
+        entries = json.loads(text)
+        if not all(entry["dtype"] in allowed for entry in entries.values()):
+            raise ValueError("unexpected dtype")
+        return {name: np.frombuffer(base64.b64decode(entry["data"]), dtype=entry["dtype"]).copy()
+                for name, entry in entries.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise T1ToT2Error("the ONNX model's tree arrays are damaged: export it again") from None
 
 
 def load_onnx_model(path, providers=None) -> OnnxModel:
@@ -146,11 +171,18 @@ def load_onnx_model(path, providers=None) -> OnnxModel:
     meta = json.loads(props[METADATA_KEY])
     config = meta["config"]
     intensity = meta.get("intensity", {})
+    prior = None
+    if meta.get("prior"):
+        from .feature_regression import FeatureRegressor
+
+        if PRIOR_KEY not in props:
+            raise T1ToT2Error(f"'{path.name}' needs its feature-regression trees but carries none: export it again")
+        prior = FeatureRegressor.from_tensors(_decode_arrays(props[PRIOR_KEY]), meta["prior"])
     return OnnxModel(
         session=session, config=config, metadata=meta, planes=list(meta.get("planes") or []),
         in_channels=int(meta["in_channels"]), t2_scale=float(intensity.get("t2_scale", 1.0)),
         t1_percentile=float(intensity.get("t1_percentile", 99.5)), multiple=int(meta["onnx"]["multiple"]),
-        path=path, name=f"{config.get('arch', 'model')} ({path.name})")
+        path=path, name=f"{config.get('arch', 'model')} ({path.name})", prior=prior)
 
 
 def synthesize_volume_onnx(model, t1: Volume, plane: str = "axial", batch_size: int = 8, progress=None,
@@ -176,17 +208,21 @@ def synthesize_volume_onnx(model, t1: Volume, plane: str = "axial", batch_size: 
     normalised = t1.array / np.float32(foreground_scale(t1.array, loaded.t1_percentile))
     total = sum(t1.shape[t1.plane_axis(p)] for p in planes)
     emit = progress or (lambda event: None)
+    prior = loaded.prior.predict_volume(normalised) if loaded.prior is not None else None
     out = np.zeros(t1.shape, dtype=np.float32)
     done = 0
     for p in planes:
         axis = t1.plane_axis(p)
         slices = np.moveaxis(normalised, axis, 0)
+        prior_slices = None if prior is None else np.moveaxis(prior, axis, 0)
         target = np.moveaxis(out, axis, 0)
         for start in range(0, slices.shape[0], int(batch_size)):
             if cancel_event is not None and cancel_event.is_set():
                 raise SynthesisCancelled("synthesis cancelled; nothing was written")
             indices = np.arange(start, min(start + int(batch_size), slices.shape[0]))
             stack = context_stack(slices, indices, loaded.in_channels)
+            if prior_slices is not None:
+                stack = np.concatenate([stack, context_stack(prior_slices, indices, loaded.in_channels)], axis=1)
             padded, crop = pad_to_multiple(np.ascontiguousarray(stack, dtype=np.float32), loaded.multiple)
             target[indices] += crop.apply(loaded.predict(padded))
             done += len(indices)
