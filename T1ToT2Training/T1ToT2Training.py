@@ -29,7 +29,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-MODEL_CHOICES = ["pix2pix", "cyclegan", "unit"]
+MODEL_CHOICES = ["pix2pix", "cyclegan", "unit", "refiner"]
 
 
 def _plausibleDevices():
@@ -189,7 +189,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.generatePhantomButton.enabled = not running
         self.ui.evaluateButton.enabled = bool(p and p.validationT1 and p.validationT2 and not running
                                               and p.outputModelPath and pathlib.Path(p.outputModelPath).is_file())
-        self.ui.residualBlocksSpinBox.enabled = bool(p and p.modelType != "pix2pix")
+        self.ui.residualBlocksSpinBox.enabled = bool(p and p.modelType in ("cyclegan", "unit"))
 
     def onGeneratePhantomButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to make the phantom."), waitCursor=True):

@@ -35,7 +35,7 @@ def test_two_process_gloo_training_writes_one_model_with_identical_weights(tmp_p
     env = {**os.environ, DEBUG_HASH_ENV: str(tmp_path / "hashes"), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "T1ToT2Lib.cli", "train",
+        "--master_port", str(free_port()), "-m", "T1ToT2Lib.cli", "train", "--model", "pix2pix",
         "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"), "--planes", "axial,sagittal",
         "--epochs", "1", "--max-steps-per-epoch", "3", "--ngf", "8", "--ndf", "8", "--depth", "3",
         "--device", "cpu", "--out", str(out_dir / "m.safetensors"), "--progress", "json",

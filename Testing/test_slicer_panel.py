@@ -72,6 +72,21 @@ def test_train_arguments_need_an_output_model(mrml_scene, tmp_path):
     assert args[args.index("--planes") + 1] == "axial,sagittal" and args[args.index("--out") + 1] == str(p.outputModelPath)
 
 
+def test_refiner_training_uses_its_own_schedule_not_the_gan_settings(mrml_scene, tmp_path):
+    from T1ToT2Lib.cli import build_parser
+
+    t1 = Volume.from_geometry(np.ones((4, 8, 8), np.float32), spacing=(1, 1, 1))
+    p = _parameters(trainT1=sc.node_from_volume(t1, "T1"), trainT2=sc.node_from_volume(t1, "T2"), modelType="refiner",
+                    outputModelPath=tmp_path / "r.safetensors", epochs=6)
+    args = panel.train_arguments(p, tmp_path / "work")
+    assert args[args.index("--model") + 1] == "refiner"
+    assert args[args.index("--epochs") + 1] == "6" and args[args.index("--epochs-decay") + 1] == "6"
+    for gan_only in ("--upsample", "--n-blocks", "--lr", "--batch-size", "--ngf", "--context"):
+        assert gan_only not in args
+    parsed = build_parser().parse_args(args)  # the CLI accepts exactly these arguments
+    assert parsed.model == "refiner" and parsed.epochs == 6
+
+
 def _fake_synthesis_job(tmp_path, source, model_path):
     """A child that writes ``source`` where the synthesis job's output goes, as t1tot2 synthesize would."""
     out = tmp_path / "synthetic_t2.nrrd"

@@ -351,7 +351,7 @@ def test_importing_what_the_modules_need_before_torch_does_not_import_torch():
 def test_library_third_party_imports_are_installed_by_requirements_or_shipped_by_slicer():
     # PyTorchUtils: the PyTorch extension's module, imported only inside ``except ImportError`` (optional).
     provided_by_slicer = {"numpy", "SimpleITK", "vtk", "vtkmodules", "slicer", "packaging", "PyTorchUtils"}
-    import_to_project = {"skimage": "scikit-image", "PIL": "pillow"}
+    import_to_project = {"skimage": "scikit-image", "PIL": "pillow", "sklearn": "scikit-learn"}
     required = {dependencies.requirement_name(r) for r in
                 dependencies.read_requirements(ROOT / "T1ToT2Synthesis" / "Resources" / "requirements.txt")}
     unmet = set()

@@ -132,7 +132,7 @@ def test_cli_json_progress_reports_every_event(tmp_path, capsys):
     write_volume(t2, tmp_path / "t2.nii.gz")
     out = tmp_path / "m.safetensors"
     code = main([
-        "train", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
+        "train", "--model", "pix2pix", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
         "--val-t1", str(tmp_path / "t1.nii.gz"), "--val-t2", str(tmp_path / "t2.nii.gz"),
         "--planes", "axial,coronal", "--epochs", "1", "--max-steps-per-epoch", "3", "--ngf", "8", "--ndf", "8",
         "--depth", "3", "--device", "cpu", "--out", str(out), "--progress", "json", "--loss-csv", str(tmp_path / "loss.csv"),
@@ -180,7 +180,7 @@ def test_sigterm_stops_the_cli_keeping_the_last_checkpoint_and_no_model(tmp_path
     write_volume(t1, tmp_path / "t1.nii.gz")
     write_volume(t2, tmp_path / "t2.nii.gz")
     out = tmp_path / "m.safetensors"
-    command = [sys.executable, "-m", "T1ToT2Lib.cli", "train", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
+    command = [sys.executable, "-m", "T1ToT2Lib.cli", "train", "--model", "pix2pix", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
                "--planes", "axial", "--epochs", "200", "--max-steps-per-epoch", "3", "--ngf", "8", "--ndf", "8", "--depth", "3",
                "--device", "cpu", "--out", str(out), "--progress", "json"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -208,7 +208,7 @@ def test_cli_preset_sets_the_network_and_explicit_options_win(tmp_path, preset, 
     t1, t2 = tiny_pair()
     write_volume(t1, tmp_path / "t1.nii.gz")
     write_volume(t2, tmp_path / "t2.nii.gz")
-    common = ["train", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"), "--planes", "axial",
+    common = ["train", "--model", "pix2pix", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"), "--planes", "axial",
               "--epochs", "1", "--max-steps-per-epoch", "1", "--ngf", "8", "--ndf", "8", "--depth", "3",
               "--device", "cpu", "--progress", "none"]
     args = [] if preset == "recommended" else ["--preset", preset]  # recommended is the default
@@ -229,7 +229,7 @@ def test_cli_trains_on_named_series_of_one_dicom_folder(tmp_path):
     uid_t1 = pydicom.dcmread(export_dicom_series(t1, tmp_path / "study" / "t1")[0]).SeriesInstanceUID
     uid_t2 = pydicom.dcmread(export_dicom_series(t2, tmp_path / "study" / "t2")[0]).SeriesInstanceUID
     out = tmp_path / "m.safetensors"
-    common = ["train", "--t1", str(tmp_path / "study"), "--t2", str(tmp_path / "study"), "--planes", "axial",
+    common = ["train", "--model", "pix2pix", "--t1", str(tmp_path / "study"), "--t2", str(tmp_path / "study"), "--planes", "axial",
               "--epochs", "1", "--max-steps-per-epoch", "1", "--ngf", "8", "--ndf", "8", "--depth", "3",
               "--device", "cpu", "--progress", "none", "--out", str(out)]
     assert main(common) == 2 and not out.exists()  # two series: which one is the T1 must be said

@@ -136,12 +136,17 @@ def train_arguments(parameters, work_dir, resume=False) -> list:
         raise T1ToT2Error("no output model file is chosen: pick where to save the .safetensors model")
     out = pathlib.Path(p.outputModelPath)
     args = ["train", "--t1", paths["trainT1"], "--t2", paths["trainT2"], "--model", p.modelType,
-            "--planes", ",".join(chosen_planes(p)), "--epochs", p.epochs, "--lr", repr(float(p.learningRate)),
-            "--batch-size", p.batchSize, "--context", p.contextSlices, "--ngf", p.generatorWidth,
-            "--upsample", p.upsampling, "--device", p.device, "--out", out,
+            "--planes", ",".join(chosen_planes(p)), "--device", p.device, "--out", out,
             "--checkpoint-dir", out.with_name(out.name.replace(".safetensors", "") + ".checkpoints"),
             "--progress", "json"]
-    if p.modelType != "pix2pix":
+    if p.modelType == "refiner":
+        # The recommended model trains with its own schedule (rate, batch, patches, 2.5-D input); the panel's
+        # GAN settings do not apply to it, only the epochs at constant rate (as many decaying ones follow).
+        args += ["--epochs", p.epochs, "--epochs-decay", p.epochs]
+    else:
+        args += ["--epochs", p.epochs, "--lr", repr(float(p.learningRate)), "--batch-size", p.batchSize,
+                 "--context", p.contextSlices, "--ngf", p.generatorWidth, "--upsample", p.upsampling]
+    if p.modelType in ("cyclegan", "unit"):
         args += ["--n-blocks", p.residualBlocks]
     if "validationT1" in paths and "validationT2" in paths:
         args += ["--val-t1", paths["validationT1"], "--val-t2", paths["validationT2"]]

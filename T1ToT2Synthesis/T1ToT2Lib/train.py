@@ -307,9 +307,8 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
     context = check_context(config.context)
     if check_precision(config.precision) == "fp16":
         raise T1ToT2Error("training in fp16 is not supported (it needs loss scaling): use --precision bf16 or fp32")
-    if config.model not in networks.ARCHITECTURES or config.model == "lookup":
-        trainable = [a for a in networks.ARCHITECTURES if a != "lookup"]
-        raise T1ToT2Error(f"unknown model {config.model!r}: use one of {', '.join(trainable)}")
+    if config.model not in networks.TRAINABLE:
+        raise T1ToT2Error(f"unknown model {config.model!r}: use one of {', '.join(networks.TRAINABLE)}")
     if config.total_epochs < 1:
         raise T1ToT2Error(f"epochs must be at least 1 (got {config.total_epochs})")
     if int(config.epochs) < 0 or int(config.epochs_decay) < 0:

@@ -18,7 +18,10 @@ import math
 
 from ..errors import T1ToT2Error
 
-ARCHITECTURES = ("refiner", "pix2pix", "cyclegan", "unit")
+#: The paper's translation GANs.
+ARCHITECTURES = ("pix2pix", "cyclegan", "unit")
+#: Everything ``t1tot2 train`` trains: the recommended refiner and the GANs.
+TRAINABLE = ("refiner", *ARCHITECTURES)
 #: Models that are fitted, not trained by the GAN loop; they still run as generators at synthesis.
 FITTED = ("lookup", "feature_regression")
 
@@ -111,7 +114,7 @@ def depth_for_size(size: int) -> int:
 def default_config(arch: str, **overrides) -> dict:
     """Every parameter of ``arch`` with the papers' defaults, updated by ``overrides`` and checked."""
     if arch not in _DEFAULTS:
-        raise T1ToT2Error(f"unknown network architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
+        raise T1ToT2Error(f"unknown network architecture {arch!r}: use one of {', '.join(TRAINABLE)}")
     config = {"arch": arch, **_DEFAULTS[arch]}
     unknown = sorted(set(overrides) - set(config))
     if unknown:
@@ -152,7 +155,7 @@ def _check(config: dict) -> None:
 def _complete(config: dict) -> dict:
     """A config as stored in a model file, checked and completed with defaults for keys it lacks."""
     if not isinstance(config, dict) or "arch" not in config:
-        raise T1ToT2Error("network config has no 'arch': give one of " + ", ".join(ARCHITECTURES))
+        raise T1ToT2Error("network config has no 'arch': give one of " + ", ".join(TRAINABLE))
     rest = {k: v for k, v in config.items() if k != "arch"}
     return default_config(config["arch"], **rest)
 
