@@ -95,6 +95,10 @@ Grid-artefact energy of the residual: E_2 {result['grid_energy']['2']:.2e}, E_4 
   paired scans with the Training module or `t1tot2 train`.
 - Regenerate with `.venv/bin/python scripts/train_demo_model.py`.
 """
+    # Its ONNX export beside it, so the Slicer module synthesizes with ONNX Runtime and no PyTorch install.
+    from T1ToT2Lib.onnx_engine import export_onnx
+
+    export_onnx(args.out, args.out.with_suffix(".onnx"))
     card_path = args.out.with_suffix(".md")
     with atomic_path(card_path) as tmp:
         tmp.write_text(card)
