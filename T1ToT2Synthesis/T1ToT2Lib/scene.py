@@ -133,19 +133,8 @@ def node_from_volume(volume: Volume, name: str, node=None, scene=None):
         node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     elif name:
         node.SetName(name)
-    local = np.linalg.inv(transform_to_world(node)) @ volume.ijk_to_ras
     array = np.ascontiguousarray(volume.array, dtype=np.float32)
-    image = node.GetImageData()
-    if image is None:
-        image = vtk.vtkImageData()
-        node.SetAndObserveImageData(image)
-    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
-    image.AllocateScalars(vtk.VTK_FLOAT, 1)
-    slicer.util.arrayFromVolume(node)[:] = array
-    node.SetIJKToRASMatrix(_to_vtk(local))
-    slicer.util.arrayFromVolumeModified(node)
-    if node.GetDisplayNode() is None:
-        node.CreateDefaultDisplayNodes()
+    _fill_volume_node(node, array, vtk.VTK_FLOAT, volume.ijk_to_ras)
     display = node.GetDisplayNode()
     window, level = auto_window_level(array)
     display.AutoWindowLevelOff()
@@ -164,20 +153,24 @@ def labelmap_node_from_volume(volume: Volume, name: str, node=None, scene=None):
         node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
     elif name:
         node.SetName(name)
-    local = np.linalg.inv(transform_to_world(node)) @ volume.ijk_to_ras
-    array = np.ascontiguousarray(np.rint(volume.array), dtype=np.int16)
+    _fill_volume_node(node, np.ascontiguousarray(np.rint(volume.array), dtype=np.int16), vtk.VTK_SHORT, volume.ijk_to_ras)
+    return node
+
+
+def _fill_volume_node(node, array: np.ndarray, vtk_type, world_ijk_to_ras) -> None:
+    """Put ``array`` into ``node``'s image data and set the local IJK-to-RAS that gives ``world_ijk_to_ras``."""
+    local = np.linalg.inv(transform_to_world(node)) @ world_ijk_to_ras
     image = node.GetImageData()
     if image is None:
         image = vtk.vtkImageData()
         node.SetAndObserveImageData(image)
     image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
-    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    image.AllocateScalars(vtk_type, 1)
     slicer.util.arrayFromVolume(node)[:] = array
     node.SetIJKToRASMatrix(_to_vtk(local))
     slicer.util.arrayFromVolumeModified(node)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
-    return node
 
 
 def create_or_update_synthetic_node(t1_node, volume: Volume, model_name: str, model_planes=None):
@@ -737,8 +730,7 @@ def create_or_update_error_map_node(synthetic_node, volume: Volume):
         node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
         synthetic_node.SetNodeReferenceID(ERROR_MAP_REFERENCE_ROLE, node.GetID())
     node.SetAndObserveTransformNodeID(synthetic_node.GetTransformNodeID())
-    node_from_volume(volume.with_array(volume.array), name, node=node, scene=scene)
-    node.CopyOrientation(synthetic_node)  # the synthetic node's exact matrix: no rounding between the two
+    node_from_volume(volume, name, node=node, scene=scene)
     node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
     node.SetAttribute(SOURCE_ATTRIBUTE, synthetic_node.GetAttribute(SOURCE_ATTRIBUTE) or "")
     place_beside_in_subject_hierarchy(node, synthetic_node)

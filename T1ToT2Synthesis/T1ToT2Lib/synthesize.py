@@ -267,9 +267,7 @@ def write_synthetic_volume(volume: Volume, path) -> Path:
     import SimpleITK as sitk
 
     path = Path(path)
-    name = path.name.lower()
-    if not name.endswith((".nii.gz", ".nii", ".nrrd", ".mha")):
-        raise T1ToT2Error(f"cannot write '{path.name}': use .nii.gz, .nii, .nrrd or .mha")
+    check_output_name(path)
     image = volume_to_sitk(volume)
     description = volume.meta.get("description") or synthetic_description(str(volume.meta.get("model", "")))
     image.SetMetaData("descrip", description)
