@@ -126,3 +126,24 @@ def test_engine_choice_and_its_errors(tmp_path):
         onnx_engine.load_onnx_model(tmp_path / "m.onnx")
     result = cli("export-onnx", model, tmp_path / "out.txt")
     assert result.returncode == 2 and "an ONNX model file must end in .onnx" in result.stderr
+
+
+BUNDLED_ONNX = ROOT / "Resources" / "demo_model.onnx"
+
+
+@pytest.mark.skipif(not BUNDLED_ONNX.is_file(), reason="Resources/demo_model.onnx is absent")
+def test_onnx_synthesis_reports_the_voxel_size_note_in_its_done_event(hand):
+    """What the Slicer panel shows: a 1 mm T1 through the bundled 1.5 mm ONNX model, torch absent."""
+    from T1ToT2Lib.preprocess import resample_to_spacing
+
+    folder, t1_path = hand
+    fine = resample_to_spacing(read_volume(t1_path), (1.0, 1.0, 1.0))
+    fine_path = write_volume(fine, folder / "t1_1mm.nrrd")
+    out = folder / "onnx_1mm.nrrd"
+    result = cli("synthesize", BUNDLED_ONNX, fine_path, out, "--plane", "coronal", "--progress", "json", block_torch=True)
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout.strip().splitlines()[-1])
+    assert done["event"] == "done" and done["engine"] == "onnx"
+    (note,) = done["notes"]  # |1.0 / 1.5 - 1| = 33% > 30%: the note says the model sees unfamiliar scales
+    assert "33%" in note and "[1.5, 1.5, 1.5]" in note and f"note: {note}" in result.stderr
+    assert read_volume(out).same_geometry(read_volume(fine_path), tol=1e-6)  # back on the 1 mm T1's own grid

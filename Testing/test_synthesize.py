@@ -111,7 +111,8 @@ def test_cli_synthesize_json_and_missing_model(model_path, oblique_t1, tmp_path,
     out = tmp_path / "syn.nii.gz"
     assert main(["synthesize", str(model_path), str(t1_path), str(out), "--plane", "coronal", "--device", "cpu",
                  "--progress", "json", "--batch", "4"]) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
     # The network runs on the T1 resampled to the model's training voxel size (T1ToT2Lib.preprocess), so the
     # slice count is that grid's; the output is back on the T1's own grid.
     from T1ToT2Lib.modelfile import load_model as _load
@@ -122,6 +123,11 @@ def test_cli_synthesize_json_and_missing_model(model_path, oblique_t1, tmp_path,
     expected = network_grid.shape[network_grid.plane_axis("coronal")]
     capsys.readouterr()  # prepare_input repeats its resampling note on stderr
     assert events[-1]["event"] == "done" and events[-2]["done"] == events[-2]["total"] == expected
+    # The resampling note travels in the "done" event (for the Slicer panel) as well as on stderr: the model was
+    # trained at (1.0, 1.2, 2.0) mm and this T1 is (0.7, 1.3, 2.9) mm, |2.9 / 2.0 - 1| = 45% along k.
+    (note,) = events[-1]["notes"]
+    assert "45%" in note and note == prepared.volume.meta["notes"][0]
+    assert f"note: {note}" in captured.err
     assert read_volume(out).shape == oblique_t1.shape
     assert read_volume(out).same_geometry(oblique_t1, tol=1e-5)
 

@@ -293,7 +293,8 @@ def run_synthesize_onnx(args, model_path) -> int:
             emit_json({"event": "error", "message": str(exc)})
         raise
     if args.progress == "json":
-        emit_json({"event": "done", "output": str(path), "engine": "onnx", "seconds": round(time.time() - started, 2)})
+        emit_json({"event": "done", "output": str(path), "engine": "onnx", "seconds": round(time.time() - started, 2),
+                   "notes": [str(n) for n in volume.meta.get("notes") or []]})
     else:
         print(f"wrote {path} (ONNX Runtime, {time.time() - started:.1f} s)")
     return 0

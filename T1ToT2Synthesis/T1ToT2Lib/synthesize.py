@@ -277,19 +277,24 @@ def write_synthetic_volume(volume: Volume, path) -> Path:
     return write_image(image, path)  # atomic; a failed write (disk full, permission) is one line
 
 
-def synthesize_file(model, t1_path, out_path, series_uid=None, uncertainty_path=None, **kwargs) -> Path:
+def synthesize_file(model, t1_path, out_path, series_uid=None, uncertainty_path=None, notes=None, **kwargs) -> Path:
     """Read ``t1_path`` (file or DICOM folder; ``series_uid`` picks one series), synthesise, write ``out_path`` atomically.
 
     With ``uncertainty_path`` the error map (:func:`error_map`) is written there too, on the same grid.
+    ``notes``, a list, receives the synthetic volume's ``meta["notes"]`` (reading the DICOM series, resampling to
+    the model's voxel size...), which the file cannot hold.
     """
     if uncertainty_path is not None:
         check_output_name(uncertainty_path)
     check_output_name(out_path)
     t1 = read_volume(t1_path, series_uid=series_uid)
     if uncertainty_path is None:
-        return write_synthetic_volume(synthesize_volume(model, t1, **kwargs), out_path)
-    volume, errors = synthesize_volume(model, t1, uncertainty=True, **kwargs)
-    write_synthetic_volume(errors, uncertainty_path)
+        volume = synthesize_volume(model, t1, **kwargs)
+    else:
+        volume, errors = synthesize_volume(model, t1, uncertainty=True, **kwargs)
+        write_synthetic_volume(errors, uncertainty_path)
+    if notes is not None:
+        notes.extend(volume.meta.get("notes") or [])
     return write_synthetic_volume(volume, out_path)
 
 
@@ -359,10 +364,11 @@ def run_synthesize(args) -> int:
 
     progress = {"json": emit_json, "bar": emit_bar, "none": None}[args.progress]
     plane = default_plane(model) if args.plane == "auto" else args.plane
+    notes = []
     try:
         path = synthesize_file(model, args.t1, args.out, series_uid=args.series_uid, plane=plane, device=args.device,
                                precision=args.precision, batch_size=args.batch, progress=progress,
-                               batch_norm=args.batch_norm, uncertainty_path=args.uncertainty)
+                               batch_norm=args.batch_norm, uncertainty_path=args.uncertainty, notes=notes)
     except T1ToT2Error as exc:
         if args.progress == "json":
             emit_json({"event": "error", "message": str(exc)})
@@ -371,7 +377,8 @@ def run_synthesize(args) -> int:
         if bar is not None:
             bar.close()
     if args.progress == "json":
-        emit_json({"event": "done", "output": str(path), "seconds": round(time.time() - started, 2)})
+        # The notes (also on stderr as "note: ...") travel with the result, for the Slicer panel's status line.
+        emit_json({"event": "done", "output": str(path), "seconds": round(time.time() - started, 2), "notes": notes})
     else:
         print(f"synthetic T2 written to {path}", file=sys.stderr)
         if args.uncertainty:
