@@ -272,7 +272,10 @@ class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if node is not None:
                     self._parameterNode.syntheticT2 = node
                     slicer.util.setSliceViewerLayers(background=node, fit=True)
-                    self.ui.statusLabel.text = _("Synthetic T2 '{name}' made (not for diagnosis).").format(name=node.GetName())
+                    # The synthesis's notes (e.g. the T1 resampled to the model's voxel size) follow the result.
+                    self.ui.statusLabel.text = " ".join(filter(None, [
+                        _("Synthetic T2 '{name}' made (not for diagnosis).").format(name=node.GetName()),
+                        self.logic.synthesisNotesText(node)]))
                     if self._parameterNode.acquiredT2:
                         self.onMetricsButton()
         finally:
@@ -458,6 +461,20 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         from T1ToT2Lib import panel
 
         return panel.finish_synthesis_job(job, t1Node)
+
+    @staticmethod
+    def synthesisNotes(syntheticNode) -> list:
+        """The notes the synthesis of this node made (e.g. the T1 resampled to the model's training voxel size)."""
+        from T1ToT2Lib import scene
+
+        return scene.synthesis_notes(syntheticNode)
+
+    @staticmethod
+    def synthesisNotesText(syntheticNode) -> str:
+        """Those notes for the status line ("Note: ... Note: ..."), or "" when there are none."""
+        from T1ToT2Lib import panel
+
+        return panel.notes_text(syntheticNode)
 
     @staticmethod
     def modelName(modelPath) -> str:

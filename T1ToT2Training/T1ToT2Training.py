@@ -303,6 +303,8 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._startJob(job, "evaluate", _("Evaluating on the validation pair..."))
 
     def _finishEvaluation(self, job) -> None:
+        from T1ToT2Lib import panel
+
         p = self._parameterNode
         if job.cancelled or p is None:
             shutil.rmtree(job.workDir, ignore_errors=True)
@@ -313,8 +315,9 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if result is None:
             return
         self.logic.showPlot(result["profile"].chart_node)
-        self.ui.statusLabel.text = _("Validation pair: difference map, profile and metrics table '{table}' made.").format(
-            table=result["metrics"].GetName())
+        self.ui.statusLabel.text = " ".join(filter(None, [
+            _("Validation pair: difference map, profile and metrics table '{table}' made.").format(table=result["metrics"].GetName()),
+            panel.notes_text(result["synthetic"])]))
 
 
 class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):

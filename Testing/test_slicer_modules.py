@@ -793,3 +793,55 @@ def test_panel_picks_the_first_grey_scale_volume_never_a_label_map(modules):
     widget = _synthesis_widget(synthesis)
     widget.initializeParameterNode()
     assert widget._parameterNode.inputT1 is t1 and labels.IsA("vtkMRMLScalarVolumeNode")
+
+
+# --- real scans: the voxel-size note --------------------------------
+def _cropped_right_hand(spacing_mm=None):
+    """A crop of the phantom's right hand around its middle (seconds, not minutes), optionally resampled."""
+    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.preprocess import resample_to_spacing
+
+    t1 = make_phantom("small", seed=0)["right_t1"]
+    k, _, i = np.array(t1.shape) // 2
+    matrix = t1.ijk_to_ras.copy()
+    matrix[:, 3] = t1.ijk_to_ras @ np.array([i - 24, 0, k - 20, 1.0])
+    crop = Volume(np.ascontiguousarray(t1.array[k - 20:k + 20, :, i - 24:i + 24]), matrix, {})
+    return crop if spacing_mm is None else resample_to_spacing(crop, (spacing_mm,) * 3)
+
+
+@pytest.mark.slow
+def test_synthesis_panel_shows_the_voxel_size_note_of_a_1mm_t1(modules, tmp_path, slicer_installers):
+    """A T1 at 1.0 mm through the bundled 1.5 mm model in the background job: the 33% note reaches the status line."""
+    synthesis, _ = modules
+    widget = _synthesis_widget(synthesis)
+    if widget.logic.bundledModelPath() is None:
+        pytest.skip("Resources/demo_model.safetensors is not in this checkout yet")
+    fine = _cropped_right_hand(spacing_mm=1.0)
+    assert np.allclose(fine.spacing, 1.0)
+    p = widget._parameterNode
+    p.inputT1, p.useBundledModel, p.plane, p.device = sc.node_from_volume(fine, "T1 1mm"), True, "coronal", "cpu"
+    widget._updateButtons()
+    widget.onSynthesizeButton()
+    assert slicer_installers["asked"] == []
+    import time
+
+    deadline = time.time() + 300  # a hang guard, not a speed bound
+    while widget._job is not None:
+        assert time.time() < deadline
+        widget.onJobTimer()
+        time.sleep(0.05)
+    node = p.syntheticT2
+    assert node is not None, widget.ui.statusLabel.text
+    assert np.array_equal(sc.world_ijk_to_ras(node), sc.world_ijk_to_ras(p.inputT1))  # on the 1 mm T1's own grid
+    (note,) = widget.logic.synthesisNotes(node)
+    assert "33%" in note and "[1.0, 1.0, 1.0]" in note and "[1.5, 1.5, 1.5]" in note
+    status = widget.ui.statusLabel.text
+    assert status.startswith("Synthetic T2 'T1 1mm synthetic T2' made (not for diagnosis).")
+    assert f"Note: {note.rstrip('.')}." in status
+
+    # The same T1 at the model's own 1.5 mm: nothing to note, and the status says nothing more.
+    native = sc.node_from_volume(_cropped_right_hand(), "T1 native")
+    in_process = widget.logic.synthesize(native, widget.logic.bundledModelPath(), plane="coronal", device="cpu")
+    assert widget.logic.synthesisNotes(in_process) == [] and widget.logic.synthesisNotesText(in_process) == ""
+    again = widget.logic.synthesize(p.inputT1, widget.logic.bundledModelPath(), plane="coronal", device="cpu")
+    assert again.GetID() == node.GetID() and widget.logic.synthesisNotes(again) == [note]  # in-process synthesis keeps its note too

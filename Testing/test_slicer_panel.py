@@ -87,6 +87,34 @@ def test_refiner_training_uses_its_own_schedule_not_the_gan_settings(mrml_scene,
     assert parsed.model == "refiner" and parsed.epochs == 6
 
 
+def test_synthesis_notes_reach_the_node_and_a_rerun_without_notes_clears_them(mrml_scene, tmp_path):
+    from T1ToT2Lib.volume import write_volume
+
+    t1 = Volume.from_geometry(np.full((4, 8, 8), 7.0, np.float32), spacing=(1.0, 1.0, 1.0), origin=(3, 2, 1))
+    t1_node = sc.node_from_volume(t1, "T1")
+    source = write_volume(t1.with_array(np.full(t1.shape, 9.0, np.float32)), tmp_path / "source.nrrd")
+    notes = ["T1 voxel size [1.0, 1.0, 1.0] mm differs (a 33% difference)", "second note."]
+    nodes = []
+    for run_notes in (notes, None):
+        out = tmp_path / "synthetic_t2.nrrd"
+        done = {"event": "done", "output": str(out)} | ({"notes": run_notes} if run_notes is not None else {})
+        script = tmp_path / "child.py"
+        script.write_text(f"import json, shutil\nshutil.copy({str(source)!r}, {str(out)!r})\n"
+                          f"print(json.dumps({done!r}), flush=True)\n")
+        job = BackgroundJob([sys.executable, str(script)])
+        job.modelPath, job.outputPath = tmp_path / "model.safetensors", out
+        job.run_to_end(timeout=60)
+        assert panel.job_notes(job) == (run_notes or [])
+        nodes.append(panel.finish_synthesis_job(job, t1_node))
+        if run_notes:
+            assert sc.synthesis_notes(nodes[-1]) == notes
+            assert panel.notes_text(nodes[-1]) == (
+                "Note: T1 voxel size [1.0, 1.0, 1.0] mm differs (a 33% difference). Note: second note.")
+    assert nodes[0] is nodes[1]  # the re-run updated the same node...
+    assert sc.synthesis_notes(nodes[1]) == [] and panel.notes_text(nodes[1]) == ""  # ...and its old notes are gone
+    assert nodes[1].GetAttribute(sc.NOTES_ATTRIBUTE) is None
+
+
 def _fake_synthesis_job(tmp_path, source, model_path):
     """A child that writes ``source`` where the synthesis job's output goes, as t1tot2 synthesize would."""
     out = tmp_path / "synthetic_t2.nrrd"

@@ -102,13 +102,26 @@ def finish_synthesis_job(job, t1_node):
     output = pathlib.Path(done[-1]["output"]) if done else job.outputPath
     synthetic = volume.read_volume(output)
     # The file holds the T1's geometry; reuse the node's exact matrix so no rounding creeps in.
-    synthetic = scene.volume_from_node(t1_node).with_array(synthetic.array)
+    synthetic = scene.volume_from_node(t1_node).with_array(synthetic.array, notes=job_notes(job))
     node = scene.create_or_update_synthetic_node(t1_node, synthetic, model_name(job.modelPath),
                                                  model_planes=model_planes(job.modelPath))
     error_map = getattr(job, "errorMapPath", None)
     if error_map is not None and pathlib.Path(error_map).is_file():
         scene.create_or_update_error_map_node(node, synthetic.with_array(volume.read_volume(error_map).array))
     return node
+
+
+def job_notes(job) -> list:
+    """The notes a finished ``t1tot2 synthesize`` job reported in its "done" event (e.g. the T1 resampled to the
+    model's voxel size), in order; [] when it made none."""
+    done = [e for e in job.events if e.get("event") == "done"]
+    notes = done[-1].get("notes") if done else None
+    return [str(n) for n in notes] if isinstance(notes, list) else []
+
+
+def notes_text(node) -> str:
+    """The notes a synthetic node's synthesis made, for the panel's status line: "Note: ... Note: ..." or ""."""
+    return " ".join(f"Note: {n.rstrip('.')}." for n in scene.synthesis_notes(node))
 
 
 # --- training job -------------------------------------------------------------------------------

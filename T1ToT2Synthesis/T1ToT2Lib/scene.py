@@ -32,6 +32,8 @@ MODEL_ATTRIBUTE = "T1ToT2.Model"
 SOURCE_ATTRIBUTE = "T1ToT2.SourceT1"
 #: Comma-separated planes the model was trained on (the compare view's default orientation when there is one).
 MODEL_PLANES_ATTRIBUTE = "T1ToT2.ModelPlanes"
+#: JSON list of the notes the synthesis made (e.g. the T1 resampled to the model's voxel size); absent when none.
+NOTES_ATTRIBUTE = "T1ToT2.Notes"
 DIVERGING_COLOR_NAME = "T1ToT2 DivergingBlueWhiteRed"
 DISTANCE_COLUMN = "Distance (mm)"
 COMPARE_VIEWS = ("Red", "Yellow", "Green")
@@ -184,10 +186,7 @@ def create_or_update_synthetic_node(t1_node, volume: Volume, model_name: str, mo
     subject hierarchy (the T1's patient/study folder).
     """
     _check_scalar_volume(t1_node, "T1 volume")
-    t1_geometry = world_ijk_to_ras(t1_node)
-    if volume.array.shape != tuple(slicer.util.arrayFromVolume(t1_node).shape) or not np.allclose(
-        volume.ijk_to_ras, t1_geometry, atol=1e-5, rtol=0
-    ):
+    if not on_node_grid(volume, t1_node):
         raise T1ToT2Error(
             f"the synthetic volume's grid does not match '{t1_node.GetName()}': synthesize from this T1 node's volume"
         )
@@ -204,8 +203,25 @@ def create_or_update_synthetic_node(t1_node, volume: Volume, model_name: str, mo
     if model_planes is not None:
         planes = model_planes.split(",") if isinstance(model_planes, str) else list(model_planes)
         node.SetAttribute(MODEL_PLANES_ATTRIBUTE, ",".join(str(p) for p in planes if p))
+    notes = [str(n) for n in volume.meta.get("notes") or []]
+    if notes:
+        node.SetAttribute(NOTES_ATTRIBUTE, json.dumps(notes))
+    else:
+        node.RemoveAttribute(NOTES_ATTRIBUTE)  # a re-run without notes must not show the last run's
     place_beside_in_subject_hierarchy(node, t1_node)
     return node
+
+
+def synthesis_notes(node) -> list:
+    """The notes a synthetic node's synthesis made (:data:`NOTES_ATTRIBUTE`), oldest first; [] when none."""
+    text = node.GetAttribute(NOTES_ATTRIBUTE) if node is not None else None
+    return [str(n) for n in json.loads(text)] if text else []
+
+
+def on_node_grid(volume: Volume, node, tol: float = 1e-5) -> bool:
+    """Whether ``volume`` has ``node``'s shape and world geometry (within ``tol`` mm in the IJK-to-RAS matrix)."""
+    return volume.array.shape == tuple(slicer.util.arrayFromVolume(node).shape) and bool(
+        np.allclose(volume.ijk_to_ras, world_ijk_to_ras(node), atol=tol, rtol=0))
 
 
 def place_beside_in_subject_hierarchy(node, reference_node):
