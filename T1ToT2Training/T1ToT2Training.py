@@ -7,6 +7,8 @@ table, and stays responsive.  The finished model is offered in the T1 to T2
 Synthesis module.  All the work is in T1ToT2Lib, installed by that module.
 """
 
+import json
+import logging
 import pathlib
 import platform
 import shutil
@@ -58,7 +60,8 @@ class T1ToT2Training(ScriptedLoadableModule):
         self.parent.contributors = ["T1ToT2 contributors (see the repository's commit history)"]
         self.parent.helpText = _(
             "Trains a Pix2Pix, CycleGAN or UNIT network that turns T1 VIBE slices into T2 SPACE slices, on a "
-            "paired T1/T2 volume (the built-in hand phantom, or your own registered pair), in a background "
+            "paired T1/T2 volume (the built-in hand phantom, or your own scans: tick <i>Align T2 to T1</i> when "
+            "the T2 has its own grid, and <i>Show aligned pair</i> to check the registration), in a background "
             "process: live loss chart, per-epoch validation metrics, difference map and line profile. "
             "The model is saved as one .safetensors file and offered in the T1 to T2 Synthesis module.<br>"
             "<b>Images made by these models are synthetic: research only, not for diagnosis.</b><br>"
@@ -77,6 +80,8 @@ class T1ToT2TrainingParameterNode:
     trainT2: vtkMRMLScalarVolumeNode
     validationT1: vtkMRMLScalarVolumeNode
     validationT2: vtkMRMLScalarVolumeNode
+    #: Train with ``--align``: each T2 on its own grid is registered (rigid, mutual information) onto its T1's grid.
+    alignT2: bool = False
     modelType: Annotated[str, Choice(MODEL_CHOICES)] = "pix2pix"
     generatorWidth: Annotated[int, WithinRange(4, 256)] = 64
     residualBlocks: Annotated[int, WithinRange(1, 16)] = 9
@@ -102,7 +107,8 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
-        self._jobKind = None  # "train" or "evaluate"
+        self._jobKind = None  # "train", "evaluate" or "align"
+        self._alignPair = None  # (T1 node, T2 node) of the running alignment
         self._lossPlot = None
         self._totalEpochs = None
         self._timer = None
@@ -127,6 +133,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.generatePhantomButton.connect("clicked(bool)", self.onGeneratePhantomButton)
+        self.ui.showAlignedButton.connect("clicked(bool)", self.onShowAlignedButton)
         self.ui.startButton.connect("clicked(bool)", lambda: self.startTraining(resume=False))
         self.ui.resumeButton.connect("clicked(bool)", lambda: self.startTraining(resume=True))
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -157,7 +164,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def stopJob(self) -> None:
         """Cancel a running job and forget it (scene close, module cleanup)."""
-        job, self._job, self._jobKind = self._job, None, None
+        job, self._job, self._jobKind, self._alignPair = self._job, None, None, None
         if self._timer is not None:
             self._timer.stop()
         if job is not None and job.is_running:
@@ -187,6 +194,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startButton.enabled = ready and not running
         self.ui.resumeButton.enabled = ready and not running
         self.ui.generatePhantomButton.enabled = not running
+        self.ui.showAlignedButton.enabled = bool(p and p.trainT1 and p.trainT2 and not running)
         self.ui.evaluateButton.enabled = bool(p and p.validationT1 and p.validationT2 and not running
                                               and p.outputModelPath and pathlib.Path(p.outputModelPath).is_file())
         self.ui.residualBlocksSpinBox.enabled = bool(p and p.modelType in ("cyclegan", "unit"))
@@ -211,6 +219,8 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def startTraining(self, resume=False) -> None:
+        if not self._checkTrainingPairs():
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
             if not self.logic.ensureDependencies(askConfirmation=True):
                 return
@@ -222,6 +232,29 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.showPlot(self._lossPlot.chart_node)
             self._totalEpochs = None
             self._startJob(job, "train", _("Resuming training...") if resume else _("Training..."))
+
+    def _checkTrainingPairs(self) -> bool:
+        """False, with one message (no traceback), when a T1/T2 pair is on two grids and the align box is unticked."""
+        from T1ToT2Lib.errors import T1ToT2Error
+
+        try:
+            self.logic.checkTrainingPairs(self._parameterNode)
+        except T1ToT2Error as error:
+            self.ui.statusLabel.text = str(error)
+            slicer.util.errorDisplay(_("Cannot start training: {error}").format(error=error))
+            return False
+        return True
+
+    def onShowAlignedButton(self) -> None:
+        """Register the training T2 to the training T1 in a background process, as training with the box ticked does."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to align the T2."), waitCursor=True):
+            p = self._parameterNode
+            if self.logic.pairSharesGrid(p.trainT1, p.trainT2):
+                self.ui.statusLabel.text = _("The training T2 already shares the T1's grid: training uses it as it is.")
+                return
+            job = self.logic.startAlignmentJob(p.trainT1, p.trainT2)
+            self._alignPair = (p.trainT1, p.trainT2)
+            self._startJob(job, "align", _("Aligning the training T2 to the T1 (rigid, mutual information)..."))
 
     def onTimer(self) -> None:
         job = self._job
@@ -241,10 +274,27 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("The job's result could not be used."), waitCursor=True):
                 if kind == "evaluate":
                     self._finishEvaluation(job)
+                elif kind == "align":
+                    self._finishAlignment(job)
                 else:
                     self._finishTraining(job)
         finally:
             self._updateButtons()
+
+    def _finishAlignment(self, job) -> None:
+        (t1Node, t2Node), self._alignPair = self._alignPair, None
+        if job.cancelled:
+            shutil.rmtree(job.workDir, ignore_errors=True)
+            self.ui.statusLabel.text = _("Alignment cancelled.")
+            return
+        result = self._finishOrShowLog(job, lambda j: self.logic.finishAlignmentJob(j, t1Node, t2Node),
+                                       _("Alignment failed."))
+        if result is None:
+            return
+        slicer.util.setSliceViewerLayers(background=t1Node, foreground=result["node"], foregroundOpacity=0.5, fit=True)
+        self.ui.statusLabel.text = _("'{name}' is shown over the T1 (its exact grid). {summary}").format(
+            name=result["node"].GetName(), summary=result["summary"])
+        logging.info("T1ToT2 alignment of '%s' to '%s': %s", t2Node.GetName(), t1Node.GetName(), json.dumps(result["report"]))
 
     def _finishTraining(self, job) -> None:
         if job.cancelled:
@@ -273,6 +323,8 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from T1ToT2Lib import panel
 
         for event in events:
+            if self._jobKind == "align":
+                continue  # t1tot2 align reports at the end (its JSON report), not as progress events
             if self._jobKind == "evaluate":
                 if event.get("event") == "slices" and event.get("total"):
                     self.ui.progressBar.setValue(int(100 * event["done"] / event["total"]))
@@ -359,6 +411,33 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
         from T1ToT2Lib import panel
 
         return panel.train_arguments(parameterNode, workDir, resume)
+
+    @staticmethod
+    def checkTrainingPairs(parameterNode) -> None:
+        """Raise one line when a T1/T2 pair is on two grids and ``alignT2`` is off (see panel.check_training_pairs)."""
+        from T1ToT2Lib import panel
+
+        panel.check_training_pairs(parameterNode)
+
+    @staticmethod
+    def pairSharesGrid(t1Node, t2Node) -> bool:
+        from T1ToT2Lib import scene
+
+        return scene.nodes_share_grid(t1Node, t2Node)
+
+    @staticmethod
+    def startAlignmentJob(t1Node, t2Node, workDir=None):
+        """Register the T2 to the T1 (``t1tot2 align``: rigid, mutual information) in a background process."""
+        from T1ToT2Lib import panel
+
+        return panel.start_alignment_job(t1Node, t2Node, workDir or tempfile.mkdtemp(prefix="T1ToT2-align-"))
+
+    @staticmethod
+    def finishAlignmentJob(job, t1Node, t2Node) -> dict:
+        """{"node": the T2 on the T1's exact grid, "report", "summary"} of a finished alignment; raises its error."""
+        from T1ToT2Lib import panel
+
+        return panel.finish_alignment_job(job, t1Node, t2Node)
 
     def startTrainingJob(self, parameterNode, resume=False, workDir=None):
         from T1ToT2Lib import panel

@@ -795,7 +795,7 @@ def test_panel_picks_the_first_grey_scale_volume_never_a_label_map(modules):
     assert widget._parameterNode.inputT1 is t1 and labels.IsA("vtkMRMLScalarVolumeNode")
 
 
-# --- real scans: the voxel-size note --------------------------------
+# --- real scans: the align box, the aligned pair, the voxel-size note --------------------------------
 def _cropped_right_hand(spacing_mm=None):
     """A crop of the phantom's right hand around its middle (seconds, not minutes), optionally resampled."""
     from T1ToT2Lib.phantom import make_phantom
@@ -807,6 +807,87 @@ def _cropped_right_hand(spacing_mm=None):
     matrix[:, 3] = t1.ijk_to_ras @ np.array([i - 24, 0, k - 20, 1.0])
     crop = Volume(np.ascontiguousarray(t1.array[k - 20:k + 20, :, i - 24:i + 24]), matrix, {})
     return crop if spacing_mm is None else resample_to_spacing(crop, (spacing_mm,) * 3)
+
+
+def _run_training_widget_job(widget):
+    import time
+
+    deadline = time.time() + 300  # a hang guard, not a speed bound
+    while widget._job is not None:
+        assert time.time() < deadline
+        widget.onTimer()
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_training_panel_asks_for_the_align_box_then_aligns_and_shows_the_pair(modules, tmp_path, monkeypatch):
+    """A T2 on its own grid: Start says to tick the box (one message, no job); Show aligned pair registers it in the
+    background and loads it on the T1's exact grid with MI before/after and the transform in the status line."""
+    import xml.etree.ElementTree as ET
+
+    from test_align import TOL_DEG, TOL_MM, expected_in_ras, oblique_grid
+
+    from T1ToT2Lib.align import resample_onto
+    from T1ToT2Lib.phantom import make_phantom
+
+    _, training = modules
+    widget = _training_widget(training)
+    shown = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: shown.append((text, kw)), raising=False)
+    monkeypatch.setattr(widget.logic, "startTrainingJob", lambda *a, **k: pytest.fail("no training may start"))
+    hand = make_phantom("small", seed=0, misregistration=True)
+    t1, t2 = hand["left_t1"], hand["left_t2"]
+    moved = resample_onto(t2, oblique_grid(t2))  # the T2 as a scanner would give it: its own rotated 1.2 mm grid
+    p = widget._parameterNode
+    p.trainT1, p.trainT2 = sc.node_from_volume(t1, "VIBE"), sc.node_from_volume(moved, "SPACE")
+    p.outputModelPath = tmp_path / "model.safetensors"
+    widget._updateButtons()
+    assert widget.ui.showAlignedButton.enabled and widget.ui.startButton.enabled
+
+    # Unticked: one message naming the box exactly as the panel shows it, no traceback, no job.
+    ui = ET.parse(ROOT / "T1ToT2Training" / "Resources" / "UI" / "T1ToT2Training.ui").getroot()
+    (box,) = [w for w in ui.iter("widget") if w.get("name") == "alignT2CheckBox"]
+    box_text = next(prop.find("string").text for prop in box.findall("property") if prop.get("name") == "text")
+    assert box_text == "Align T2 to T1 (rigid registration)"
+    assert p.alignT2 is False  # off by default
+    widget.startTraining(resume=False)
+    ((text, kwargs),) = shown
+    assert f"tick '{box_text}'" in text and "'SPACE'" in text and "'VIBE'" in text and "\n" not in text
+    assert "detailedText" not in kwargs and "Traceback" not in text
+    assert box_text in widget.ui.statusLabel.text and widget._job is None
+
+    # Ticked: the job is started with --align, which the real command line accepts.
+    p.alignT2 = True
+    args = widget.logic.trainArguments(p, tmp_path / "work")
+    from T1ToT2Lib.cli import build_parser
+
+    assert "--align" in args and build_parser().parse_args(args).align
+
+    # Show aligned pair: the real `t1tot2 align` in the background, polled by the panel's timer.
+    red = sc._slice_composite_node(slicer.mrmlScene, "Red")  # the headless scene has no views of its own
+    widget.onShowAlignedButton()
+    assert widget._jobKind == "align" and widget._timer.active and not widget.ui.showAlignedButton.enabled
+    _run_training_widget_job(widget)
+    aligned = p.trainT2.GetNodeReference(sc.ALIGNED_REFERENCE_ROLE)
+    assert aligned is not None and aligned.GetName() == "SPACE aligned to VIBE"
+    assert np.array_equal(sc.world_ijk_to_ras(aligned), sc.world_ijk_to_ras(p.trainT1))  # the T1's exact grid
+    assert slicer.util.arrayFromVolume(aligned).shape == t1.shape
+    report = sc.alignment_report(aligned)
+    angles, shift = expected_in_ras(t2.meta["misregistration"], "left")  # the phantom's recorded motion
+    np.testing.assert_array_less(np.abs(np.asarray(report["rotation_deg_ras"]) - angles), TOL_DEG)
+    np.testing.assert_array_less(np.abs(np.asarray(report["translation_mm_ras"]) - shift), TOL_MM)
+    assert report["mutual_information_after"] > report["mutual_information_before"]
+    status = widget.ui.statusLabel.text
+    assert (f"mutual information {report['mutual_information_before']:.4f} -> {report['mutual_information_after']:.4f}"
+            in status)
+    assert f"{report['rotation_deg_ras'][0]:+.3f}" in status and f"{report['translation_mm_ras'][2]:+.3f} mm" in status
+    assert red.GetBackgroundVolumeID() == p.trainT1.GetID() and red.GetForegroundVolumeID() == aligned.GetID()
+    assert widget.ui.showAlignedButton.enabled and widget._jobKind is None
+
+    # A T2 already on the T1's grid needs no alignment: said, and no job.
+    p.trainT2 = sc.node_from_volume(t2, "SPACE on the T1 grid")
+    widget.onShowAlignedButton()
+    assert widget._job is None and "already shares the T1's grid" in widget.ui.statusLabel.text
 
 
 @pytest.mark.slow

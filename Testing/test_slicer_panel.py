@@ -57,7 +57,7 @@ def _parameters(**values):
     defaults = dict(trainT1=None, trainT2=None, validationT1=None, validationT2=None, modelType="pix2pix",
                     generatorWidth=16, residualBlocks=9, contextSlices=3, upsampling="resize", planeAxial=True,
                     planeCoronal=False, planeSagittal=True, epochs=2, learningRate=2e-4, batchSize=1,
-                    maxStepsPerEpoch=0, device="cpu", outputModelPath=None)
+                    maxStepsPerEpoch=0, device="cpu", outputModelPath=None, alignT2=False)
     defaults.update(values)
     return type("Parameters", (), defaults)()
 
@@ -85,6 +85,37 @@ def test_refiner_training_uses_its_own_schedule_not_the_gan_settings(mrml_scene,
         assert gan_only not in args
     parsed = build_parser().parse_args(args)  # the CLI accepts exactly these arguments
     assert parsed.model == "refiner" and parsed.epochs == 6
+
+
+def test_a_pair_on_two_grids_needs_the_align_box_and_the_box_passes_align(mrml_scene, tmp_path):
+    from T1ToT2Lib.cli import build_parser
+
+    rng = np.random.default_rng(4)
+    t1 = Volume.from_geometry(rng.uniform(10, 100, (6, 10, 12)).astype(np.float32), spacing=(1.0, 1.0, 2.0))
+    other_grid = Volume.from_geometry(rng.uniform(10, 100, (6, 10, 12)).astype(np.float32), spacing=(1.0, 1.0, 2.0),
+                                      origin=(0.0, 0.5, 0.0))  # same size, shifted half a voxel: not the T1's grid
+    t1_node, t2_node = sc.node_from_volume(t1, "T1 VIBE"), sc.node_from_volume(other_grid, "T2 SPACE")
+    p = _parameters(trainT1=t1_node, trainT2=t2_node, outputModelPath=tmp_path / "m.safetensors")
+    work = tmp_path / "work"
+    with pytest.raises(sc.T1ToT2Error) as info:
+        panel.train_arguments(p, work)
+    message = str(info.value)
+    assert "\n" not in message and f"tick '{panel.ALIGN_OPTION_TEXT}'" in message
+    assert "training T2 'T2 SPACE'" in message and "training T1 'T1 VIBE'" in message
+    assert not work.exists()  # refused before any volume was written
+
+    p.alignT2 = True
+    args = panel.train_arguments(p, work)
+    assert args.count("--align") == 1 and build_parser().parse_args(args).align
+
+    # A training pair on one grid and a validation pair on two: the message names the validation pair.
+    p.alignT2, p.trainT2 = False, sc.node_from_volume(t1.with_array(t1.array + 1), "T2 on the T1 grid")
+    p.validationT1, p.validationT2 = t1_node, t2_node
+    with pytest.raises(sc.T1ToT2Error, match="the validation T2 'T2 SPACE' is not on the validation T1"):
+        panel.check_training_pairs(p)
+    p.validationT2 = p.trainT2
+    args = panel.train_arguments(p, work)
+    assert "--align" not in args and not build_parser().parse_args(args).align
 
 
 def test_synthesis_notes_reach_the_node_and_a_rerun_without_notes_clears_them(mrml_scene, tmp_path):

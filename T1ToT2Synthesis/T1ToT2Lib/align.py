@@ -83,12 +83,27 @@ class AlignResult:
         }
 
     def summary(self) -> str:
-        r, t = self.rotation_deg_ras, self.translation_mm_ras
-        return (
-            f"{self.kind} registration: mutual information {self.mi_before:.4f} -> {self.mi_after:.4f}; "
-            f"rotation (R, A, S) {r[0]:+.3f} {r[1]:+.3f} {r[2]:+.3f} deg; "
-            f"shift of the T1 centre (R, A, S) {t[0]:+.3f} {t[1]:+.3f} {t[2]:+.3f} mm; {self.seconds:.1f} s"
-        )
+        return summary_text(self.kind, self.mi_before, self.mi_after, self.rotation_deg_ras, self.translation_mm_ras,
+                            self.seconds)
+
+
+def summary_text(kind, mi_before, mi_after, rotation_deg_ras, translation_mm_ras, seconds) -> str:
+    """One line: mutual information before -> after, rotation about R/A/S and shift of the T1 centre, time taken."""
+    r, t = rotation_deg_ras, translation_mm_ras
+    return (
+        f"{kind} registration: mutual information {mi_before:.4f} -> {mi_after:.4f}; "
+        f"rotation (R, A, S) {r[0]:+.3f} {r[1]:+.3f} {r[2]:+.3f} deg; "
+        f"shift of the T1 centre (R, A, S) {t[0]:+.3f} {t[1]:+.3f} {t[2]:+.3f} mm; {seconds:.1f} s"
+    )
+
+
+def report_summary(report: dict) -> str:
+    """:func:`summary_text` of a report (:meth:`AlignResult.report`, as ``t1tot2 align --json`` writes it)."""
+    try:
+        return summary_text(report["kind"], report["mutual_information_before"], report["mutual_information_after"],
+                            report["rotation_deg_ras"], report["translation_mm_ras"], report["seconds"])
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise T1ToT2Error(f"the registration report is incomplete ({exc!r} is missing or malformed): run the alignment again") from None
 
 
 def _centre_lps(image) -> np.ndarray:

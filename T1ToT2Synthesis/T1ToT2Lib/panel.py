@@ -16,6 +16,10 @@ from . import scene, volume, worker
 from .errors import T1ToT2Error
 
 PLANES = ("axial", "coronal", "sagittal")
+#: The Training panel's check box that passes ``--align`` (the text T1ToT2Training.ui shows; messages name it).
+ALIGN_OPTION_TEXT = "Align T2 to T1 (rigid registration)"
+#: (T1 parameter, T2 parameter, what the user calls the pair) of the Training panel's T1/T2 pairs.
+TRAINING_PAIRS = (("trainT1", "trainT2", "training"), ("validationT1", "validationT2", "validation"))
 
 
 class JobError(T1ToT2Error):
@@ -133,20 +137,43 @@ def chosen_planes(parameters) -> list:
     return chosen
 
 
+def check_training_pairs(parameters) -> None:
+    """Refuse, in one line, a T1/T2 pair on two grids unless the panel asks to align it (``alignT2``).
+
+    Training needs voxel-aligned pairs; a T2 on its own grid is registered and
+    resampled onto its T1's by ``t1tot2 train --align`` (:data:`ALIGN_OPTION_TEXT`).
+    """
+    if parameters.alignT2:
+        return
+    for t1_key, t2_key, what in TRAINING_PAIRS:
+        t1_node, t2_node = getattr(parameters, t1_key), getattr(parameters, t2_key)
+        if t1_node is None or t2_node is None or scene.nodes_share_grid(t1_node, t2_node):
+            continue
+        raise T1ToT2Error(
+            f"the {what} T2 '{t2_node.GetName()}' is not on the {what} T1 '{t1_node.GetName()}''s voxel grid "
+            f"(size, spacing, origin or orientation differ): tick '{ALIGN_OPTION_TEXT}' to register it and resample it "
+            "onto the T1 grid before training")
+
+
 def train_arguments(parameters, work_dir, resume=False) -> list:
-    """The ``t1tot2 train`` arguments for a Training parameter node (its volumes are written to ``work_dir``)."""
+    """The ``t1tot2 train`` arguments for a Training parameter node (its volumes are written to ``work_dir``).
+
+    With ``alignT2`` the command gets ``--align`` (each T2 on its own grid is registered to its T1); without it,
+    a pair on two grids is refused here in one line (:func:`check_training_pairs`), before anything is written.
+    """
     p = parameters
     work_dir = pathlib.Path(work_dir)
-    paths = {}
-    for key in ("trainT1", "trainT2", "validationT1", "validationT2"):
-        node = getattr(p, key)
-        if node is not None:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            paths[key] = volume.write_volume(scene.volume_from_node(node), work_dir / f"{key}.nrrd")
-    if "trainT1" not in paths or "trainT2" not in paths:
+    nodes = {key: getattr(p, key) for key in ("trainT1", "trainT2", "validationT1", "validationT2")}
+    if nodes["trainT1"] is None or nodes["trainT2"] is None:
         raise T1ToT2Error("the training T1 or T2 volume is not selected: choose both (or generate the phantom)")
     if not p.outputModelPath or str(p.outputModelPath) in ("", "."):
         raise T1ToT2Error("no output model file is chosen: pick where to save the .safetensors model")
+    check_training_pairs(p)
+    paths = {}
+    for key, node in nodes.items():
+        if node is not None:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            paths[key] = volume.write_volume(scene.volume_from_node(node), work_dir / f"{key}.nrrd")
     out = pathlib.Path(p.outputModelPath)
     args = ["train", "--t1", paths["trainT1"], "--t2", paths["trainT2"], "--model", p.modelType,
             "--planes", ",".join(chosen_planes(p)), "--device", p.device, "--out", out,
@@ -165,6 +192,8 @@ def train_arguments(parameters, work_dir, resume=False) -> list:
         args += ["--val-t1", paths["validationT1"], "--val-t2", paths["validationT2"]]
     if p.maxStepsPerEpoch:
         args += ["--max-steps-per-epoch", p.maxStepsPerEpoch]
+    if p.alignT2:
+        args.append("--align")
     if resume:
         args.append("--resume")
     return [str(a) for a in args]
@@ -192,6 +221,51 @@ def finish_training_job(job) -> pathlib.Path:
     path = pathlib.Path(done[-1]["model"]) if done else job.outputPath
     read_metadata(path)  # a readable T1ToT2 model, or a clear error
     return path
+
+
+# --- alignment job ("show the aligned pair") ---------------------------------------------------
+def start_alignment_job(t1_node, t2_node, work_dir, python=None):
+    """Start ``t1tot2 align`` (rigid, mutual information; what ``train --align`` does) in a separate process.
+
+    The nodes are written to ``work_dir``; the job writes the T2 resampled onto the T1 grid
+    (:attr:`outputPath`) and the registration report (:attr:`reportPath`, JSON).
+    """
+    work_dir = pathlib.Path(work_dir)
+    t1, t2 = scene.volume_from_node(t1_node), scene.volume_from_node(t2_node)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t1_path = volume.write_volume(t1, work_dir / "t1.nrrd")
+    t2_path = volume.write_volume(t2, work_dir / "t2.nrrd")
+    output, report = work_dir / "aligned_t2.nrrd", work_dir / "alignment.json"
+    argv = worker.cli_command("align", "--fixed", t1_path, "--moving", t2_path, "--out", output, "--json", report,
+                              python=python or worker.python_executable())
+    job = worker.BackgroundJob(argv, outputs=[output, report])
+    job.workDir, job.outputPath, job.reportPath = work_dir, output, report
+    return job.start()
+
+
+def finish_alignment_job(job, t1_node, t2_node) -> dict:
+    """The aligned T2 of a finished alignment job as a node on the T1's exact grid, with its report.
+
+    Returns {"node", "report" (mutual information before/after, rotation, shift, matrix), "summary" (one line)};
+    raises :class:`JobError` (with the whole log) when the job failed.  The work folder is removed.
+    """
+    import json
+
+    from .align import report_summary
+
+    try:
+        _raise_if_failed(job, "alignment")
+        aligned = volume.read_volume(job.outputPath)
+        report = json.loads(pathlib.Path(job.reportPath).read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(getattr(job, "workDir", "") or "", ignore_errors=True)
+    t1 = scene.volume_from_node(t1_node)
+    if aligned.shape != t1.shape or not aligned.same_geometry(t1, tol=1e-4):
+        raise T1ToT2Error(f"the aligned T2 is not on '{t1_node.GetName()}''s grid: was the T1 changed during the alignment? "
+                          "Align again")
+    # The file holds the T1's grid; the node gets the T1 node's exact matrix so no rounding creeps in.
+    node = scene.create_or_update_aligned_node(t1_node, t2_node, t1.with_array(aligned.array), report)
+    return {"node": node, "report": report, "summary": report_summary(report)}
 
 
 def progress_fraction(event, total_epochs=None):

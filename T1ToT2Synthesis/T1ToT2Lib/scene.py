@@ -34,6 +34,12 @@ SOURCE_ATTRIBUTE = "T1ToT2.SourceT1"
 MODEL_PLANES_ATTRIBUTE = "T1ToT2.ModelPlanes"
 #: JSON list of the notes the synthesis made (e.g. the T1 resampled to the model's voxel size); absent when none.
 NOTES_ATTRIBUTE = "T1ToT2.Notes"
+#: Node reference role from a T2 node to its copy aligned onto a T1 grid, so a re-run updates that node.
+ALIGNED_REFERENCE_ROLE = "T1ToT2.AlignedT2"
+#: The registration report (JSON: mutual information before/after, rotation, shift, matrix) on an aligned T2 node.
+ALIGNMENT_ATTRIBUTE = "T1ToT2.Alignment"
+#: ID of the T1 node an aligned T2 node lies on.
+ALIGNED_TO_ATTRIBUTE = "T1ToT2.AlignedTo"
 DIVERGING_COLOR_NAME = "T1ToT2 DivergingBlueWhiteRed"
 DISTANCE_COLUMN = "Distance (mm)"
 COMPARE_VIEWS = ("Red", "Yellow", "Green")
@@ -222,6 +228,52 @@ def on_node_grid(volume: Volume, node, tol: float = 1e-5) -> bool:
     """Whether ``volume`` has ``node``'s shape and world geometry (within ``tol`` mm in the IJK-to-RAS matrix)."""
     return volume.array.shape == tuple(slicer.util.arrayFromVolume(node).shape) and bool(
         np.allclose(volume.ijk_to_ras, world_ijk_to_ras(node), atol=tol, rtol=0))
+
+
+def nodes_share_grid(node_a, node_b, tol: float = 1e-4) -> bool:
+    """Whether two scalar volume nodes lie on one voxel grid in world coordinates (as ``Volume.same_geometry``).
+
+    ``tol`` (mm, in the IJK-to-RAS matrix) is the one training uses to call a T1/T2 pair voxel-aligned.
+    """
+    _check_scalar_volume(node_a)
+    _check_scalar_volume(node_b)
+    return tuple(slicer.util.arrayFromVolume(node_a).shape) == tuple(slicer.util.arrayFromVolume(node_b).shape) and bool(
+        np.allclose(world_ijk_to_ras(node_a), world_ijk_to_ras(node_b), atol=tol, rtol=0))
+
+
+def create_or_update_aligned_node(t1_node, t2_node, volume: Volume, report: dict | None = None):
+    """Put ``t2_node`` aligned onto ``t1_node``'s grid into the scene, reusing the node of a previous alignment.
+
+    ``volume`` must lie on the T1 node's world grid.  The node is named "<T2 name> aligned to <T1 name>",
+    referenced from the T2 node (role :data:`ALIGNED_REFERENCE_ROLE`), sits under the T1's parent transform
+    with the T1's world geometry and beside the T1 in the subject hierarchy, and carries the registration
+    report as JSON (:data:`ALIGNMENT_ATTRIBUTE`) and the T1's ID (:data:`ALIGNED_TO_ATTRIBUTE`).
+    """
+    _check_scalar_volume(t1_node, "T1 volume")
+    _check_scalar_volume(t2_node, "T2 volume")
+    if not on_node_grid(volume, t1_node):
+        raise T1ToT2Error(f"the aligned T2 does not lie on '{t1_node.GetName()}''s grid: align onto this T1 node")
+    scene = t1_node.GetScene()
+    name = f"{t2_node.GetName()} aligned to {t1_node.GetName()}"
+    node = t2_node.GetNodeReference(ALIGNED_REFERENCE_ROLE)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        t2_node.SetNodeReferenceID(ALIGNED_REFERENCE_ROLE, node.GetID())
+    node.SetAndObserveTransformNodeID(t1_node.GetTransformNodeID())
+    node_from_volume(volume, name, node=node, scene=scene)
+    node.SetAttribute(ALIGNED_TO_ATTRIBUTE, t1_node.GetID())
+    if report is not None:
+        node.SetAttribute(ALIGNMENT_ATTRIBUTE, json.dumps(report))
+    else:
+        node.RemoveAttribute(ALIGNMENT_ATTRIBUTE)
+    place_beside_in_subject_hierarchy(node, t1_node)
+    return node
+
+
+def alignment_report(node) -> dict | None:
+    """The registration report an aligned T2 node carries (:data:`ALIGNMENT_ATTRIBUTE`), or None."""
+    text = node.GetAttribute(ALIGNMENT_ATTRIBUTE) if node is not None else None
+    return json.loads(text) if text else None
 
 
 def place_beside_in_subject_hierarchy(node, reference_node):
