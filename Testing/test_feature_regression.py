@@ -122,6 +122,37 @@ def test_cross_fitted_training_prior_is_out_of_fold(hands):
     assert isinstance(regressor, FeatureRegressor)
 
 
+def test_trees_are_skipped_only_in_air_far_from_the_hand(hands):
+    """The air rule never changes a prediction near the hand, and gives air the acquired air's level."""
+    import dataclasses
+
+    from scipy import ndimage
+
+    from T1ToT2Lib.data import foreground_scale
+
+    def normalised(name):
+        array = hands[name].array
+        return array / np.float32(foreground_scale(array))
+
+    mask = ndimage.binary_dilation(hands["left_labels"].array > 0, iterations=2)
+    regressor, _ = fit_feature_regressor(normalised("left_t1"), normalised("left_t2"), mask, fit=CHEAP_FIT)
+    assert regressor.air is not None
+    x = normalised("right_t1")
+    with_air = regressor.predict_volume(x)
+    everywhere = dataclasses.replace(regressor, air=None).predict_volume(x)
+    hand = hands["right_labels"].array > 0
+    near = ndimage.binary_dilation(hand, iterations=3)
+    np.testing.assert_array_equal(with_air[near], everywhere[near])
+    assert (with_air != everywhere).mean() > 0.2  # a real saving: a fifth of the volume or more is air
+    far = ~ndimage.binary_dilation(hand, iterations=10)
+    assert abs(regressor.air.value - float(np.median(normalised("right_t2")[far]))) < 0.005
+    again = FeatureRegressor.from_tensors(regressor.to_tensors(), json.loads(json.dumps(regressor.metadata())))
+    assert again.air == regressor.air
+    damaged = {**regressor.metadata(), "air": {**regressor.air.metadata(), "feature": 999}}
+    with pytest.raises(T1ToT2Error, match="air settings are out of range"):
+        FeatureRegressor.from_tensors(regressor.to_tensors(), damaged)
+
+
 def test_an_untrained_refiner_returns_its_prior_and_its_model_file_carries_the_trees(hands, tmp_path):
     from T1ToT2Lib import networks
 

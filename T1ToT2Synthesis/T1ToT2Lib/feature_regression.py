@@ -29,6 +29,8 @@ MAX_TREES, MAX_NODES = 5000, 5_000_000
 #: Early stopping on a held-out 10% keeps the trees from learning one hand's noise: the out-of-fold prior the
 #: refiner trains on then errs the way the final trees err on a new hand.
 DEFAULT_FIT = {"max_iter": 200, "max_leaf_nodes": 31, "learning_rate": 0.1, "max_samples": 160_000, "early_stopping": True}
+#: Air is recognised by the local maximum over this cube (voxels): no tissue within 7 voxels.
+AIR_WINDOW = 15
 
 
 def _as_array(value) -> np.ndarray:
@@ -141,16 +143,76 @@ class TreeEnsemble:
 
 
 @dataclass
+class Air:
+    """Where the trees are not asked: voxels whose ``feature`` (a local maximum of the T1) is below
+    ``level`` lie in air, far from anything the trees were fitted on (they see only the object and a
+    rim).  They get the air's typical normalised T2 ``value`` and its typical |error| ``error``
+    instead of a tree walk: about a third of the phantom's volume, which synthesis and the
+    cross-fitted training prior then skip (the trees' own guess there was ~80 T2 units, air is ~14)."""
+
+    feature: int
+    level: float
+    value: float
+    error: float
+
+    def tissue(self, rows: np.ndarray) -> np.ndarray:
+        return rows[:, self.feature] >= self.level
+
+    def metadata(self) -> dict:
+        return {"feature": self.feature, "level": self.level, "value": self.value, "error": self.error}
+
+    @classmethod
+    def from_metadata(cls, meta, n_features: int) -> "Air | None":
+        if meta is None:
+            return None
+        try:
+            air = cls(int(meta["feature"]), float(meta["level"]), float(meta["value"]), float(meta["error"]))
+        except (KeyError, TypeError, ValueError):
+            raise T1ToT2Error("the model file's air settings are incomplete: the file is damaged, re-export it") from None
+        if not (0 <= air.feature < n_features and all(np.isfinite([air.level, air.value, air.error]))):
+            raise T1ToT2Error("the model file's air settings are out of range: the file is damaged, re-export it")
+        return air
+
+
+def find_air(X: np.ndarray, y: np.ndarray, mask: np.ndarray, spec: dict) -> Air | None:
+    """The air rule of a training volume: half the lowest local maximum met on the object (0.1st
+    percentile inside ``mask``), and the air's median T2 and median |T2 - that| beyond it."""
+    size = min(spec["extreme_sizes"], key=lambda w: (abs(w - AIR_WINDOW), -w))
+    feature = feature_names(spec).index(f"maximum_{size}")
+    inside = mask.ravel()
+    level = 0.5 * float(np.percentile(X[inside, feature], 0.1))
+    air = X[:, feature] < level
+    if level <= 0 or not air.any():
+        return None
+    value = float(np.median(y[air]))
+    return Air(feature, level, value, float(np.median(np.abs(y[air] - value))))
+
+
+@dataclass
 class FeatureRegressor:
     """Features of the normalised T1 → boosted trees → normalised T2.
 
     ``error_trees`` (optional) predict the absolute error the T2 trees make on a hand they never
     saw, fitted to the out-of-fold errors of the training hand: the learned part of the error map.
+    ``air`` (optional; older model files have none) skips the trees in air.
     """
 
     spec: dict
     trees: TreeEnsemble
     error_trees: TreeEnsemble | None = None
+    air: Air | None = None
+
+    def predict_rows(self, rows: np.ndarray, trees: TreeEnsemble | None = None, error: bool = False) -> np.ndarray:
+        """Predictions of ``trees`` (default: the T2 trees) for feature rows, the air's value (or, for the
+        error trees, its typical error) where :attr:`air` says there is no tissue."""
+        trees = self.trees if trees is None else trees
+        if self.air is None:
+            return trees.predict(rows)
+        out = np.full(len(rows), self.air.error if error else self.air.value, dtype=np.float64)
+        tissue = self.air.tissue(rows)
+        if tissue.any():
+            out[tissue] = trees.predict(rows[tissue])
+        return out
 
     def predict_volume(self, normalised_t1: np.ndarray, with_error: bool = False):
         """Normalised T2 prediction on the same grid, computed slab by slab (bounded memory).
@@ -162,9 +224,10 @@ class FeatureRegressor:
         error = np.zeros(x.shape, np.float32) if with_error else None
         for k0, k1, block in feature_slabs(x, self.spec):
             rows = block.reshape(-1, block.shape[-1])
-            out[k0:k1] = self.trees.predict(rows).reshape(block.shape[:-1])
+            out[k0:k1] = self.predict_rows(rows).reshape(block.shape[:-1])
             if with_error and self.error_trees is not None:
-                error[k0:k1] = np.maximum(self.error_trees.predict(rows), 0.0).reshape(block.shape[:-1])
+                predicted = self.predict_rows(rows, self.error_trees, error=True)
+                error[k0:k1] = np.maximum(predicted, 0.0).reshape(block.shape[:-1])
         return (out, error) if with_error else out
 
     def to_tensors(self, prefix: str = "prior") -> dict:
@@ -177,6 +240,8 @@ class FeatureRegressor:
         meta = {"kind": "feature_regression", "features": self.spec, **self.trees.metadata()}
         if self.error_trees is not None:
             meta["error_trees"] = self.error_trees.metadata()
+        if self.air is not None:
+            meta["air"] = self.air.metadata()
         return meta
 
     @classmethod
@@ -190,7 +255,8 @@ class FeatureRegressor:
         error_trees = None
         if meta.get("error_trees") is not None:
             error_trees = TreeEnsemble.from_tensors(tensors, f"{prefix}.error", meta["error_trees"], n_features)
-        return cls(spec, TreeEnsemble.from_tensors(tensors, prefix, meta, n_features), error_trees)
+        return cls(spec, TreeEnsemble.from_tensors(tensors, prefix, meta, n_features), error_trees,
+                   Air.from_metadata(meta.get("air"), n_features))
 
 
 def training_samples(mask: np.ndarray, max_samples: int, seed: int, restrict=None) -> np.ndarray:
@@ -233,17 +299,17 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
     y = np.asarray(normalised_t2, dtype=np.float32).ravel()
     mask = np.asarray(mask, bool)
     rows = training_samples(mask, fit["max_samples"], seed)
-    regressor = FeatureRegressor(spec, _fit_trees(X[rows], y[rows], seed, fit))
+    regressor = FeatureRegressor(spec, _fit_trees(X[rows], y[rows], seed, fit), air=find_air(X, y, mask, spec))
     regressor.error_trees = _fit_error_trees(regressor.trees, X, y, mask, seed, fit)
     if not cross_fit:
-        return regressor, regressor.trees.predict(X).reshape(mask.shape).astype(np.float32)
+        return regressor, regressor.predict_rows(X).reshape(mask.shape).astype(np.float32)
     prior = np.empty(mask.shape, np.float32)
     half = np.zeros(mask.shape, bool)
     half[: mask.shape[0] // 2] = True
     for fold, held_out in enumerate((half, ~half)):
         rows = training_samples(mask, fit["max_samples"] // 2, seed + 1 + fold, restrict=~held_out)
         trees = _fit_trees(X[rows], y[rows], seed, fit)
-        prior[held_out] = trees.predict(X[held_out.ravel()])
+        prior[held_out] = regressor.predict_rows(X[held_out.ravel()], trees)
     return regressor, prior
 
 

@@ -14,6 +14,8 @@ largest filter, so memory stays bounded (features of a 512x512x491 volume would 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import T1ToT2Error
@@ -57,19 +59,30 @@ def margin(spec: dict | None = None) -> int:
     return int(np.ceil(4 * max(spec["gaussian_scales"] + spec["texture_scales"]))) + max(spec["extreme_sizes"]) // 2 + 1
 
 
-def _feature_stack(x: np.ndarray, spec: dict) -> np.ndarray:
+def _texture(x: np.ndarray, s: float) -> list:
     from scipy import ndimage
 
-    out = [x]
+    mean = ndimage.gaussian_filter(x, s)
+    std = np.sqrt(np.maximum(ndimage.gaussian_filter(x * x, s) - mean * mean, 0.0))
+    second = [ndimage.gaussian_filter(x, s, order=o) for o in ((2, 0, 0), (0, 2, 0), (0, 0, 2))]
+    return [std, np.maximum.reduce(second), np.minimum.reduce(second)]
+
+
+def _feature_stack(x: np.ndarray, spec: dict) -> np.ndarray:
+    """The features of :func:`feature_names`, in that order; the filters run in parallel threads
+    (scipy.ndimage releases the GIL), about twice as fast on two cores."""
+    from concurrent.futures import ThreadPoolExecutor
+    from scipy import ndimage
+
+    tasks = [lambda: [x]]
     for s in spec["gaussian_scales"]:
-        out += [ndimage.gaussian_filter(x, s), ndimage.gaussian_gradient_magnitude(x, s), ndimage.gaussian_laplace(x, s)]
+        tasks += [lambda s=s: [ndimage.gaussian_filter(x, s)], lambda s=s: [ndimage.gaussian_gradient_magnitude(x, s)],
+                  lambda s=s: [ndimage.gaussian_laplace(x, s)]]
     for w in spec["extreme_sizes"]:
-        out += [ndimage.minimum_filter(x, int(w)), ndimage.maximum_filter(x, int(w))]
-    for s in spec["texture_scales"]:
-        mean = ndimage.gaussian_filter(x, s)
-        out.append(np.sqrt(np.maximum(ndimage.gaussian_filter(x * x, s) - mean * mean, 0.0)))
-        second = [ndimage.gaussian_filter(x, s, order=o) for o in ((2, 0, 0), (0, 2, 0), (0, 0, 2))]
-        out += [np.maximum.reduce(second), np.minimum.reduce(second)]
+        tasks += [lambda w=w: [ndimage.minimum_filter(x, int(w))], lambda w=w: [ndimage.maximum_filter(x, int(w))]]
+    tasks += [lambda s=s: _texture(x, s) for s in spec["texture_scales"]]
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        out = [array for group in pool.map(lambda task: task(), tasks) for array in group]
     return np.stack(out, axis=-1).astype(np.float32, copy=False)
 
 
