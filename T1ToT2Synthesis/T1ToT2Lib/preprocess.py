@@ -85,17 +85,26 @@ def model_preprocessing(metadata: dict) -> dict:
 
 
 # --- resolution --------------------------------------------------------------------------------
-def resample_to_spacing(volume: Volume, spacing) -> Volume:
-    """``volume`` on a grid of ``spacing`` (i, j, k mm) with the same origin, direction and extent (SimpleITK linear)."""
+def resample_to_spacing(volume: Volume, spacing, interpolator: str = "linear") -> Volume:
+    """``volume`` on a grid of ``spacing`` (i, j, k mm) with the same origin, direction and extent (SimpleITK).
+
+    ``interpolator``: ``"linear"``, or ``"sinc"`` (Lanczos windowed sinc, clipped at 0): an MR image is
+    sampled in k-space, so sinc interpolation is its natural one, and it keeps the edges and the noise
+    texture that linear interpolation smooths away (what a network's input needs, see :func:`prepare_input`).
+    """
     import SimpleITK as sitk
 
+    methods = {"linear": sitk.sitkLinear, "sinc": sitk.sitkLanczosWindowedSinc}
     spacing = np.asarray(spacing, dtype=np.float64)
     extent = (np.asarray(volume.shape[::-1]) - 1) * volume.spacing
     size = [int(n) for n in np.floor(extent / spacing + 1e-6).astype(int) + 1]
     target = Volume.from_geometry(np.zeros(size[::-1], np.float32), spacing, volume.origin, volume.direction)
     reference = volume_to_sitk(target)
-    image = sitk.Resample(volume_to_sitk(volume), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return target.with_array(sitk.GetArrayFromImage(image))
+    image = sitk.Resample(volume_to_sitk(volume), reference, sitk.Transform(), methods[interpolator], 0.0, sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    if interpolator == "sinc":
+        np.maximum(array, 0.0, out=array)  # a magnitude image: no negative ringing
+    return target.with_array(array)
 
 
 def onto_grid(volume: Volume, reference: Volume) -> Volume:
@@ -135,7 +144,9 @@ def prepare_input(t1: Volume, loaded) -> Prepared | None:
         voxel = np.asarray(voxel, dtype=np.float64)
         ratio = t1.spacing / voxel
         if np.any(np.abs(ratio - 1.0) > SAME_SPACING):
-            work = resample_to_spacing(work, voxel)
+            # Windowed sinc, not linear: on the phantom a T1 at 1 mm came back 1.6 dB below native with it,
+            # 3.9 dB with linear interpolation, whose smoothing the texture features read as another tissue.
+            work = resample_to_spacing(work, voxel, interpolator="sinc")
             changed = True
             worst = float(np.max(np.abs(ratio - 1.0)))
             text = (f"T1 voxel size {np.round(t1.spacing, 3).tolist()} mm differs from the model's training voxel size "
