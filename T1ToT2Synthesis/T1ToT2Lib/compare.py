@@ -30,7 +30,7 @@ RECOMMENDED = {
     "context": 3,
     "planes": PLANES,
     "synthesis_plane": "fuse",
-    "training": {"epochs": 9, "epochs_decay": 9, "lr": 2e-3, "betas": (0.9, 0.999), "batch_size": 16, "augment": True,
+    "training": {"epochs": 8, "epochs_decay": 8, "lr": 2e-3, "betas": (0.9, 0.999), "batch_size": 16, "augment": True,
                  "patch": 48, "prior_cross_fit": True},
 }
 
