@@ -117,11 +117,16 @@ def test_non_scalar_or_missing_nodes_get_a_clear_error(mrml_scene):
 
 
 # --- synthetic and difference nodes ------------------------------------------------
-def test_synthetic_node_takes_t1_geometry_transform_and_is_reused(mrml_scene):
+def _t1_under_transform(mrml_scene):
+    """An oblique "hand T1" node under a linear transform node: (node, transform node, its volume in world space)."""
     t1_node = sc.node_from_volume(oblique_volume(), "hand T1")
-    transform, matrix = linear_transform_node(mrml_scene)
+    transform, _ = linear_transform_node(mrml_scene)
     t1_node.SetAndObserveTransformNodeID(transform.GetID())
-    t1 = sc.volume_from_node(t1_node)
+    return t1_node, transform, sc.volume_from_node(t1_node)
+
+
+def test_synthetic_node_takes_t1_geometry_transform_and_is_reused(mrml_scene):
+    t1_node, transform, t1 = _t1_under_transform(mrml_scene)
 
     synthetic = sc.create_or_update_synthetic_node(t1_node, t1.with_array(t1.array * 2), "tiny.safetensors")
     assert synthetic.GetName() == "hand T1 synthetic T2"
@@ -140,10 +145,7 @@ def test_synthetic_node_takes_t1_geometry_transform_and_is_reused(mrml_scene):
 
 
 def test_error_map_is_a_second_node_on_the_synthetic_grid_referenced_and_reused(mrml_scene):
-    t1_node = sc.node_from_volume(oblique_volume(), "hand T1")
-    transform, _ = linear_transform_node(mrml_scene)
-    t1_node.SetAndObserveTransformNodeID(transform.GetID())
-    t1 = sc.volume_from_node(t1_node)
+    t1_node, transform, t1 = _t1_under_transform(mrml_scene)
     synthetic = sc.create_or_update_synthetic_node(t1_node, t1.with_array(t1.array * 2), "m.safetensors")
     errors = sc.create_or_update_error_map_node(synthetic, t1.with_array(np.abs(t1.array - 100)))
     assert sc.error_map_node(synthetic) is errors and errors.GetName() == "hand T1 synthetic T2 error map"

@@ -224,10 +224,15 @@ def synthesis_notes(node) -> list:
     return [str(n) for n in json.loads(text)] if text else []
 
 
+def _on_grid(shape, ijk_to_ras, node, tol: float) -> bool:
+    """Whether a grid of ``shape`` and world ``ijk_to_ras`` is ``node``'s (within ``tol`` mm in the matrix)."""
+    return tuple(shape) == tuple(slicer.util.arrayFromVolume(node).shape) and bool(
+        np.allclose(ijk_to_ras, world_ijk_to_ras(node), atol=tol, rtol=0))
+
+
 def on_node_grid(volume: Volume, node, tol: float = 1e-5) -> bool:
     """Whether ``volume`` has ``node``'s shape and world geometry (within ``tol`` mm in the IJK-to-RAS matrix)."""
-    return volume.array.shape == tuple(slicer.util.arrayFromVolume(node).shape) and bool(
-        np.allclose(volume.ijk_to_ras, world_ijk_to_ras(node), atol=tol, rtol=0))
+    return _on_grid(volume.array.shape, volume.ijk_to_ras, node, tol)
 
 
 def nodes_share_grid(node_a, node_b, tol: float = 1e-4) -> bool:
@@ -237,8 +242,7 @@ def nodes_share_grid(node_a, node_b, tol: float = 1e-4) -> bool:
     """
     _check_scalar_volume(node_a)
     _check_scalar_volume(node_b)
-    return tuple(slicer.util.arrayFromVolume(node_a).shape) == tuple(slicer.util.arrayFromVolume(node_b).shape) and bool(
-        np.allclose(world_ijk_to_ras(node_a), world_ijk_to_ras(node_b), atol=tol, rtol=0))
+    return _on_grid(slicer.util.arrayFromVolume(node_a).shape, world_ijk_to_ras(node_a), node_b, tol)
 
 
 def create_or_update_aligned_node(t1_node, t2_node, volume: Volume, report: dict | None = None):
@@ -253,14 +257,8 @@ def create_or_update_aligned_node(t1_node, t2_node, volume: Volume, report: dict
     _check_scalar_volume(t2_node, "T2 volume")
     if not on_node_grid(volume, t1_node):
         raise T1ToT2Error(f"the aligned T2 does not lie on '{t1_node.GetName()}''s grid: align onto this T1 node")
-    scene = t1_node.GetScene()
-    name = f"{t2_node.GetName()} aligned to {t1_node.GetName()}"
-    node = t2_node.GetNodeReference(ALIGNED_REFERENCE_ROLE)
-    if node is None:
-        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-        t2_node.SetNodeReferenceID(ALIGNED_REFERENCE_ROLE, node.GetID())
-    node.SetAndObserveTransformNodeID(t1_node.GetTransformNodeID())
-    node_from_volume(volume, name, node=node, scene=scene)
+    node = _referenced_volume_node(t2_node, ALIGNED_REFERENCE_ROLE, f"{t2_node.GetName()} aligned to {t1_node.GetName()}",
+                                   volume, t1_node.GetTransformNodeID())
     node.SetAttribute(ALIGNED_TO_ATTRIBUTE, t1_node.GetID())
     if report is not None:
         node.SetAttribute(ALIGNMENT_ATTRIBUTE, json.dumps(report))
@@ -789,19 +787,26 @@ def create_or_update_error_map_node(synthetic_node, volume: Volume):
     marked synthetic, shown with a warm colour table when used as an overlay.
     """
     _check_scalar_volume(synthetic_node, "synthetic T2")
-    scene = synthetic_node.GetScene()
-    name = f"{synthetic_node.GetName()} error map"
     if volume.array.shape != tuple(slicer.util.arrayFromVolume(synthetic_node).shape):
         raise T1ToT2Error(f"the error map's grid does not match '{synthetic_node.GetName()}': synthesize again")
-    node = error_map_node(synthetic_node)
-    if node is None:
-        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-        synthetic_node.SetNodeReferenceID(ERROR_MAP_REFERENCE_ROLE, node.GetID())
-    node.SetAndObserveTransformNodeID(synthetic_node.GetTransformNodeID())
-    node_from_volume(volume, name, node=node, scene=scene)
+    node = _referenced_volume_node(synthetic_node, ERROR_MAP_REFERENCE_ROLE, f"{synthetic_node.GetName()} error map",
+                                   volume, synthetic_node.GetTransformNodeID())
     node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
     node.SetAttribute(SOURCE_ATTRIBUTE, synthetic_node.GetAttribute(SOURCE_ATTRIBUTE) or "")
     place_beside_in_subject_hierarchy(node, synthetic_node)
+    return node
+
+
+def _referenced_volume_node(owner_node, role: str, name: str, volume: Volume, transform_node_id):
+    """The scalar volume node ``owner_node`` references under ``role`` (created and referenced on first use,
+    so a re-run updates it), named ``name``, under ``transform_node_id``, holding ``volume``'s world geometry."""
+    scene = owner_node.GetScene()
+    node = owner_node.GetNodeReference(role)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        owner_node.SetNodeReferenceID(role, node.GetID())
+    node.SetAndObserveTransformNodeID(transform_node_id)
+    node_from_volume(volume, name, node=node, scene=scene)
     return node
 
 
