@@ -75,6 +75,15 @@ def context_stack(slices: np.ndarray, indices, context: int) -> np.ndarray:
     return slices[neighbour]
 
 
+def network_input(slices: np.ndarray, indices, context: int, prior_slices: np.ndarray | None = None) -> np.ndarray:
+    """(n, context, h, w) T1 input of slices ``indices`` (:func:`context_stack`), followed, for a model with a
+    feature-regression prior, by the same slices of the prior: (n, 2·context, h, w)."""
+    stack = context_stack(slices, indices, context)
+    if prior_slices is None:
+        return stack
+    return np.concatenate([stack, context_stack(prior_slices, indices, context)], axis=1)
+
+
 @dataclass(frozen=True)
 class Crop:
     """Where the original (h, w) slice lies inside its padded copy."""
@@ -204,9 +213,7 @@ class SliceDataset:
         t1_slices = np.moveaxis(self.t1, axis, 0)
         t2_slices = np.moveaxis(self.t2, axis, 0)
         idx = np.asarray(batch.indices)
-        a = context_stack(t1_slices, idx, self.context)
-        if self.prior is not None:
-            a = np.concatenate([a, context_stack(np.moveaxis(self.prior, axis, 0), idx, self.context)], axis=1)
+        a = network_input(t1_slices, idx, self.context, None if self.prior is None else np.moveaxis(self.prior, axis, 0))
         b = t2_slices[idx][:, None]
         if self.patch and rng is not None:
             a, b = self._patches(a, b, rng)

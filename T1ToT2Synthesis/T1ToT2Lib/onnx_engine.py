@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path, json_default
-from .data import context_stack, foreground_scale, pad_to_multiple
+from .data import foreground_scale, network_input, pad_to_multiple
 from .errors import T1ToT2Error
 from .volume import PLANES, Volume
 
@@ -220,9 +220,7 @@ def synthesize_volume_onnx(model, t1: Volume, plane: str = "axial", batch_size: 
             if cancel_event is not None and cancel_event.is_set():
                 raise SynthesisCancelled("synthesis cancelled; nothing was written")
             indices = np.arange(start, min(start + int(batch_size), slices.shape[0]))
-            stack = context_stack(slices, indices, loaded.in_channels)
-            if prior_slices is not None:
-                stack = np.concatenate([stack, context_stack(prior_slices, indices, loaded.in_channels)], axis=1)
+            stack = network_input(slices, indices, loaded.in_channels, prior_slices)
             padded, crop = pad_to_multiple(np.ascontiguousarray(stack, dtype=np.float32), loaded.multiple)
             target[indices] += crop.apply(loaded.predict(padded))
             done += len(indices)
