@@ -62,9 +62,57 @@ def test_features_are_the_named_scipy_filters_and_slabs_match_the_whole_volume()
     np.testing.assert_array_equal(whole[..., names.index("intensity")], x)
     np.testing.assert_allclose(whole[..., names.index("gaussian_2.0")], ndimage.gaussian_filter(x, 2.0), atol=1e-6)
     np.testing.assert_array_equal(whole[..., names.index("maximum_5")], ndimage.maximum_filter(x, 5))
+    # The edge-preserving ones: a Gaussian along one array axis only, and the median over a cube.
+    np.testing.assert_allclose(whole[..., names.index("line_2.0_axis1")], ndimage.gaussian_filter(x, (0, 2.0, 0)), atol=1e-6)
+    np.testing.assert_array_equal(whole[..., names.index("median_3")], ndimage.median_filter(x, 3))
     # Slabs of 16 slices with their margins give the same features as filtering the whole volume at once.
     for k0, k1, block in feature_slabs(x, DEFAULT_SPEC, slab=16):
         np.testing.assert_allclose(block, whole[k0:k1], atol=1e-5)
+
+
+def test_model_files_from_before_the_line_and_median_features_keep_their_33_features():
+    from T1ToT2Lib.features import check_spec
+
+    before = {key: DEFAULT_SPEC[key] for key in ("gaussian_scales", "extreme_sizes", "texture_scales")}
+    names = feature_names(check_spec(before))
+    assert len(names) == 33 and not any(n.startswith(("line_", "median_")) for n in names)
+    assert len(feature_names()) == 33 + 3 * len(DEFAULT_SPEC["line_scales"]) + len(DEFAULT_SPEC["median_sizes"])
+
+
+def test_trees_predict_the_mean_where_the_t2_is_uncertain():
+    """Squared-error trees: where one feature value leads to T2 0 or 1 (30% of the time) they predict 0.3,
+    the value with the least squared error (absolute-error trees would predict the median, 0)."""
+    from T1ToT2Lib.feature_regression import DEFAULT_FIT, _fit_trees
+
+    rng = np.random.default_rng(2)
+    X = rng.integers(0, 2, size=(20_000, 1)).astype(np.float32)
+    y = np.where(X[:, 0] == 1, rng.random(len(X)) < 0.3, 0.5).astype(np.float32)
+    trees = _fit_trees(X, y, 0, {**DEFAULT_FIT, "max_iter": 50})
+    assert abs(trees.predict(np.array([[1.0]], np.float32))[0] - np.mean(y[X[:, 0] == 1])) < 0.01
+    assert abs(trees.predict(np.array([[0.0]], np.float32))[0] - 0.5) < 0.01
+
+
+def test_error_trees_that_read_only_the_features_still_load_and_predict(hands):
+    """Model files written before the error trees read the T2 estimate as a column keep their error maps."""
+    import dataclasses
+
+    from T1ToT2Lib.data import foreground_scale
+    from T1ToT2Lib.feature_regression import DEFAULT_FIT, _fit_trees
+
+    x = hands["left_t1"].array / np.float32(foreground_scale(hands["left_t1"].array))
+    y = hands["left_t2"].array / np.float32(foreground_scale(hands["left_t2"].array))
+    mask = hands["left_labels"].array > 0
+    regressor, _ = fit_feature_regressor(x, y, mask, fit=CHEAP_FIT)
+    assert regressor.error_reads_estimate and regressor.error_trees.n_features == len(feature_names()) + 1
+    X = feature_volume(x).reshape(-1, len(feature_names()))
+    rows = np.flatnonzero(mask.ravel())[::5]
+    older = dataclasses.replace(regressor, error_trees=_fit_trees(X[rows], np.abs(y.ravel()[rows] - 0.5), 0, {**DEFAULT_FIT, **CHEAP_FIT}))
+    again = FeatureRegressor.from_tensors(older.to_tensors(), json.loads(json.dumps(older.metadata())))
+    assert not again.error_reads_estimate
+    _, error = again.predict_volume(x, with_error=True)
+    expected = np.maximum(again.predict_rows(X, again.error_trees, error=True), 0).reshape(x.shape)
+    np.testing.assert_allclose(error, expected, rtol=1e-6)
+    assert error[mask].std() > 0
 
 
 @pytest.fixture(scope="module")
