@@ -31,7 +31,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-MODEL_CHOICES = ["pix2pix", "cyclegan", "unit", "refiner"]
+#: The recommended refiner first (T1ToT2Lib.compare.RECOMMENDED), then the paper's GANs.
+MODEL_CHOICES = ["refiner", "pix2pix", "cyclegan", "unit"]
 
 
 def _plausibleDevices():
@@ -82,7 +83,7 @@ class T1ToT2TrainingParameterNode:
     validationT2: vtkMRMLScalarVolumeNode
     #: Train with ``--align``: each T2 on its own grid is registered (rigid, mutual information) onto its T1's grid.
     alignT2: bool = False
-    modelType: Annotated[str, Choice(MODEL_CHOICES)] = "pix2pix"
+    modelType: Annotated[str, Choice(MODEL_CHOICES)] = "refiner"
     generatorWidth: Annotated[int, WithinRange(4, 256)] = 64
     residualBlocks: Annotated[int, WithinRange(1, 16)] = 9
     contextSlices: Annotated[int, WithinRange(1, 7)] = 1
@@ -90,7 +91,7 @@ class T1ToT2TrainingParameterNode:
     planeAxial: bool = True
     planeCoronal: bool = True
     planeSagittal: bool = True
-    epochs: Annotated[int, WithinRange(1, 1000)] = 15
+    epochs: Annotated[int, WithinRange(1, 1000)] = 8  # the refiner's; choosing a model proposes its own
     learningRate: Annotated[float, WithinRange(1e-6, 1e-1)] = 2e-4
     batchSize: Annotated[int, WithinRange(1, 256)] = 1
     maxStepsPerEpoch: Annotated[int, WithinRange(0, 100000)] = 0
@@ -108,6 +109,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._jobKind = None  # "train", "evaluate" or "align"
+        self._shownModelType = None
         self._alignPair = None  # (T1 node, T2 node) of the running alignment
         self._lossPlot = None
         self._totalEpochs = None
@@ -198,6 +200,12 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.evaluateButton.enabled = bool(p and p.validationT1 and p.validationT2 and not running
                                               and p.outputModelPath and pathlib.Path(p.outputModelPath).is_file())
         self.ui.residualBlocksSpinBox.enabled = bool(p and p.modelType in ("cyclegan", "unit"))
+        if p and p.modelType != self._shownModelType:
+            if self._shownModelType is not None:  # a model chosen by the user: propose its epochs
+                from T1ToT2Lib import panel
+
+                p.epochs = panel.default_epochs(p.modelType)
+            self._shownModelType = p.modelType
 
     def onGeneratePhantomButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to make the phantom."), waitCursor=True):
@@ -536,6 +544,7 @@ class T1ToT2TrainingTest(ScriptedLoadableModuleTest):
         p.trainT1, p.trainT2 = nodes["left_t1"], nodes["left_t2"]
         p.validationT1, p.validationT2 = nodes["right_t1"], nodes["right_t2"]
         p.planeCoronal = p.planeSagittal = False
+        p.modelType = "pix2pix"  # one tiny epoch of a small U-Net (the refiner would fit its trees first)
         p.epochs, p.generatorWidth, p.maxStepsPerEpoch, p.batchSize, p.device = 1, 8, 2, 2, "cpu"
         p.outputModelPath = workDir / "tiny.safetensors"
 

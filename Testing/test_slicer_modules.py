@@ -371,7 +371,19 @@ def test_training_panel_follows_a_job_to_the_end(modules, tmp_path, monkeypatch)
     p.trainT1, p.trainT2 = sc.node_from_volume(t1, "T1"), sc.node_from_volume(t1, "T2")
     p.outputModelPath = tmp_path / "model.safetensors"
     widget._updateButtons()
-    assert widget.ui.startButton.enabled and not widget.ui.residualBlocksSpinBox.enabled  # pix2pix has no ResNet blocks
+    assert widget.ui.startButton.enabled and not widget.ui.residualBlocksSpinBox.enabled  # the refiner has no ResNet blocks
+    # The recommended refiner is the default, with its schedule; choosing another model proposes that model's epochs.
+    from T1ToT2Lib.compare import RECOMMENDED
+
+    assert p.modelType == RECOMMENDED["model"] and p.epochs == RECOMMENDED["training"]["epochs"]
+    p.modelType = "pix2pix"
+    widget._updateButtons()  # what the parameter node's ModifiedEvent runs in Slicer
+    assert p.epochs == 15 and not widget.ui.residualBlocksSpinBox.enabled  # the paper's 15 epochs
+    p.modelType = "unit"
+    widget._updateButtons()
+    assert widget.ui.residualBlocksSpinBox.enabled
+    p.modelType = "pix2pix"
+    widget._updateButtons()
 
     events = [{"event": "start", "epochs": 2, "steps_per_epoch": 2}]
     for epoch in (1, 2):
@@ -477,6 +489,7 @@ def test_training_job_then_background_synthesis_equals_in_process(modules, tmp_p
     p.trainT1, p.trainT2 = sc.node_from_volume(t1, "T1"), sc.node_from_volume(t2, "T2")
     p.validationT1, p.validationT2 = p.trainT1, p.trainT2
     p.planeCoronal = p.planeSagittal = False
+    p.modelType = "pix2pix"  # a tiny U-Net: the job's plumbing, not the recommended model, is under test
     p.epochs, p.generatorWidth, p.maxStepsPerEpoch, p.batchSize, p.device = 2, 4, 1, 2, "cpu"
     p.outputModelPath = tmp_path / "tiny.safetensors"
     job = train_logic.startTrainingJob(p, workDir=tmp_path / "inputs")

