@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 | | |
 |---|---|
 | file | `{args.out.name}` ({size_mb:.1f} MB, safetensors; metadata holds config, scales, training summary) |
-| architecture | refiner: boosted trees on 3-D multi-scale T1 features ({meta['prior']['n_trees']} trees) give a prior T2; a dilated residual CNN {json.dumps(meta['config'])} corrects it from a 2.5-D input of {RECOMMENDED['context']} T1 slices and the prior's |
+| architecture | refiner: boosted trees (squared error) on {meta['prior']['n_features']} 3-D multi-scale T1 features ({meta['prior']['n_trees']} trees) give a prior T2; a dilated residual CNN {json.dumps(meta['config'])} corrects it from a 2.5-D input of {RECOMMENDED['context']} T1 slices and the prior's |
 | synthesis | plane mode `{RECOMMENDED['synthesis_plane']}` (axial, coronal and sagittal predictions averaged) |
 | data | T1ToT2 phantom `{args.size}` (seed 0): left hand, all axial, coronal and sagittal slices; right hand held out |
 | budget | {schedule['epochs']} epochs at Adam lr {schedule['lr']} then {schedule['epochs_decay']} decaying to 0, betas {tuple(schedule['betas'])}, batch {schedule['batch_size']}{', patches of ' + str(schedule['patch']) if schedule.get('patch') else ''}, flips, seed 0 |
