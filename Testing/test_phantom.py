@@ -222,6 +222,10 @@ def test_cli_writes_nine_files_with_the_returned_geometry_labelled_synthetic(wri
     info = json.loads((out / "landmarks.json").read_text())
     assert info["synthetic"] is True and info["seed"] == 0
     assert info["landmarks"] == P.landmarks("small", 0)
+    # The file is what `analyze occlusion --landmarks` and `analyze profile` read as it is.
+    from T1ToT2Lib.analysis import landmark_entry
+
+    assert landmark_entry(out / "landmarks.json", "right", "occlusion_points") == P.landmarks("small", 0)["right"]["occlusion_points"]
 
 
 def test_cli_bad_size_is_a_one_line_error(tmp_path, capsys):

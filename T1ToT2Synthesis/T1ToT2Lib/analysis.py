@@ -228,6 +228,8 @@ def landmark_entry(landmarks, side, name):
             landmarks = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise T1ToT2Error(f"landmarks file '{path}' is not valid JSON ({exc.msg}): regenerate it") from None
+    if isinstance(landmarks, dict) and side not in landmarks and isinstance(landmarks.get("landmarks"), dict):
+        landmarks = landmarks["landmarks"]  # the whole landmarks.json that `t1tot2 phantom` writes
     try:
         return landmarks[side][name]
     except (KeyError, TypeError):
