@@ -384,6 +384,12 @@ def test_training_panel_follows_a_job_to_the_end(modules, tmp_path, monkeypatch)
     assert widget.ui.residualBlocksSpinBox.enabled
     p.modelType = "pix2pix"
     widget._updateButtons()
+    # Another parameter node (a reloaded scene) keeps its own model and epochs.
+    other = training.T1ToT2TrainingParameterNode({"modelType": "unit", "epochs": 3})
+    widget.setParameterNode(other)
+    assert other.modelType == "unit" and other.epochs == 3
+    widget.setParameterNode(p)
+    assert p.modelType == "pix2pix" and p.epochs == 15
 
     events = [{"event": "start", "epochs": 2, "steps_per_epoch": 2}]
     for epoch in (1, 2):

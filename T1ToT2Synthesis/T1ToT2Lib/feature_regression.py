@@ -257,17 +257,18 @@ class FeatureRegressor:
         With ``with_error`` also the predicted absolute error of that prediction (zeros without error trees).
         """
         x = np.asarray(normalised_t1, dtype=np.float32)
-        out = np.empty(x.shape, np.float32)
+        first = np.empty(x.shape, np.float32)
         error = np.zeros(x.shape, np.float32) if with_error else None
         errors_now = with_error and self.error_trees is not None and self.context_trees is None
         for k0, k1, block in feature_slabs(x, self.spec):
             rows = block.reshape(-1, block.shape[-1])
             estimate = self.predict_rows(rows)
-            out[k0:k1] = estimate.reshape(block.shape[:-1])
+            first[k0:k1] = estimate.reshape(block.shape[:-1])
             if errors_now:
                 error[k0:k1] = self.predict_error_rows(rows, estimate).reshape(block.shape[:-1])
+        out = first
         if self.context_trees is not None:
-            first = out.copy()
+            out = np.empty(x.shape, np.float32)
             # The T1's features are computed again, slab by slab beside the first estimate's: keeping
             # them would cost tens of GB on a 512x512x491 scan.
             for (k0, k1, block), (_, _, context) in zip(feature_slabs(x, self.spec), feature_slabs(first, self.context_spec)):
@@ -372,7 +373,7 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
     regressor = FeatureRegressor(spec, _fit_trees(X[rows], y[rows], seed, fit), air=find_air(X, y, mask, spec))
     inputs = X
     if fit.get("context_stage"):
-        first = _out_of_fold(regressor, regressor.trees, X, y, mask, seed, fit)
+        first = _out_of_fold(regressor, X, y, mask, seed, fit)
         regressor.context_spec = check_spec(CONTEXT_SPEC)
         context = feature_volume(first.reshape(mask.shape), regressor.context_spec)
         inputs = np.concatenate([X, context.reshape(len(X), -1)], 1)
@@ -382,11 +383,12 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
     regressor.error_trees = _fit_error_trees(regressor, final, X, inputs, y, mask, seed, fit)
     if not cross_fit:
         return regressor, regressor.predict_rows(inputs, final).reshape(mask.shape).astype(np.float32)
-    return regressor, _out_of_fold(regressor, final, inputs, y, mask, seed, fit).reshape(mask.shape)
+    return regressor, _out_of_fold(regressor, inputs, y, mask, seed, fit).reshape(mask.shape)
 
 
-def _out_of_fold(regressor: FeatureRegressor, trees: TreeEnsemble, inputs, y, mask, seed: int, fit: dict) -> np.ndarray:
-    """Predictions of trees like ``trees`` (same inputs) for each half of the volume from a fit on the other half."""
+def _out_of_fold(regressor: FeatureRegressor, inputs, y, mask, seed: int, fit: dict) -> np.ndarray:
+    """Predictions for each half of the volume by trees fitted (on ``inputs``, as ``fit`` says) on the other half;
+    ``regressor``'s air rule applies."""
     prior = np.empty(mask.size, np.float32)
     half = np.zeros(mask.shape, bool)
     half[: mask.shape[0] // 2] = True
