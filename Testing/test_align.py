@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from T1ToT2Lib.align import align, resample_onto
+from T1ToT2Lib.align import align, report_summary, resample_onto
 from T1ToT2Lib.cli import main
 from T1ToT2Lib.errors import T1ToT2Error
 from T1ToT2Lib.volume import Volume, read_volume, write_volume
@@ -223,3 +223,6 @@ def test_a_pair_already_in_register_is_never_made_worse(tmp_path, threads):
     assert np.abs(result.volume.array - identity.array)[inside].mean() <= 0.05 * np.abs(t2.array[inside]).mean()
     if result.notes:
         assert "kept the scanner coordinates" in result.notes[0] and "kept the scanner coordinates" in result.summary()
+    # The Slicer panel shows the summary of the JSON report that `t1tot2 align --json` writes: the notes are in it too.
+    shown = report_summary(json.loads(json.dumps(result.report())))
+    assert all(note in shown for note in result.notes) and shown.count(";") == result.summary().count(";")

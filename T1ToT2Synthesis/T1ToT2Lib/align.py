@@ -83,25 +83,28 @@ class AlignResult:
         }
 
     def summary(self) -> str:
-        return "; ".join([summary_text(self.kind, self.mi_before, self.mi_after, self.rotation_deg_ras,
-                                       self.translation_mm_ras, self.seconds), *self.notes])
+        return summary_text(self.kind, self.mi_before, self.mi_after, self.rotation_deg_ras, self.translation_mm_ras,
+                            self.seconds, self.notes)
 
 
-def summary_text(kind, mi_before, mi_after, rotation_deg_ras, translation_mm_ras, seconds) -> str:
-    """One line: mutual information before -> after, rotation about R/A/S and shift of the T1 centre, time taken."""
+def summary_text(kind, mi_before, mi_after, rotation_deg_ras, translation_mm_ras, seconds, notes=()) -> str:
+    """One line: mutual information before -> after, rotation about R/A/S and shift of the T1 centre, time taken,
+    then the registration's notes."""
     r, t = rotation_deg_ras, translation_mm_ras
-    return (
-        f"{kind} registration: mutual information {mi_before:.4f} -> {mi_after:.4f}; "
-        f"rotation (R, A, S) {r[0]:+.3f} {r[1]:+.3f} {r[2]:+.3f} deg; "
-        f"shift of the T1 centre (R, A, S) {t[0]:+.3f} {t[1]:+.3f} {t[2]:+.3f} mm; {seconds:.1f} s"
-    )
+    return "; ".join([
+        f"{kind} registration: mutual information {mi_before:.4f} -> {mi_after:.4f}",
+        f"rotation (R, A, S) {r[0]:+.3f} {r[1]:+.3f} {r[2]:+.3f} deg",
+        f"shift of the T1 centre (R, A, S) {t[0]:+.3f} {t[1]:+.3f} {t[2]:+.3f} mm",
+        f"{seconds:.1f} s", *notes,
+    ])
 
 
 def report_summary(report: dict) -> str:
     """:func:`summary_text` of a report (:meth:`AlignResult.report`, as ``t1tot2 align --json`` writes it)."""
     try:
         return summary_text(report["kind"], report["mutual_information_before"], report["mutual_information_after"],
-                            report["rotation_deg_ras"], report["translation_mm_ras"], report["seconds"])
+                            report["rotation_deg_ras"], report["translation_mm_ras"], report["seconds"],
+                            report.get("notes", []))
     except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise T1ToT2Error(f"the registration report is incomplete ({exc!r} is missing or malformed): run the alignment again") from None
 
@@ -268,6 +271,7 @@ def align(fixed: Volume, moving: Volume, affine: bool = False, **options) -> Ali
     f_img, m_img = volume_to_sitk(fixed), volume_to_sitk(moving)
     import SimpleITK as sitk
 
+    centre = _centre_lps(f_img)
     before = mutual_information(f_img, m_img, sitk.Euler3DTransform())
     after = mutual_information(f_img, m_img, transform)
     notes = []
@@ -278,9 +282,9 @@ def align(fixed: Volume, moving: Volume, affine: bool = False, **options) -> Ali
                      "scanner coordinates" + ("" if after >= before * (1.0 - MI_TOLERANCE) else
                                               "; if the T2 is visibly off, check the series or align it by hand in Slicer"))
         kept = sitk.Euler3DTransform()
-        kept.SetCenter(tuple(float(c) for c in _centre_lps(f_img)))
+        kept.SetCenter(tuple(float(c) for c in centre))
         transform, after = kept, before
-    matrix, angles, shift = transform_in_ras(transform, _centre_lps(f_img))
+    matrix, angles, shift = transform_in_ras(transform, centre)
     aligned = resample_onto(moving, fixed, transform)
     aligned.meta["aligned_to"] = fixed.meta.get("source_path", "T1")
     result = AlignResult(aligned, transform, "affine" if affine else "rigid", before, after, angles, shift,
