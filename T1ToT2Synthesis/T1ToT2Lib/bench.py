@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -87,8 +86,21 @@ def _sync(device):
 
 
 def _cpu_times():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime, usage.ru_stime
+    times = os.times()  # user and system CPU of this process, on every platform
+    return times.user, times.system
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory in GiB (Linux/macOS ``getrusage``, Windows ``peak_wset``)."""
+    try:
+        import resource  # POSIX only: imported here so the library imports on Windows
+    except ImportError:
+        import psutil
+
+        info = psutil.Process().memory_info()
+        return getattr(info, "peak_wset", info.rss) / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB on Linux
 
 
 def _time(fn, device, repeats):
@@ -362,7 +374,7 @@ def _volume_child(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     device = resolve_device(spec["device"])
-    rss_after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss_after_imports = peak_rss_gb()
     n, h, w = spec["shape"]
     probe = Volume(np.zeros((2, 2, 2), np.float32), np.eye(4), {})
     shape = [h, h, h]
@@ -384,7 +396,7 @@ def _volume_child(spec: dict) -> dict:
     u1, s1 = _cpu_times()
     return {"shape": list(t1.shape), "axial_slices": f"{n}x{h}x{w}", "model": f"U-Net ngf {spec['ngf']} depth {config['depth']}",
             "precision": spec["precision"], "batch": spec["batch"], "seconds": seconds, "user_cpu_s": u1 - u0,
-            "system_cpu_s": s1 - s0, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "system_cpu_s": s1 - s0, "peak_rss_gb": peak_rss_gb(),
             "rss_after_imports_gb": rss_after_imports,
             "gpu_peak_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
 

@@ -50,9 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name == f"{__package__}.{name}":
                 continue  # a command module that is not part of this build
-            raise
+            _register_unavailable(sub, name, exc)  # one command's missing dependency never breaks the others
+            continue
         module.register_cli(sub)
     return parser
+
+
+def _register_unavailable(sub, name: str, exc: ModuleNotFoundError) -> None:
+    """A stand-in for a command whose module cannot be imported here: it says what is missing, in one line."""
+    missing = exc.name or str(exc)
+
+    def refuse(_args):
+        raise T1ToT2Error(f"this command needs the Python module '{missing}', which is not installed: "
+                          f"pip install {missing.split('.')[0]} (or reinstall t1tot2 with its extras)")
+
+    p = sub.add_parser(name, help=f"unavailable: needs '{missing}'", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=refuse)
 
 
 #: Argument names that hold paths the command writes (files or folders).
