@@ -1,0 +1,88 @@
+"""One ``t1tot2 serve`` session's work without a browser: a cancelled or failed synthesis leaves nothing, and a
+data-folder choice cannot leave the folder.  Real slicer-core scene, real background job."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed (pip install trame-slicer[standalone])")
+pytest.importorskip("trame_slicer", reason="trame-slicer is not installed")
+
+from T1ToT2Lib.web.safety import WebInputError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "Resources" / "demo_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    from T1ToT2Lib.phantom.render import make_phantom
+
+    return make_phantom("small", 0)
+
+
+def new_session(tmp_path, **kwargs):
+    from T1ToT2Lib.web.session import Session
+
+    return Session(tmp_path / "work", model_path=kwargs.pop("model_path", MODEL), device="cpu", **kwargs)
+
+
+def leftovers(folder: Path) -> list:
+    """Files under ``folder`` other than the session's empty sub-folders."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_cancelled_synthesis_leaves_nothing(tmp_path, phantom):
+    session = new_session(tmp_path)
+    session.load_phantom_volumes(phantom)
+    session.start_synthesis()
+    end = time.monotonic() + 120
+    while not session.job.events and time.monotonic() < end:  # wait until the child is at work
+        session.job.poll()
+        time.sleep(0.05)
+    assert session.job.events, "the synthesis child reported nothing in 120 s"
+    assert session.cancel_synthesis()
+    status = session.wait_synthesis(timeout=60)
+    assert status["state"] == "cancelled"
+    assert session.synthetic_node is None and session.summary()["synthetic"] is None
+    assert leftovers(session.work_dir) == []
+    with pytest.raises(WebInputError, match="no synthetic T2"):
+        session.export("dicom")
+    assert not (session.work_dir / "exports" / "synthetic_t2_dicom.zip").exists()
+    session.close()
+
+
+def test_a_failed_synthesis_is_one_line_and_leaves_nothing(tmp_path, phantom):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    session = new_session(tmp_path, model_path=broken)
+    session.load_phantom_volumes(phantom)
+    session.start_synthesis()
+    status = session.wait_synthesis(timeout=180)
+    assert status["state"] == "failed"
+    assert status["text"].startswith("Synthesis failed: ") and "\n" not in status["text"]
+    assert "Traceback" not in status["text"]
+    assert session.synthetic_node is None
+    assert leftovers(session.work_dir) == []
+
+
+def test_data_folder_choices_stay_inside(tmp_path, phantom):
+    from T1ToT2Lib.io.files import write_volume
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_volume(phantom["right_t1"], data / "t1.nii.gz")
+    write_volume(phantom["right_t2"], tmp_path / "private_t2.nii.gz")
+    (data / "escape.nii.gz").symlink_to(tmp_path / "private_t2.nii.gz")
+    session = new_session(tmp_path, data_dir=data)
+    for name in ("../private_t2.nii.gz", "escape.nii.gz", str(tmp_path / "private_t2.nii.gz")):
+        with pytest.raises(WebInputError, match="not a file of the data folder"):
+            session.load_data_file("t2", name)
+    assert session.t2_node is None
+    session.load_data_file("t1", "t1.nii.gz")
+    assert session.summary()["t1"] == "T1: t1.nii.gz"
+    with pytest.raises(WebInputError, match="unknown role"):
+        session.load_data_file("labels", "t1.nii.gz")
