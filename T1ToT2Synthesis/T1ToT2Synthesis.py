@@ -33,7 +33,7 @@ PLANE_CHOICES = ["auto", "axial", "coronal", "sagittal", "fuse"]
 
 
 def _plausibleDevices():
-    """CUDA on Linux and Windows, MPS on Apple-silicon macOS (as T1ToT2Lib.dependencies.plausible_devices)."""
+    """CUDA on Linux and Windows, MPS on Apple-silicon macOS (as T1ToT2Lib.core.dependencies.plausible_devices)."""
     system, machine = platform.system(), platform.machine().lower()
     return (["auto"] + (["cuda"] if system in ("Linux", "Windows") else [])
             + (["mps"] if system == "Darwin" and machine in ("arm64", "aarch64") else []) + ["cpu"])
@@ -47,7 +47,7 @@ COMPARE_ORIENTATION_CHOICES = ["auto", "axial", "coronal", "sagittal"]
 LAST_TRAINED_MODEL_SETTING = "T1ToT2/LastTrainedModel"
 #: The last trained model this module has already picked up (so a user's later choice is not overridden).
 LAST_ADOPTED_MODEL_SETTING = "T1ToT2/LastAdoptedModel"
-#: REPOSITORY URL (the project's one constant, T1ToT2Lib.about.REPOSITORY_URL; repeated here because the
+#: REPOSITORY URL (the project's one constant, T1ToT2Lib.core.about.REPOSITORY_URL; repeated here because the
 #: module file loads without the library). Testing/test_slicer_static.py checks that the copies agree.
 DOCUMENTATION_URL = "https://github.com/T1ToT2/SlicerT1ToT2#readme"
 POLL_INTERVAL_MS = 200
@@ -78,20 +78,38 @@ class T1ToT2Synthesis(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
-def registerSampleData():
-    """Offer the hand phantom (right hand T1, T2, tissue labels as a label map) in the Sample Data module.
+#: The phantom's three volumes as Sample Data lists them.  Nothing is downloaded: they are generated when the
+#: user clicks the entry.  Slicer's SampleDataSource still checks that uris, fileNames and nodeNames have one
+#: entry per volume (SampleData.py:205 at 5.8/5.10), so each gets a descriptive placeholder URI.
+PHANTOM_SAMPLE_NODE_NAMES = ["Phantom right t1", "Phantom right t2", "Phantom right labels"]
 
-    Nothing is downloaded: the phantom is generated (a few seconds) when the user clicks it.
-    """
+
+def registerSampleData():
+    """Offer the hand phantom (right hand T1, T2, tissue labels as a label map) in the Sample Data module."""
     import SampleData
 
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="T1ToT2",
         sampleName="T1ToT2 hand phantom",
-        nodeNames=["Phantom right t1", "Phantom right t2", "Phantom right labels"],
+        uris=[f"t1tot2-phantom://right/{kind}" for kind in ("t1", "t2", "labels")],
+        fileNames=["phantom_right_t1.nrrd", "phantom_right_t2.nrrd", "phantom_right_labels.nrrd"],
+        nodeNames=PHANTOM_SAMPLE_NODE_NAMES,
+        loadFiles=[False, False, False],
         thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "T1ToT2Synthesis.png"),
-        customDownloader=lambda *source: T1ToT2SynthesisLogic().loadPhantomSampleData(),
+        customDownloader=downloadPhantomSample,
     )
+
+
+def downloadPhantomSample(source=None):
+    """Sample Data's button calls this with its source: install what the phantom needs (asking first),
+    generate it and show the T1 in the slice views."""
+    logic = T1ToT2SynthesisLogic()
+    with slicer.util.tryWithErrorDisplay(_("Could not generate the hand phantom."), waitCursor=True):
+        if not logic.ensureDependencies(askConfirmation=True, needTorch=False):
+            return []
+        nodes = logic.loadPhantomSampleData()
+        slicer.util.setSliceViewerLayers(background=nodes[0], label=nodes[2], fit=True)
+        return nodes
 
 
 @parameterNodeWrapper
@@ -284,7 +302,7 @@ class T1ToT2SynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _finishOrShowLog(self, job):
         """The synthetic node of a finished job; on failure the one-line error with the job's whole log as details."""
-        from T1ToT2Lib.panel import JobError
+        from T1ToT2Lib.slicer.panel import JobError
 
         try:
             return self.logic.finishSynthesisJob(job, self._jobT1Node)
@@ -359,28 +377,31 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         return pathlib.Path(__file__).resolve().parent
 
     def missingRequirements(self) -> list:
-        from T1ToT2Lib import dependencies
+        from T1ToT2Lib.core import dependencies
 
         requirements = dependencies.read_requirements(self.moduleDir() / "Resources" / "requirements.txt")
         return dependencies.missing_requirements(requirements)
 
-    def ensureDependencies(self, askConfirmation=True, modelPath=None) -> bool:
-        """Make the packages importable (torch only when no ONNX export of ``modelPath`` exists); False if declined."""
-        from T1ToT2Lib import dependencies, panel
+    def ensureDependencies(self, askConfirmation=True, modelPath=None, needTorch=None) -> bool:
+        """Make the packages importable (torch only when no ONNX export of ``modelPath`` exists, or as
+        ``needTorch`` says); False if declined."""
+        from T1ToT2Lib.core import dependencies
+        from T1ToT2Lib.slicer import panel
 
-        needTorch = modelPath is None or panel.onnx_model_for(modelPath) is None
+        if needTorch is None:
+            needTorch = modelPath is None or panel.onnx_model_for(modelPath) is None
         return dependencies.ensure_in_slicer(slicer.util, ask_confirmation=askConfirmation, need_torch=needTorch,
                                              missing=self.missingRequirements, cuda_version=self.cudaDriverVersion)
 
     @staticmethod
     def cudaDriverVersion():
-        from T1ToT2Lib import dependencies
+        from T1ToT2Lib.core import dependencies
 
         return dependencies.cuda_driver_version()
 
     # --- models -----------------------------------------------------------------------
     def bundledModelPath(self):
-        from T1ToT2Lib.dependencies import find_bundled_model
+        from T1ToT2Lib.core.dependencies import find_bundled_model
 
         return find_bundled_model(self.moduleDir())
 
@@ -390,7 +411,7 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         return _("Bundled demo model (phantom, not for diagnosis)")
 
     def modelPathFromParameters(self, parameterNode) -> pathlib.Path:
-        from T1ToT2Lib.errors import T1ToT2Error
+        from T1ToT2Lib.core.errors import T1ToT2Error
 
         if parameterNode.useBundledModel:
             path = self.bundledModelPath()
@@ -420,7 +441,9 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
     # --- synthesis --------------------------------------------------------------------
     def synthesize(self, t1Node, modelPath, plane="auto", device="auto", precision="fp32", batchSize=8):
         """Synthesize in this process (blocks); returns the synthetic T2 node with the T1's geometry."""
-        from T1ToT2Lib import modelfile, scene, synthesize
+        from T1ToT2Lib.networks import modelfile
+        from T1ToT2Lib.slicer import scene
+        from T1ToT2Lib.inference import synthesize
 
         model = modelfile.load_model(modelPath)
         if plane == "auto":  # as the command line: fuse for models trained on every plane, else their plane
@@ -431,7 +454,8 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
 
     def loadPhantomSampleData(self) -> list:
         """The phantom's right hand as Sample Data loads it: T1 and T2 volumes and the tissue label map."""
-        from T1ToT2Lib import phantom, scene
+        from T1ToT2Lib.phantom import render as phantom
+        from T1ToT2Lib.slicer import scene
 
         volumes = phantom.make_phantom(size="small", seed=0)
         t1 = scene.node_from_volume(volumes["right_t1"], "Phantom right t1")
@@ -444,41 +468,41 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def cliCommand(*args) -> list:
         """argv running ``t1tot2 ARGS`` with Slicer's Python through the runner script shipped in Resources."""
-        from T1ToT2Lib import worker
+        from T1ToT2Lib.slicer import jobs as worker
 
         return worker.cli_command(*args, python=worker.python_executable())
 
     @staticmethod
     def startSynthesisJob(t1Node, modelPath, plane, device, precision, workDir):
         """Start ``t1tot2 synthesize`` on the T1 node in a separate process; returns the running job."""
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         return panel.start_synthesis_job(t1Node, modelPath, plane, device, precision, workDir)
 
     @staticmethod
     def finishSynthesisJob(job, t1Node):
         """Load a finished job's output into the T1's synthetic node; raises the job's error (a JobError)."""
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         return panel.finish_synthesis_job(job, t1Node)
 
     @staticmethod
     def synthesisNotes(syntheticNode) -> list:
         """The notes the synthesis of this node made (e.g. the T1 resampled to the model's training voxel size)."""
-        from T1ToT2Lib import scene
+        from T1ToT2Lib.slicer import scene
 
         return scene.synthesis_notes(syntheticNode)
 
     @staticmethod
     def synthesisNotesText(syntheticNode) -> str:
         """Those notes for the status line ("Note: ... Note: ..."), or "" when there are none."""
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         return panel.notes_text(syntheticNode)
 
     @staticmethod
     def modelName(modelPath) -> str:
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         return panel.model_name(modelPath)
 
@@ -489,7 +513,7 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         The difference map G - I (made when the acquired T2 exists) or the error
         map overlays the synthetic view only.  Returns the difference node or None.
         """
-        from T1ToT2Lib import scene
+        from T1ToT2Lib.slicer import scene
 
         shown = scene.show_comparison(t1Node, acquiredNode, syntheticNode, orientation=orientation, overlay=overlay,
                                       scene=slicer.mrmlScene)
@@ -498,34 +522,36 @@ class T1ToT2SynthesisLogic(ScriptedLoadableModuleLogic):
         return shown["difference"]
 
     def computeMetrics(self, syntheticNode, acquiredNode, tableNode=None):
-        from T1ToT2Lib import metrics, scene
+        from T1ToT2Lib.core import metrics
+        from T1ToT2Lib.slicer import scene
 
         values = metrics.evaluate_volumes(scene.volume_from_node(syntheticNode), scene.volume_from_node(acquiredNode))
         return scene.metrics_table_node(values, node=tableNode)
 
     @staticmethod
     def createProfileLine(volumeNode):
-        from T1ToT2Lib import scene
+        from T1ToT2Lib.slicer import scene
 
         return scene.create_profile_line(volumeNode)
 
     @staticmethod
     def lineProfile(lineNode, volumeNodes, previous=None):
         """A profile of the volumes along the line; ``previous``'s table and chart are reused."""
-        from T1ToT2Lib import scene
+        from T1ToT2Lib.slicer import scene
 
         return scene.line_profile(lineNode, volumeNodes, previous=previous)
 
     @staticmethod
     def showPlot(chartNode):
         """Show ``chartNode`` in a plot view (switching to a layout with one when needed)."""
-        from T1ToT2Lib import scene
+        from T1ToT2Lib.slicer import scene
 
         scene.show_plot(chartNode, scene=slicer.mrmlScene)
 
     def exportDicom(self, syntheticNode, t1Node, folder):
         """Write the synthetic T2 as a DICOM series (patient/study from the T1's series when it came from DICOM)."""
-        from T1ToT2Lib import dicom, scene
+        from T1ToT2Lib.io import dicom
+        from T1ToT2Lib.slicer import scene
 
         reference = self.dicomReferenceFolder(t1Node)
         return dicom.export_dicom_series(
@@ -551,7 +577,7 @@ class T1ToT2SynthesisTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        from T1ToT2Lib import dependencies
+        from T1ToT2Lib.core import dependencies
 
         missing = dependencies.missing_dependencies()
         if missing:
@@ -564,7 +590,8 @@ class T1ToT2SynthesisTest(ScriptedLoadableModuleTest):
     def test_synthesize_phantom_with_bundled_model(self):
         import numpy as np
 
-        from T1ToT2Lib import phantom, scene
+        from T1ToT2Lib.phantom import render as phantom
+        from T1ToT2Lib.slicer import scene
 
         logic = T1ToT2SynthesisLogic()
         modelPath = logic.bundledModelPath()

@@ -31,12 +31,12 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: The recommended refiner first (T1ToT2Lib.compare.RECOMMENDED), then the paper's GANs.
+#: The recommended refiner first (T1ToT2Lib.training.presets.RECOMMENDED), then the paper's GANs.
 MODEL_CHOICES = ["refiner", "pix2pix", "cyclegan", "unit"]
 
 
 def _plausibleDevices():
-    """CUDA on Linux and Windows, MPS on Apple-silicon macOS (as T1ToT2Lib.dependencies.plausible_devices)."""
+    """CUDA on Linux and Windows, MPS on Apple-silicon macOS (as T1ToT2Lib.core.dependencies.plausible_devices)."""
     system, machine = platform.system(), platform.machine().lower()
     return (["auto"] + (["cuda"] if system in ("Linux", "Windows") else [])
             + (["mps"] if system == "Darwin" and machine in ("arm64", "aarch64") else []) + ["cpu"])
@@ -46,10 +46,10 @@ DEVICE_CHOICES = _plausibleDevices()
 UPSAMPLE_CHOICES = ["transpose", "resize"]
 #: Shared with T1ToT2Synthesis: the last model written here.
 LAST_TRAINED_MODEL_SETTING = "T1ToT2/LastTrainedModel"
-#: REPOSITORY URL copy (T1ToT2Lib.about.REPOSITORY_URL); Testing/test_slicer_static.py checks that the copies agree.
+#: REPOSITORY URL copy (T1ToT2Lib.core.about.REPOSITORY_URL); Testing/test_slicer_static.py checks that the copies agree.
 DOCUMENTATION_URL = "https://github.com/T1ToT2/SlicerT1ToT2#readme"
 POLL_INTERVAL_MS = 250
-VALIDATION_COLUMNS = ("Epoch", "NRMSE", "PSNR (dB)", "SSIM")  # = T1ToT2Lib.scene.VALIDATION_COLUMNS
+VALIDATION_COLUMNS = ("Epoch", "NRMSE", "PSNR (dB)", "SSIM")  # = T1ToT2Lib.slicer.scene.VALIDATION_COLUMNS
 
 
 class T1ToT2Training(ScriptedLoadableModule):
@@ -203,7 +203,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.residualBlocksSpinBox.enabled = bool(p and p.modelType in ("cyclegan", "unit"))
         if p and p.modelType != self._shownModelType:
             if self._shownModelType is not None:  # a model chosen by the user: propose its epochs
-                from T1ToT2Lib import panel
+                from T1ToT2Lib.slicer import panel
 
                 p.epochs = panel.default_epochs(p.modelType)
             self._shownModelType = p.modelType
@@ -244,7 +244,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkTrainingPairs(self) -> bool:
         """False, with one message (no traceback), when a T1/T2 pair is on two grids and the align box is unticked."""
-        from T1ToT2Lib.errors import T1ToT2Error
+        from T1ToT2Lib.core.errors import T1ToT2Error
 
         try:
             self.logic.checkTrainingPairs(self._parameterNode)
@@ -319,7 +319,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _finishOrShowLog(self, job, finish, title):
         """``finish(job)``; on failure show the one-line error with the job's whole log as details."""
-        from T1ToT2Lib.panel import JobError
+        from T1ToT2Lib.slicer.panel import JobError
 
         try:
             return finish(job)
@@ -329,7 +329,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
 
     def _handleEvents(self, events) -> None:
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         for event in events:
             if self._jobKind == "align":
@@ -364,7 +364,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._startJob(job, "evaluate", _("Evaluating on the validation pair..."))
 
     def _finishEvaluation(self, job) -> None:
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         p = self._parameterNode
         if job.cancelled or p is None:
@@ -382,7 +382,7 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
-    """Training without widgets; the work is in T1ToT2Lib.panel and T1ToT2Lib.scene."""
+    """Training without widgets; the work is in T1ToT2Lib.slicer.panel and T1ToT2Lib.slicer.scene."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -393,7 +393,7 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def ensureDependencies(askConfirmation=True) -> bool:
-        from T1ToT2Lib import dependencies
+        from T1ToT2Lib.core import dependencies
 
         return dependencies.ensure_in_slicer(slicer.util, ask_confirmation=askConfirmation)
 
@@ -404,7 +404,8 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
 
     def generatePhantomNodes(self, size="small", seed=0) -> dict:
         """The hand phantom's volumes as nodes (names say they are simulated); labels as label maps."""
-        from T1ToT2Lib import phantom, scene
+        from T1ToT2Lib.phantom import render as phantom
+        from T1ToT2Lib.slicer import scene
 
         nodes = {}
         for key, volume in phantom.make_phantom(size=size, seed=seed).items():
@@ -417,45 +418,45 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def trainArguments(parameterNode, workDir, resume=False) -> list:
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         return panel.train_arguments(parameterNode, workDir, resume)
 
     @staticmethod
     def checkTrainingPairs(parameterNode) -> None:
         """Raise one line when a T1/T2 pair is on two grids and ``alignT2`` is off (see panel.check_training_pairs)."""
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         panel.check_training_pairs(parameterNode)
 
     @staticmethod
     def pairSharesGrid(t1Node, t2Node) -> bool:
-        from T1ToT2Lib import scene
+        from T1ToT2Lib.slicer import scene
 
         return scene.nodes_share_grid(t1Node, t2Node)
 
     @staticmethod
     def startAlignmentJob(t1Node, t2Node, workDir=None):
         """Register the T2 to the T1 (``t1tot2 align``: rigid, mutual information) in a background process."""
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         return panel.start_alignment_job(t1Node, t2Node, workDir or tempfile.mkdtemp(prefix="T1ToT2-align-"))
 
     @staticmethod
     def finishAlignmentJob(job, t1Node, t2Node) -> dict:
         """{"node": the T2 on the T1's exact grid, "report", "summary"} of a finished alignment; raises its error."""
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         return panel.finish_alignment_job(job, t1Node, t2Node)
 
     def startTrainingJob(self, parameterNode, resume=False, workDir=None):
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         return panel.start_training_job(parameterNode, workDir or tempfile.mkdtemp(prefix="T1ToT2-train-"), resume)
 
     def finishTrainingJob(self, job) -> pathlib.Path:
         """The model a finished job wrote, remembered for the Synthesis module; raises the job's error."""
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         path = panel.finish_training_job(job)
         # The Synthesis module picks the newest trained model up from this setting when its panel is shown.
@@ -464,31 +465,31 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def newLossPlot():
-        from T1ToT2Lib import scene
+        from T1ToT2Lib.slicer import scene
 
         return scene.LossPlot(scene=slicer.mrmlScene)
 
     @staticmethod
     def newValidationTable(tableNode=None):
-        from T1ToT2Lib import scene
+        from T1ToT2Lib.slicer import scene
 
         return scene.validation_table_node(tableNode, scene=slicer.mrmlScene)
 
     @staticmethod
     def recordEvent(event, lossPlot=None, validationTable=None) -> None:
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         panel.record_event(event, lossPlot, validationTable)
 
     @staticmethod
     def showPlot(chartNode) -> None:
-        from T1ToT2Lib import scene
+        from T1ToT2Lib.slicer import scene
 
         scene.show_plot(chartNode, scene=slicer.mrmlScene)
 
     def startEvaluationJob(self, modelPath, validationT1Node, workDir=None):
         """Synthesize the validation T1 with the model in a background process, on the model's own plane(s)."""
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         workDir = pathlib.Path(workDir or tempfile.mkdtemp(prefix="T1ToT2-evaluate-"))
         job = panel.start_synthesis_job(validationT1Node, modelPath, "auto", "auto", "fp32", workDir)
@@ -497,7 +498,7 @@ class T1ToT2TrainingLogic(ScriptedLoadableModuleLogic):
 
     def finishEvaluationJob(self, job, validationT1Node, validationT2Node) -> dict:
         """The synthetic validation T2, its compare view, metrics table and line profile (nodes reused run to run)."""
-        from T1ToT2Lib import panel
+        from T1ToT2Lib.slicer import panel
 
         try:
             synthetic = panel.finish_synthesis_job(job, validationT1Node)
@@ -521,7 +522,7 @@ class T1ToT2TrainingTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        from T1ToT2Lib import dependencies
+        from T1ToT2Lib.core import dependencies
 
         missing = dependencies.missing_dependencies()
         if missing:
@@ -534,7 +535,8 @@ class T1ToT2TrainingTest(ScriptedLoadableModuleTest):
     def test_train_one_tiny_epoch_on_phantom(self):
         import numpy as np
 
-        from T1ToT2Lib import modelfile, scene
+        from T1ToT2Lib.networks import modelfile
+        from T1ToT2Lib.slicer import scene
 
         logic = T1ToT2TrainingLogic()
         self.delayDisplay("Generating the phantom")

@@ -6,17 +6,18 @@ import json
 import numpy as np
 import pytest
 
-from T1ToT2Lib.align import align, report_summary, resample_onto
+from T1ToT2Lib.training.align import align, report_summary, resample_onto
 from T1ToT2Lib.cli import main
-from T1ToT2Lib.errors import T1ToT2Error
-from T1ToT2Lib.volume import Volume, read_volume, write_volume
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.core.volume import Volume
+from T1ToT2Lib.io.files import read_volume, write_volume
 
 TOL_MM, TOL_DEG = 0.3, 0.3
 
 
 @pytest.fixture(scope="module")
 def misregistered():
-    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.phantom.render import make_phantom
 
     return make_phantom(size="small", seed=0, misregistration=True)
 
@@ -155,8 +156,8 @@ def _tiny_pair_files(tmp_path):
 
 
 def test_train_with_align_on_another_grid_is_within_1_db_of_the_aligned_pair(tmp_path, capsys):
-    from T1ToT2Lib.metrics import evaluate_volumes
-    from T1ToT2Lib.synthesize import synthesize_volume
+    from T1ToT2Lib.core.metrics import evaluate_volumes
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
 
     t1, t2 = _tiny_pair_files(tmp_path)
     common = ["train", "--t1", str(tmp_path / "t1.nii.gz"), "--model", "pix2pix", "--planes", "axial", "--epochs", "4",
@@ -185,7 +186,7 @@ def test_evaluate_align_scores_an_acquired_t2_on_another_grid(tmp_path, capsys):
     assert main([*args, "--align", "--t1", str(tmp_path / "t1.nii.gz"), "--json", str(tmp_path / "m.json")]) == 0
     result = json.loads((tmp_path / "m.json").read_text())
     # The same T2, resampled away and back: only interpolation (and the registration's residual) separates them.
-    from T1ToT2Lib.metrics import evaluate_volumes
+    from T1ToT2Lib.core.metrics import evaluate_volumes
 
     def psnr(actual):
         return evaluate_volumes(t2, actual, planes=("axial",))["overall"]["psnr"]["mean"]

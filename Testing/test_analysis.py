@@ -8,12 +8,14 @@ import pytest
 import torch
 from conftest import oblique_direction
 
-from T1ToT2Lib import analysis, metrics
+from T1ToT2Lib.research import analysis
+from T1ToT2Lib.core import metrics
 from T1ToT2Lib.cli import main
-from T1ToT2Lib.errors import T1ToT2Error
-from T1ToT2Lib.modelfile import LoadedModel
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.networks.modelfile import LoadedModel
 from T1ToT2Lib.networks.lookup import LookupTranslator
-from T1ToT2Lib.volume import Volume, read_volume, write_volume
+from T1ToT2Lib.core.volume import Volume
+from T1ToT2Lib.io.files import read_volume, write_volume
 
 
 def _ras_grid(volume):
@@ -77,7 +79,7 @@ def _tissue_volume(t1_of, t2_of, shape=(12, 40, 40), seed=0):
 
 
 def _apply_lookup(config, state, t1):
-    from T1ToT2Lib.data import foreground_scale
+    from T1ToT2Lib.inference.slices import foreground_scale
 
     module = LookupTranslator(config)
     module.load_state_dict(state)
@@ -117,7 +119,7 @@ def test_lookup_fails_where_one_t1_value_has_two_t2_values():
 
 
 def test_lookup_on_the_phantom_is_worse_than_on_a_one_to_one_copy():
-    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.phantom.render import make_phantom
 
     vols = make_phantom(size="small", seed=0)
     left_t1, left_t2, right_t1, right_t2 = vols["left_t1"], vols["left_t2"], vols["right_t1"], vols["right_t2"]
@@ -129,8 +131,8 @@ def test_lookup_on_the_phantom_is_worse_than_on_a_one_to_one_copy():
 
 
 def test_lookup_model_file_runs_through_synthesize(tmp_path):
-    from T1ToT2Lib import synthesize
-    from T1ToT2Lib.modelfile import load_model, read_metadata
+    from T1ToT2Lib.inference import synthesize
+    from T1ToT2Lib.networks.modelfile import load_model, read_metadata
 
     t1, t2, _ = _tissue_volume([0, 200, 350, 500, 800, 1000], [0, 900, 100, 600, 300, 50], shape=(8, 32, 32))
     write_volume(t1, tmp_path / "t1.nii.gz")

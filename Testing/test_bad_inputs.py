@@ -29,8 +29,9 @@ import numpy as np
 import pytest
 
 from T1ToT2Lib.cli import build_parser, main, run
-from T1ToT2Lib.errors import T1ToT2Error
-from T1ToT2Lib.volume import Volume, write_volume
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.core.volume import Volume
+from T1ToT2Lib.io.files import write_volume
 
 SHAPE = (6, 26, 28)  # (k, j, i): small, anisotropic, axial slices large enough for the paper's PatchGAN
 MARKER_NAME = "PWNED"
@@ -50,7 +51,7 @@ def volume(array=None, spacing=(0.9, 1.1, 2.0), origin=(3.0, -4.0, 5.0)) -> Volu
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """Good inputs the bad cases are made from: a T1/T2 pair and a look-up model."""
-    from T1ToT2Lib.analysis import save_lookup_model
+    from T1ToT2Lib.research.analysis import save_lookup_model
 
     root = tmp_path_factory.mktemp("assets")
     t1 = volume()
@@ -107,7 +108,7 @@ def model_variant(assets, path, *, config=None, meta=None, tensors=None):
 def dicom_series(folder, shape=(5, 6, 7), series_description="T1", tags=None):
     from pydicom.uid import generate_uid
 
-    from T1ToT2Lib.dicom import write_dicom_series
+    from T1ToT2Lib.io.dicom import write_dicom_series
 
     vol = Volume.from_geometry(structured(shape) + 50.0, spacing=(0.8, 0.8, 1.5), origin=(1.0, 2.0, 3.0))
     base = dict(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), FrameOfReferenceUID=generate_uid(),
@@ -416,7 +417,7 @@ def test_bad_input(case, assets, tmp_path, capsys, monkeypatch):
 # --------------------------------------------------------------------------- untrusted model files
 @pytest.mark.parametrize("kind", ["raw-pickle", "torch-save-renamed"])
 def test_a_pickle_payload_model_is_refused_and_never_runs(kind, assets, tmp_path, capsys, monkeypatch):
-    from T1ToT2Lib.modelfile import load_model, read_metadata
+    from T1ToT2Lib.networks.modelfile import load_model, read_metadata
 
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / MARKER_NAME
@@ -439,8 +440,8 @@ def test_dicom_tag_values_never_become_paths(assets, tmp_path):
     """A hostile SeriesDescription/PatientName in the reference series ends up as tag text only."""
     import pydicom
 
-    from T1ToT2Lib.dicom import export_dicom_series
-    from T1ToT2Lib.volume import read_volume
+    from T1ToT2Lib.io.dicom import export_dicom_series
+    from T1ToT2Lib.io.files import read_volume
 
     hostile = "../../" + MARKER_NAME + "; $(touch " + MARKER_NAME + ") `id`"
     dicom_series(tmp_path / "ref", series_description=hostile, tags={"PatientName": hostile[:60], "PatientID": "../x"})
@@ -457,7 +458,7 @@ def test_dicom_tag_values_never_become_paths(assets, tmp_path):
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EACCES, errno.EROFS])
 def test_write_failures_during_an_atomic_write_are_one_line(err, assets, tmp_path, capsys, monkeypatch):
     """The OS refuses the final rename (disk full, permission, read-only): one line, exit 2, no temporary file."""
-    import T1ToT2Lib.atomic as atomic
+    import T1ToT2Lib.core.atomic as atomic
 
     real_replace = os.replace
 
@@ -500,8 +501,8 @@ def test_image_writer_failure_mid_file_is_one_line_and_leaves_nothing(assets, tm
 
 def test_outputs_and_model_files_get_ordinary_modes(assets, tmp_path):
     """Not mkstemp's 0600: a model or volume written for a group must be readable by it (umask 022 -> 0644)."""
-    from T1ToT2Lib.analysis import save_lookup_model
-    from T1ToT2Lib.volume import read_volume
+    from T1ToT2Lib.research.analysis import save_lookup_model
+    from T1ToT2Lib.io.files import read_volume
 
     old = os.umask(0o022)
     try:

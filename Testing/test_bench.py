@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from T1ToT2Lib import bench
+from T1ToT2Lib.research import bench
 from T1ToT2Lib.cli import main
-from T1ToT2Lib.data import context_stack, pad_to_multiple
-from T1ToT2Lib.devices import auto_precision, check_precision, effective_precision, native_bf16
-from T1ToT2Lib.errors import T1ToT2Error
+from T1ToT2Lib.inference.slices import context_stack, pad_to_multiple
+from T1ToT2Lib.core.devices import auto_precision, check_precision, effective_precision, native_bf16
+from T1ToT2Lib.core.errors import T1ToT2Error
 from T1ToT2Lib.networks import build_generator, default_config, required_multiple
-from T1ToT2Lib.synthesize import _predict_plane, inference_generator
+from T1ToT2Lib.inference.synthesize import _predict_plane, inference_generator
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from T1ToT2Lib.cli import main
 def test_tiny_comparison_writes_a_complete_report(tmp_path, capsys):
     from test_report import check_report_in_browser
 
-    from T1ToT2Lib import compare
-    from T1ToT2Lib.modelfile import read_metadata
-    from T1ToT2Lib.phantom import make_phantom
-    from T1ToT2Lib.volume import read_volume
+    from T1ToT2Lib.research import compare
+    from T1ToT2Lib.networks.modelfile import read_metadata
+    from T1ToT2Lib.phantom.render import make_phantom
+    from T1ToT2Lib.io.files import read_volume
 
     out = tmp_path / "cmp"
     assert main(["compare", str(out), "--budget", "tiny"]) == 0
@@ -34,7 +34,7 @@ def test_tiny_comparison_writes_a_complete_report(tmp_path, capsys):
     assert len(rows) == 4 * (1 + len(compare.MODELS)) and {r["model"] for r in rows} == {compare.ORACLE_NAME, *compare.MODELS}
 
     # The oracle row is the noise-free T2 scored by the same function as the models.
-    from T1ToT2Lib import metrics
+    from T1ToT2Lib.core import metrics
 
     hands = make_phantom(size="small", seed=0)
     oracle = metrics.evaluate_volumes(hands["right_t2_clean"], hands["right_t2"], mask=metrics.foreground_mask(hands["right_labels"]))

@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 
 import T1ToT2Lib
-from T1ToT2Lib.modelfile import load_model
-from T1ToT2Lib.volume import Volume, read_volume, write_volume
+from T1ToT2Lib.networks.modelfile import load_model
+from T1ToT2Lib.core.volume import Volume
+from T1ToT2Lib.io.files import read_volume, write_volume
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
@@ -135,7 +136,7 @@ def test_sigkill_during_training_keeps_the_last_checkpoint_and_resume_continues(
     model = load_model(out)
     assert model.config["arch"] == "pix2pix" and model.config["ngf"] == 4
     # What the kills left behind is exactly what a parent's clean-up of these outputs finds and removes.
-    from T1ToT2Lib.atomic import partial_paths, remove_partials
+    from T1ToT2Lib.core.atomic import partial_paths, remove_partials
 
     known = set(partial_paths(out)) | set(partial_paths(checkpoint))
     assert set(partials(tmp_path)) <= known
@@ -148,7 +149,7 @@ def test_sigkill_during_training_keeps_the_last_checkpoint_and_resume_continues(
 # --------------------------------------------------------------------------- synthesis
 @pytest.fixture(scope="module")
 def synthesis_inputs(tmp_path_factory):
-    from T1ToT2Lib.analysis import save_lookup_model
+    from T1ToT2Lib.research.analysis import save_lookup_model
 
     root = tmp_path_factory.mktemp("synth")
     t1, t2 = pair(shape=(40, 72, 80), seed=1)
@@ -190,7 +191,7 @@ def test_a_killed_synthesis_job_has_its_partial_files_removed_by_the_parent(synt
     """BackgroundJob(outputs=[...]): when the real child dies by SIGKILL, the parent removes its temporary files."""
     import psutil
 
-    from T1ToT2Lib.worker import BackgroundJob, cli_command
+    from T1ToT2Lib.slicer.jobs import BackgroundJob, cli_command
 
     root, t1 = synthesis_inputs
     out = tmp_path / "syn.nii.gz"
@@ -198,7 +199,7 @@ def test_a_killed_synthesis_job_has_its_partial_files_removed_by_the_parent(synt
     script = tmp_path / "stuck_writer.py"
     script.write_text(
         "import os, signal, sys\n"
-        "from T1ToT2Lib.atomic import atomic_path\n"
+        "from T1ToT2Lib.core.atomic import atomic_path\n"
         "with atomic_path(sys.argv[1]) as tmp:\n"
         "    open(tmp, 'wb').write(b'half a volume')\n"
         "    print('{\"event\": \"writing\"}', flush=True)\n"

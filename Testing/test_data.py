@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from test_train import tiny_pair
 
-from T1ToT2Lib.data import SliceDataset, context_stack, foreground_scale, pad_to_multiple
-from T1ToT2Lib.errors import T1ToT2Error
-from T1ToT2Lib.volume import PLANES, Volume
+from T1ToT2Lib.training.data import SliceDataset
+from T1ToT2Lib.inference.slices import context_stack, foreground_scale, pad_to_multiple
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.core.volume import PLANES, Volume
 
 
 def test_foreground_scale_ignores_how_much_background_there_is(rng):

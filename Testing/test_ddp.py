@@ -8,9 +8,9 @@ import sys
 
 from test_train import tiny_pair
 
-from T1ToT2Lib.modelfile import load_model
-from T1ToT2Lib.train import DEBUG_HASH_ENV
-from T1ToT2Lib.volume import write_volume
+from T1ToT2Lib.networks.modelfile import load_model
+from T1ToT2Lib.training.train import DEBUG_HASH_ENV
+from T1ToT2Lib.io.files import write_volume
 
 
 def free_port() -> int:

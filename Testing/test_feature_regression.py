@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from T1ToT2Lib.errors import T1ToT2Error
-from T1ToT2Lib.feature_regression import FeatureRegressor, TreeEnsemble, fit_feature_regressor
-from T1ToT2Lib.features import DEFAULT_SPEC, feature_names, feature_slabs, feature_volume
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.networks.feature_regression import FeatureRegressor, TreeEnsemble, fit_feature_regressor
+from T1ToT2Lib.networks.features import DEFAULT_SPEC, feature_names, feature_slabs, feature_volume
 
 CHEAP_FIT = {"max_iter": 30, "max_samples": 20_000}
 
@@ -71,7 +71,7 @@ def test_features_are_the_named_scipy_filters_and_slabs_match_the_whole_volume()
 
 
 def test_model_files_from_before_the_line_and_median_features_keep_their_33_features():
-    from T1ToT2Lib.features import check_spec
+    from T1ToT2Lib.networks.features import check_spec
 
     before = {key: DEFAULT_SPEC[key] for key in ("gaussian_scales", "extreme_sizes", "texture_scales")}
     names = feature_names(check_spec(before))
@@ -82,7 +82,7 @@ def test_model_files_from_before_the_line_and_median_features_keep_their_33_feat
 def test_trees_predict_the_mean_where_the_t2_is_uncertain():
     """Squared-error trees: where one feature value leads to T2 0 or 1 (30% of the time) they predict 0.3,
     the value with the least squared error (absolute-error trees would predict the median, 0)."""
-    from T1ToT2Lib.feature_regression import DEFAULT_FIT, _fit_trees
+    from T1ToT2Lib.networks.feature_regression import DEFAULT_FIT, _fit_trees
 
     rng = np.random.default_rng(2)
     X = rng.integers(0, 2, size=(20_000, 1)).astype(np.float32)
@@ -96,8 +96,8 @@ def test_error_trees_that_read_only_the_features_still_load_and_predict(hands):
     """Model files written before the error trees read the T2 estimate as a column keep their error maps."""
     import dataclasses
 
-    from T1ToT2Lib.data import foreground_scale
-    from T1ToT2Lib.feature_regression import DEFAULT_FIT, _fit_trees
+    from T1ToT2Lib.inference.slices import foreground_scale
+    from T1ToT2Lib.networks.feature_regression import DEFAULT_FIT, _fit_trees
 
     x = hands["left_t1"].array / np.float32(foreground_scale(hands["left_t1"].array))
     y = hands["left_t2"].array / np.float32(foreground_scale(hands["left_t2"].array))
@@ -117,15 +117,16 @@ def test_error_trees_that_read_only_the_features_still_load_and_predict(hands):
 
 @pytest.fixture(scope="module")
 def hands():
-    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.phantom.render import make_phantom
 
     return make_phantom("small", seed=0)
 
 
 def test_feature_baseline_round_trips_through_its_model_file_and_beats_the_look_up(hands, tmp_path):
-    from T1ToT2Lib import analysis, metrics
-    from T1ToT2Lib.modelfile import load_model, read_metadata
-    from T1ToT2Lib.synthesize import synthesize_volume
+    from T1ToT2Lib.research import analysis
+    from T1ToT2Lib.core import metrics
+    from T1ToT2Lib.networks.modelfile import load_model, read_metadata
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
 
     path = tmp_path / "trees.safetensors"
     analysis.save_feature_baseline(path, hands["left_t1"], hands["left_t2"], seed=0)
@@ -140,7 +141,7 @@ def test_feature_baseline_round_trips_through_its_model_file_and_beats_the_look_
     synthetic = synthesize_volume(loaded, hands["right_t1"], plane="axial")
     assert synthetic.same_geometry(hands["right_t1"], tol=0) and synthetic.meta["synthetic"]
     # What the file predicts is the regressor applied to the normalised T1, in T2 units.
-    from T1ToT2Lib.data import foreground_scale
+    from T1ToT2Lib.inference.slices import foreground_scale
 
     x = hands["right_t1"].array / np.float32(foreground_scale(hands["right_t1"].array))
     direct = np.maximum(loaded.prior.predict_volume(x) * loaded.t2_scale, 0)
@@ -157,7 +158,7 @@ def test_feature_baseline_round_trips_through_its_model_file_and_beats_the_look_
 
 def test_cross_fitted_training_prior_is_out_of_fold(hands):
     """Each half of the training volume is predicted by trees that never saw it: its error is larger than in-sample."""
-    from T1ToT2Lib.data import foreground_scale
+    from T1ToT2Lib.inference.slices import foreground_scale
 
     t1, t2 = hands["left_t1"].array, hands["left_t2"].array
     x, y = t1 / foreground_scale(t1), t2 / foreground_scale(t2)
@@ -176,7 +177,7 @@ def test_trees_are_skipped_only_in_air_far_from_the_hand(hands):
 
     from scipy import ndimage
 
-    from T1ToT2Lib.data import foreground_scale
+    from T1ToT2Lib.inference.slices import foreground_scale
 
     def normalised(name):
         array = hands[name].array
@@ -214,10 +215,11 @@ def test_an_untrained_refiner_returns_its_prior_and_its_model_file_carries_the_t
 @pytest.mark.slow
 def test_a_short_refiner_training_beats_the_look_up_baseline(hands, tmp_path):
     """Acceptance: one short training run beats the look-up baseline on PSNR and SSIM (right hand, never seen)."""
-    from T1ToT2Lib import analysis, metrics
-    from T1ToT2Lib.modelfile import read_metadata
-    from T1ToT2Lib.synthesize import synthesize_volume
-    from T1ToT2Lib.train import TrainConfig, train
+    from T1ToT2Lib.research import analysis
+    from T1ToT2Lib.core import metrics
+    from T1ToT2Lib.networks.modelfile import read_metadata
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+    from T1ToT2Lib.training.train import TrainConfig, train
 
     out = tmp_path / "refiner.safetensors"
     train(TrainConfig(t1=hands["left_t1"], t2=hands["left_t2"], out=out, model="refiner", context=3,
@@ -246,11 +248,11 @@ def test_auto_context_stage_from_the_command_line_round_trips_and_beats_one_stag
     """`analyze feature-baseline --auto-context`: a second stage of trees reads features of the first
     stage's T2 estimate; its model file predicts what the fitted regressor predicts, and on the right
     hand (never seen) it beats the one-stage trees on PSNR and NRMSE."""
-    from T1ToT2Lib import metrics
+    from T1ToT2Lib.core import metrics
     from T1ToT2Lib.cli import main
-    from T1ToT2Lib.modelfile import load_model, read_metadata
-    from T1ToT2Lib.synthesize import synthesize_volume
-    from T1ToT2Lib.volume import write_volume
+    from T1ToT2Lib.networks.modelfile import load_model, read_metadata
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+    from T1ToT2Lib.io.files import write_volume
 
     paths = {}
     for name in ("left_t1", "left_t2"):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from skimage.metrics import normalized_root_mse, peak_signal_noise_ratio, structural_similarity
 
-from T1ToT2Lib import metrics
+from T1ToT2Lib.core import metrics
 from T1ToT2Lib.cli import main
-from T1ToT2Lib.errors import T1ToT2Error
-from T1ToT2Lib.volume import Volume, write_volume
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.core.volume import Volume
+from T1ToT2Lib.io.files import write_volume
 
 
 def _pairs(rng):
@@ -39,7 +40,7 @@ def test_metrics_match_skimage_with_the_papers_definitions(rng):
 
 
 def test_metrics_match_skimage_on_phantom_slices():
-    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.phantom.render import make_phantom
 
     vols = make_phantom(size="small", seed=3)
     t2 = vols["right_t2"].slices("axial")
@@ -156,8 +157,8 @@ def test_mismatched_geometry_is_a_one_line_error(tmp_path, rng, capsys):
 
 
 def test_thin_slab_scores_without_the_grid_periods_that_do_not_fit(rng):
-    from T1ToT2Lib.metrics import evaluate_volumes
-    from T1ToT2Lib.volume import Volume
+    from T1ToT2Lib.core.metrics import evaluate_volumes
+    from T1ToT2Lib.core.volume import Volume
 
     actual = Volume.from_geometry(rng.uniform(1, 2, size=(6, 20, 24)).astype(np.float32))
     generated = actual.with_array(actual.array + rng.normal(0, 0.05, size=actual.shape).astype(np.float32))
@@ -171,7 +172,7 @@ def test_thin_slab_scores_without_the_grid_periods_that_do_not_fit(rng):
 
 def test_tissue_table_on_a_constructed_case():
     """Two tissues with known means: the table's means, errors and relative errors follow by hand."""
-    from T1ToT2Lib.metrics import format_tissue_table, tissue_table
+    from T1ToT2Lib.core.metrics import format_tissue_table, tissue_table
 
     labels = np.zeros((4, 5, 6), np.float32)
     labels[:2] = 1

@@ -8,8 +8,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from T1ToT2Lib.errors import T1ToT2Error
-from T1ToT2Lib.modelfile import FORMAT_VERSION, load_model, read_metadata, save_model
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.networks.modelfile import FORMAT_VERSION, load_model, read_metadata, save_model
 
 DOCUMENTED_KEYS = {"format", "format_version", "config", "planes", "in_channels", "intensity", "training",
                    "validation_metrics", "t1tot2_version", "created", "synthetic_notice"}

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from T1ToT2Lib import networks
-from T1ToT2Lib.errors import T1ToT2Error
+from T1ToT2Lib.core.errors import T1ToT2Error
 from T1ToT2Lib.networks.blocks import ImagePool, PatchDiscriminator
 from T1ToT2Lib.networks.cyclegan import ResnetGenerator
 from T1ToT2Lib.networks.pix2pix import UNetGenerator

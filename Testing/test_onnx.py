@@ -12,9 +12,10 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from T1ToT2Lib import onnx_engine  # noqa: E402
-from T1ToT2Lib.errors import T1ToT2Error  # noqa: E402
-from T1ToT2Lib.volume import Volume, read_volume, write_volume  # noqa: E402
+from T1ToT2Lib.inference import onnx_engine
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.core.volume import Volume
+from T1ToT2Lib.io.files import read_volume, write_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "Resources" / "demo_model.safetensors"
@@ -47,7 +48,7 @@ def cli(*args, block_torch=False, cwd=None):
 @pytest.fixture(scope="module")
 def hand(tmp_path_factory):
     """A crop of the phantom's right hand around the thumb (keeps the test to seconds)."""
-    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.phantom.render import make_phantom
 
     volumes = make_phantom("small", seed=0)
     t1 = volumes["right_t1"]
@@ -70,7 +71,7 @@ def test_export_then_synthesize_without_torch_matches_torch(hand):
     assert onnx_path.is_file() and not list(folder.glob(".demo*"))  # written atomically
 
     # The metadata travelled: planes, channels, scales, the synthetic notice.
-    from T1ToT2Lib.modelfile import read_metadata
+    from T1ToT2Lib.networks.modelfile import read_metadata
 
     model = onnx_engine.load_onnx_model(onnx_path)
     source = read_metadata(DEMO_MODEL)
@@ -134,7 +135,7 @@ BUNDLED_ONNX = ROOT / "Resources" / "demo_model.onnx"
 @pytest.mark.skipif(not BUNDLED_ONNX.is_file(), reason="Resources/demo_model.onnx is absent")
 def test_onnx_synthesis_reports_the_voxel_size_note_in_its_done_event(hand):
     """What the Slicer panel shows: a 1 mm T1 through the bundled 1.5 mm ONNX model, torch absent."""
-    from T1ToT2Lib.preprocess import resample_to_spacing
+    from T1ToT2Lib.inference.preprocess import resample_to_spacing
 
     folder, t1_path = hand
     fine = resample_to_spacing(read_volume(t1_path), (1.0, 1.0, 1.0))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from T1ToT2Lib import phantom as P
+from T1ToT2Lib.phantom import render as P
 from T1ToT2Lib.cli import main
-from T1ToT2Lib.volume import read_volume
+from T1ToT2Lib.io.files import read_volume
 
 T = P.TISSUES
 NAMES = ("left_t1", "left_t2", "left_t2_clean", "right_t1", "right_t2", "right_t2_clean", "left_labels", "right_labels")
@@ -223,7 +223,7 @@ def test_cli_writes_nine_files_with_the_returned_geometry_labelled_synthetic(wri
     assert info["synthetic"] is True and info["seed"] == 0
     assert info["landmarks"] == P.landmarks("small", 0)
     # The file is what `analyze occlusion --landmarks` and `analyze profile` read as it is.
-    from T1ToT2Lib.analysis import landmark_entry
+    from T1ToT2Lib.research.analysis import landmark_entry
 
     assert landmark_entry(out / "landmarks.json", "right", "occlusion_points") == P.landmarks("small", 0)["right"]["occlusion_points"]
 

@@ -92,7 +92,7 @@ def test_one_missing_dependency_leaves_the_other_commands_working(tmp_path):
         import importlib.abc, sys
         class Refuse(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name == "T1ToT2Lib.bench":
+                if name == "T1ToT2Lib.research.bench":
                     raise ModuleNotFoundError("No module named 'some_missing_package'", name="some_missing_package")
         sys.meta_path.insert(0, Refuse())
         from T1ToT2Lib.cli import main

@@ -3,14 +3,15 @@
 import numpy as np
 import pytest
 
-from T1ToT2Lib.metrics import evaluate_volumes, foreground_mask
-from T1ToT2Lib.modelfile import load_model
-from T1ToT2Lib.preprocess import model_preprocessing, n4_correct, resample_to_spacing, synthesize_as_trained
+from T1ToT2Lib.core.metrics import evaluate_volumes, foreground_mask
+from T1ToT2Lib.networks.modelfile import load_model
+from T1ToT2Lib.inference.preprocess import model_preprocessing, n4_correct, resample_to_spacing
+from T1ToT2Lib.inference.synthesize import synthesize_as_trained
 
 
 @pytest.fixture(scope="module")
 def hand():
-    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.phantom.render import make_phantom
 
     return make_phantom(size="small", seed=0)
 
@@ -64,7 +65,7 @@ def test_a_1mm_t1_is_synthesized_within_2_db_of_native(hand, native_and_fine):
 
 
 def test_sinc_resampling_follows_a_band_limited_image_closer_than_linear_and_stays_non_negative():
-    from T1ToT2Lib.volume import Volume
+    from T1ToT2Lib.core.volume import Volume
 
     k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in (24, 20, 28)), indexing="ij")
     wave = lambda i_mm: 100.0 + 80.0 * np.sin(2 * np.pi * i_mm / 6.0)  # period 6 mm: 4 samples at 1.5 mm

@@ -21,9 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from T1ToT2Lib import metrics
-from T1ToT2Lib.data import pad_to_multiple
-from T1ToT2Lib.volume import PLANES, Volume, from_slices, plane_axes, read_volume
+from T1ToT2Lib.core import metrics
+from T1ToT2Lib.inference.slices import pad_to_multiple
+from T1ToT2Lib.core.volume import PLANES, Volume, from_slices, plane_axes
+from T1ToT2Lib.io.files import read_volume
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -77,8 +78,8 @@ def test_padding_to_the_network_multiple_and_cropping_back_is_the_identity(h, w,
 # --------------------------------------------------------------------------- synthesis geometry
 @functools.lru_cache(maxsize=1)
 def lookup_model(folder: str):
-    from T1ToT2Lib.analysis import save_lookup_model
-    from T1ToT2Lib.modelfile import load_model
+    from T1ToT2Lib.research.analysis import save_lookup_model
+    from T1ToT2Lib.networks.modelfile import load_model
 
     t1 = random_volume((8, 10, 12), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), False, 0)
     t2 = t1.with_array(np.abs(150.0 - t1.array))
@@ -94,7 +95,7 @@ def model(tmp_path_factory):
 @given(shape=shapes, spacing=spacings, origin=origins, euler=angles, flip=st.booleans(), seed=seeds,
        plane=st.sampled_from([*PLANES, "fuse"]))
 def test_synthesis_keeps_the_input_grid_exactly(model, shape, spacing, origin, euler, flip, seed, plane):
-    from T1ToT2Lib.synthesize import synthesize_volume
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
 
     t1 = random_volume(shape, spacing, origin, euler, flip, seed)
     synthetic = synthesize_volume(model, t1, plane=plane, device="cpu")
@@ -108,8 +109,8 @@ def test_synthesis_keeps_the_input_grid_exactly(model, shape, spacing, origin, e
 @given(shape=shapes, spacing=spacings, origin=origins, euler=angles, flip=st.booleans(), seed=seeds,
        extension=st.sampled_from([".nii.gz", ".nrrd", ".mha"]))
 def test_a_synthetic_file_has_the_input_files_geometry(model, tmp_path, shape, spacing, origin, euler, flip, seed, extension):
-    from T1ToT2Lib.synthesize import synthesize_file
-    from T1ToT2Lib.volume import write_volume
+    from T1ToT2Lib.inference.synthesize import synthesize_file
+    from T1ToT2Lib.io.files import write_volume
 
     t1 = random_volume(shape, spacing, origin, euler, flip, seed)
     t1_path = write_volume(t1, tmp_path / f"t1{extension}")
@@ -155,7 +156,7 @@ def test_psnr_of_different_images_is_never_infinite(image, shift):
 
 
 def test_psnr_without_a_positive_peak_is_a_one_line_error():
-    from T1ToT2Lib.errors import T1ToT2Error
+    from T1ToT2Lib.core.errors import T1ToT2Error
 
     with pytest.raises(T1ToT2Error, match="positive peak"):
         metrics.psnr(np.zeros((8, 8)), -np.ones((8, 8)))  # was ValueError: math domain error

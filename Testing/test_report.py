@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from T1ToT2Lib import analysis, metrics, report
-from T1ToT2Lib.volume import Volume
+from T1ToT2Lib.research import analysis, report
+from T1ToT2Lib.core import metrics
+from T1ToT2Lib.core.volume import Volume
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-quic"]

@@ -12,9 +12,9 @@ import vtk  # noqa: E402
 from conftest import oblique_direction  # noqa: E402
 from slicer_scene import mrml_scene  # noqa: E402,F401  (fixture)
 
-from T1ToT2Lib import scene as sc  # noqa: E402
-from T1ToT2Lib.errors import T1ToT2Error  # noqa: E402
-from T1ToT2Lib.volume import Volume  # noqa: E402
+from T1ToT2Lib.slicer import scene as sc
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.core.volume import Volume
 
 SPACING = (0.6, 0.9, 2.5)
 
@@ -214,7 +214,7 @@ def test_difference_resamples_an_acquired_volume_on_another_grid(mrml_scene):
 
 # --- tables and charts -----------------------------------------------------------
 def test_metrics_table_has_a_row_per_plane_and_all_planes(mrml_scene, rng):
-    from T1ToT2Lib.metrics import evaluate_volumes
+    from T1ToT2Lib.core.metrics import evaluate_volumes
 
     actual = Volume.from_geometry(rng.uniform(10, 100, (8, 24, 24)), spacing=SPACING)
     generated = actual.with_array(actual.array + rng.normal(0, 5, actual.shape))
@@ -421,8 +421,8 @@ def test_synthetic_and_difference_nodes_join_the_t1s_study(mrml_scene):
 
 def test_synthesis_turns_a_t1_node_into_a_synthetic_t2_node_on_the_t1_grid(mrml_scene, tmp_path, rng):
     """The Synthesis module's path: T1 node -> Volume -> tiny trained model -> synthetic T2 node."""
-    from T1ToT2Lib.synthesize import synthesize_volume
-    from T1ToT2Lib.train import TrainConfig, train
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+    from T1ToT2Lib.training.train import TrainConfig, train
 
     t1_volume = oblique_volume(shape=(28, 32, 36), fill=rng.uniform(0, 100, (28, 32, 36)).astype(np.float32))
     t1_node = sc.node_from_volume(t1_volume, "T1 VIBE")

@@ -24,10 +24,11 @@ import slicer_module_shim  # noqa: E402
 from conftest import oblique_direction  # noqa: E402
 from slicer_scene import mrml_scene  # noqa: E402,F401  (fixture)
 
-from T1ToT2Lib import scene as sc  # noqa: E402
-from T1ToT2Lib.errors import T1ToT2Error  # noqa: E402
-from T1ToT2Lib.volume import Volume, read_volume  # noqa: E402
-from T1ToT2Lib.worker import BackgroundJob  # noqa: E402
+from T1ToT2Lib.slicer import scene as sc
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.core.volume import Volume
+from T1ToT2Lib.io.files import read_volume
+from T1ToT2Lib.slicer.jobs import BackgroundJob
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def test_module_descriptions_warn_and_cite(modules):
         module_class(parent)
         assert parent.title.startswith("T1 to T2")
         assert "not for diagnosis" in parent.helpText
-        from T1ToT2Lib.about import CITATION
+        from T1ToT2Lib.core.about import CITATION
 
         assert CITATION in parent.acknowledgementText
     assert parent.dependencies == ["T1ToT2Synthesis"]
@@ -102,7 +103,7 @@ def test_finished_job_output_becomes_the_synthetic_node_with_the_t1_geometry(mod
     t1 = small_t1()
     t1_node = sc.node_from_volume(t1, "T1")
     out = tmp_path / "synthetic.nrrd"
-    from T1ToT2Lib.volume import write_volume
+    from T1ToT2Lib.io.files import write_volume
 
     write_volume(t1.with_array(t1.array * 2), tmp_path / "source.nrrd")
     argv = fake_child(f"""
@@ -285,7 +286,7 @@ def test_phantom_nodes_and_label_maps(modules):
     logic = training.T1ToT2TrainingLogic()
     nodes = logic.generatePhantomNodes()
     assert set(nodes) >= {"left_t1", "left_t2", "right_t1", "right_t2", "left_labels", "right_labels"}
-    from T1ToT2Lib import phantom
+    from T1ToT2Lib.phantom import render as phantom
 
     expected = phantom.make_phantom(size="small", seed=0)
     for key in ("left_t1", "right_t2"):
@@ -299,32 +300,55 @@ def test_phantom_nodes_and_label_maps(modules):
 
 
 def test_sample_data_offers_the_phantom_with_labels_as_a_label_map(modules, monkeypatch):
+    """Registered and clicked through a Sample Data double that follows Slicer 5.8/5.10 (Testing/slicer_doubles.py):
+    a registration without uris raises TypeError there, as it does in Slicer."""
     synthesis, _ = modules
-    registered = []
-    sample_data = type(sys)("SampleData")
-    sample_data.SampleDataLogic = type("SampleDataLogic", (), {
-        "registerCustomSampleDataSource": staticmethod(lambda **kwargs: registered.append(kwargs))})
+    from slicer_doubles import sample_data_module
+
+    sample_data = sample_data_module()
     monkeypatch.setitem(sys.modules, "SampleData", sample_data)
+    asked = []
+    logic_class = synthesis.T1ToT2SynthesisLogic
+    monkeypatch.setattr(logic_class, "ensureDependencies",
+                        lambda self, askConfirmation=True, modelPath=None, needTorch=None: asked.append((askConfirmation, needTorch)) or True)
+    composite = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # a slice view's layers
     parent = type("Parent", (), {})()
     synthesis.T1ToT2Synthesis(parent)
     signal, slot = slicer.app.connections[-1]
     assert signal == "startupCompleted()"
     slot()  # the application has started
-    (source,) = registered
-    assert source["sampleName"] == "T1ToT2 hand phantom" and Path(source["thumbnailFileName"]).is_file()
-    nodes = source["customDownloader"](object())  # Sample Data passes its source
-    assert [n.GetName() for n in nodes] == source["nodeNames"]
+    (source,) = sample_data.SampleDataLogic.sources["T1ToT2"]
+    assert source.sampleName == "T1ToT2 hand phantom" and Path(source.thumbnailFileName).is_file()
+    assert source.nodeNames == synthesis.PHANTOM_SAMPLE_NODE_NAMES
+    sample_data.SampleDataLogic.clickSampleButton("T1ToT2 hand phantom")
+    assert asked == [(True, False)]  # the phantom's packages are installed first (asking), never PyTorch
+    nodes = [slicer.util.getNode(name) for name in source.nodeNames]
     assert [n.GetClassName() for n in nodes] == ["vtkMRMLScalarVolumeNode", "vtkMRMLScalarVolumeNode",
                                                  "vtkMRMLLabelMapVolumeNode"]
+    assert composite.GetBackgroundVolumeID() == nodes[0].GetID()  # the T1 is shown
+    assert composite.GetLabelVolumeID() == nodes[2].GetID()
     p = synthesis.T1ToT2SynthesisLogic().getParameterNode()
     assert p.inputT1 is nodes[0] and p.acquiredT2 is nodes[1]  # two clicks: load, then Synthesize T2
+
+
+def test_sample_data_double_refuses_what_slicer_refuses():
+    """The double raises where Slicer's SampleDataSource does (SampleData.py:205), so the test above can fail."""
+    from slicer_doubles import sample_data_module
+
+    logic = sample_data_module().SampleDataLogic
+    with pytest.raises(TypeError):
+        logic.registerCustomSampleDataSource(category="T", sampleName="s", nodeNames=["a"], customDownloader=print)
+    with pytest.raises(ValueError):
+        logic.registerCustomSampleDataSource(category="T", sampleName="s", uris=["u1", "u2"], fileNames=["f1"])
+    with pytest.raises(TypeError):
+        logic.registerCustomSampleDataSource(category="T", sampleName="s", sampleDescription="d", uris="u", fileNames="f")
 
 
 def test_devices_offered_are_the_plausible_ones(modules, monkeypatch):
     synthesis, training = modules
     import platform
 
-    from T1ToT2Lib.dependencies import plausible_devices
+    from T1ToT2Lib.core.dependencies import plausible_devices
 
     assert synthesis.DEVICE_CHOICES == training.DEVICE_CHOICES == plausible_devices(platform.system(), platform.machine())
     for system, machine, expected in (("Linux", "x86_64", ["auto", "cuda", "cpu"]), ("Windows", "AMD64", ["auto", "cuda", "cpu"]),
@@ -350,7 +374,7 @@ def write_fake_model(path):
     """A model file with real metadata (no usable network): enough for the panels' bookkeeping."""
     import torch
 
-    from T1ToT2Lib.modelfile import save_model
+    from T1ToT2Lib.networks.modelfile import save_model
 
     return save_model(path, {"weight": torch.zeros(2)}, {"config": {"arch": "pix2pix"}, "planes": ["axial"],
                                                        "in_channels": 1, "intensity": {"t2_scale": 1.0}})
@@ -373,7 +397,7 @@ def test_training_panel_follows_a_job_to_the_end(modules, tmp_path, monkeypatch)
     widget._updateButtons()
     assert widget.ui.startButton.enabled and not widget.ui.residualBlocksSpinBox.enabled  # the refiner has no ResNet blocks
     # The recommended refiner is the default, with its schedule; choosing another model proposes that model's epochs.
-    from T1ToT2Lib.compare import RECOMMENDED
+    from T1ToT2Lib.training.presets import RECOMMENDED
 
     assert p.modelType == RECOMMENDED["model"] and p.epochs == RECOMMENDED["training"]["epochs"]
     p.modelType = "pix2pix"
@@ -558,7 +582,7 @@ def slicer_installers(monkeypatch):
 
 def test_missing_torch_is_installed_through_pytorchutils_when_present(modules, slicer_installers, monkeypatch):
     synthesis, _ = modules
-    from T1ToT2Lib import dependencies
+    from T1ToT2Lib.core import dependencies
 
     requested = []
 
@@ -579,7 +603,7 @@ def test_missing_torch_is_installed_through_pytorchutils_when_present(modules, s
 
 def test_without_pytorchutils_the_user_is_asked_and_slicer_packages_are_pinned(modules, slicer_installers, monkeypatch):
     synthesis, _ = modules
-    from T1ToT2Lib import dependencies
+    from T1ToT2Lib.core import dependencies
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import fails as if the extension were absent
     monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
@@ -715,7 +739,7 @@ def test_evaluate_button_starts_a_background_job_and_does_not_block(modules, tmp
     p.validationT1 = sc.node_from_volume(t1, "val T1")
     p.validationT2 = sc.node_from_volume(t1.with_array(t1.array + 2), "val T2")
     p.outputModelPath = tmp_path / "model.safetensors"
-    from T1ToT2Lib.volume import write_volume
+    from T1ToT2Lib.io.files import write_volume
 
     write_volume(t1.with_array(t1.array + 1), tmp_path / "source.nrrd")
     started = []
@@ -770,7 +794,7 @@ def test_line_profile_button_reuses_its_table_and_chart(modules):
 
 def test_self_tests_skip_with_a_message_when_dependencies_are_missing(modules, monkeypatch):
     synthesis, training = modules
-    from T1ToT2Lib import dependencies
+    from T1ToT2Lib.core import dependencies
 
     monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
     for test_class in (synthesis.T1ToT2SynthesisTest, training.T1ToT2TrainingTest):
@@ -785,7 +809,7 @@ def test_self_tests_skip_with_a_message_when_dependencies_are_missing(modules, m
 
 def test_an_exported_onnx_model_needs_no_pytorch_install(modules, slicer_installers, monkeypatch, tmp_path):
     synthesis, _ = modules
-    from T1ToT2Lib import dependencies
+    from T1ToT2Lib.core import dependencies
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
     monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
@@ -805,7 +829,7 @@ def test_an_exported_onnx_model_needs_no_pytorch_install(modules, slicer_install
 
 def test_panel_picks_the_first_grey_scale_volume_never_a_label_map(modules):
     synthesis, _ = modules
-    from T1ToT2Lib.volume import Volume
+    from T1ToT2Lib.core.volume import Volume
 
     labels = sc.labelmap_node_from_volume(Volume.from_geometry(np.ones((4, 5, 6)), spacing=(1, 1, 1)), "labels")
     t1 = sc.node_from_volume(small_t1(), "T1")
@@ -817,8 +841,8 @@ def test_panel_picks_the_first_grey_scale_volume_never_a_label_map(modules):
 # --- real scans: the align box, the aligned pair, the voxel-size note --------------------------------
 def _cropped_right_hand(spacing_mm=None):
     """A crop of the phantom's right hand around its middle (seconds, not minutes), optionally resampled."""
-    from T1ToT2Lib.phantom import make_phantom
-    from T1ToT2Lib.preprocess import resample_to_spacing
+    from T1ToT2Lib.phantom.render import make_phantom
+    from T1ToT2Lib.inference.preprocess import resample_to_spacing
 
     t1 = make_phantom("small", seed=0)["right_t1"]
     k, _, i = np.array(t1.shape) // 2
@@ -846,8 +870,8 @@ def test_training_panel_asks_for_the_align_box_then_aligns_and_shows_the_pair(mo
 
     from test_align import TOL_DEG, TOL_MM, expected_in_ras, oblique_grid
 
-    from T1ToT2Lib.align import resample_onto
-    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.training.align import resample_onto
+    from T1ToT2Lib.phantom.render import make_phantom
 
     _, training = modules
     widget = _training_widget(training)

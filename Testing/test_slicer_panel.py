@@ -1,4 +1,4 @@
-"""T1ToT2Lib.panel and the scene helpers behind the two modules' panels, on a real headless MRML scene."""
+"""T1ToT2Lib.slicer.panel and the scene helpers behind the two modules' panels, on a real headless MRML scene."""
 
 import json
 import sys
@@ -12,10 +12,10 @@ pytest.importorskip("slicer")
 import slicer  # noqa: E402
 from slicer_scene import mrml_scene  # noqa: E402,F401  (fixture)
 
-from T1ToT2Lib import panel  # noqa: E402
-from T1ToT2Lib import scene as sc  # noqa: E402
-from T1ToT2Lib.volume import Volume  # noqa: E402
-from T1ToT2Lib.worker import BackgroundJob  # noqa: E402
+from T1ToT2Lib.slicer import panel
+from T1ToT2Lib.slicer import scene as sc
+from T1ToT2Lib.core.volume import Volume
+from T1ToT2Lib.slicer.jobs import BackgroundJob
 
 
 def test_progress_fraction_and_status_text_with_eta():
@@ -119,7 +119,7 @@ def test_a_pair_on_two_grids_needs_the_align_box_and_the_box_passes_align(mrml_s
 
 
 def test_synthesis_notes_reach_the_node_and_a_rerun_without_notes_clears_them(mrml_scene, tmp_path):
-    from T1ToT2Lib.volume import write_volume
+    from T1ToT2Lib.io.files import write_volume
 
     t1 = Volume.from_geometry(np.full((4, 8, 8), 7.0, np.float32), spacing=(1.0, 1.0, 1.0), origin=(3, 2, 1))
     t1_node = sc.node_from_volume(t1, "T1")
@@ -161,7 +161,7 @@ def _fake_synthesis_job(tmp_path, source, model_path):
 
 
 def test_evaluation_reuses_its_table_line_and_chart(mrml_scene, tmp_path):
-    from T1ToT2Lib.volume import write_volume
+    from T1ToT2Lib.io.files import write_volume
 
     rng = np.random.default_rng(2)
     t1 = Volume.from_geometry(rng.uniform(10, 100, (10, 20, 24)).astype(np.float32), spacing=(1.0, 1.2, 2.0))

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from T1ToT2Lib import dependencies
-from T1ToT2Lib.errors import T1ToT2Error
+from T1ToT2Lib.core import dependencies
+from T1ToT2Lib.core.errors import T1ToT2Error
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "T1ToT2Synthesis" / "T1ToT2Lib"
@@ -193,7 +193,7 @@ def test_demo_model_install_rule_points_at_the_top_level_resources():
     # The model file and, when exported, its ONNX twin (synthesis without PyTorch) are installed side by side.
     assert re.search(r"foreach\(T1ToT2_DEMO_FILE demo_model\.safetensors demo_model\.onnx\)", text)
     assert "${CMAKE_CURRENT_SOURCE_DIR}/../Resources/${T1ToT2_DEMO_FILE}" in text
-    assert "Resources/Models" in text  # where T1ToT2Lib.dependencies.find_bundled_model looks in an install
+    assert "Resources/Models" in text  # where T1ToT2Lib.core.dependencies.find_bundled_model looks in an install
 
 
 # --- .ui files and the code that uses them -------------------------------------------------
@@ -341,7 +341,7 @@ def test_library_never_imports_qt_ctk_or_scripted_module_machinery():
 
 
 def test_importing_what_the_modules_need_before_torch_does_not_import_torch():
-    code = ("import sys, T1ToT2Lib, T1ToT2Lib.dependencies, T1ToT2Lib.worker, T1ToT2Lib.errors;"
+    code = ("import sys, T1ToT2Lib, T1ToT2Lib.core.dependencies, T1ToT2Lib.slicer.jobs, T1ToT2Lib.core.errors;"
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -488,8 +488,9 @@ def _plain(text: str) -> str:
 def test_the_paper_is_cited_with_its_real_authors_and_title_everywhere(tmp_path):
     import numpy as np
 
-    from T1ToT2Lib import about, metrics, report
-    from T1ToT2Lib.volume import Volume
+    from T1ToT2Lib.core import about, metrics
+    from T1ToT2Lib.research import report
+    from T1ToT2Lib.core.volume import Volume
 
     assert about.CITATION.startswith("J. A. Grant-Jacob, C. Everitt, R. W. Eason, L. J. King and B. Mills, ")
     title = ("Exploring sequence transformation in magnetic resonance imaging via deep learning using data from a "
@@ -524,7 +525,7 @@ def test_license_is_the_apache_2_text_pyproject_declares():
 
 
 def test_every_copy_of_the_repository_url_is_the_one_constant():
-    from T1ToT2Lib import about
+    from T1ToT2Lib.core import about
 
     values = cmake_variables(ROOT / "CMakeLists.txt")
     assert values["T1TOT2_REPOSITORY_URL"] == about.REPOSITORY_URL
@@ -549,7 +550,7 @@ def test_output_model_browse_opens_a_save_dialog():
 
 # --- docs/ ---------------------------------------------------------------------------------------
 def test_docs_tissue_table_matches_the_phantom():
-    from T1ToT2Lib import phantom
+    from T1ToT2Lib.phantom import render as phantom
 
     vibe, space = phantom.tissue_signals()
     rows = {}

@@ -11,13 +11,14 @@ from scipy.spatial.transform import Rotation
 from test_train import TINY_NET, tiny_pair
 
 from T1ToT2Lib.cli import main
-from T1ToT2Lib.data import foreground_scale
-from T1ToT2Lib.devices import autocast_context, resolve_device, run_with_oom_fallback
-from T1ToT2Lib.errors import T1ToT2Error
-from T1ToT2Lib.modelfile import LoadedModel, load_model
-from T1ToT2Lib.synthesize import synthesize_file, synthesize_volume
-from T1ToT2Lib.train import TrainConfig, train
-from T1ToT2Lib.volume import PLANES, read_volume, write_volume
+from T1ToT2Lib.inference.slices import foreground_scale
+from T1ToT2Lib.core.devices import autocast_context, resolve_device, run_with_oom_fallback
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.networks.modelfile import LoadedModel, load_model
+from T1ToT2Lib.inference.synthesize import synthesize_file, synthesize_volume
+from T1ToT2Lib.training.train import TrainConfig, train
+from T1ToT2Lib.core.volume import PLANES
+from T1ToT2Lib.io.files import read_volume, write_volume
 
 SPACING = (0.7, 1.3, 2.9)  # anisotropic, i/j/k all different
 
@@ -113,10 +114,10 @@ def test_cli_synthesize_json_and_missing_model(model_path, oblique_t1, tmp_path,
                  "--progress", "json", "--batch", "4"]) == 0
     captured = capsys.readouterr()
     events = [json.loads(line) for line in captured.out.splitlines()]
-    # The network runs on the T1 resampled to the model's training voxel size (T1ToT2Lib.preprocess), so the
+    # The network runs on the T1 resampled to the model's training voxel size (T1ToT2Lib.inference.preprocess), so the
     # slice count is that grid's; the output is back on the T1's own grid.
-    from T1ToT2Lib.modelfile import load_model as _load
-    from T1ToT2Lib.preprocess import prepare_input
+    from T1ToT2Lib.networks.modelfile import load_model as _load
+    from T1ToT2Lib.inference.preprocess import prepare_input
 
     prepared = prepare_input(oblique_t1, _load(model_path))
     network_grid = prepared.volume if prepared is not None else oblique_t1
@@ -191,8 +192,8 @@ def test_batch_norm_uses_each_slices_own_statistics(model_path, oblique_t1):
 
 
 def test_cli_default_plane_fuses_a_model_trained_on_all_planes(model_path, oblique_t1, tmp_path, capsys):
-    from T1ToT2Lib.analysis import save_lookup_model
-    from T1ToT2Lib.synthesize import default_plane
+    from T1ToT2Lib.research.analysis import save_lookup_model
+    from T1ToT2Lib.inference.synthesize import default_plane
 
     assert load_model(model_path).planes == list(PLANES)
     assert default_plane(load_model(model_path)) == "fuse"
@@ -209,7 +210,7 @@ def test_cli_default_plane_fuses_a_model_trained_on_all_planes(model_path, obliq
 def test_cli_synthesizes_the_named_series_of_a_multi_series_dicom_folder(model_path, oblique_t1, tmp_path, capsys):
     import pydicom
 
-    from T1ToT2Lib.dicom import export_dicom_series
+    from T1ToT2Lib.io.dicom import export_dicom_series
 
     folder = tmp_path / "study"
     t1_files = export_dicom_series(oblique_t1, folder / "t1")

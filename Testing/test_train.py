@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from T1ToT2Lib.cli import main
-from T1ToT2Lib.data import foreground_scale
-from T1ToT2Lib.errors import T1ToT2Error
-from T1ToT2Lib.modelfile import LoadedModel, load_model
-from T1ToT2Lib.synthesize import synthesize_volume
-from T1ToT2Lib.train import CHECKPOINT_NAME, TrainConfig, TrainingCancelled, train
-from T1ToT2Lib.volume import PLANES, Volume, write_volume
+from T1ToT2Lib.inference.slices import foreground_scale
+from T1ToT2Lib.core.errors import T1ToT2Error
+from T1ToT2Lib.networks.modelfile import LoadedModel, load_model
+from T1ToT2Lib.inference.synthesize import synthesize_volume
+from T1ToT2Lib.training.train import CHECKPOINT_NAME, TrainConfig, TrainingCancelled, train
+from T1ToT2Lib.core.volume import PLANES, Volume
+from T1ToT2Lib.io.files import write_volume
 
 TINY_NET = {"ngf": 8, "ndf": 8, "depth": 3}
 
@@ -56,7 +57,7 @@ def synthesis_l1(model, t1, t2, t2_scale):
 @pytest.fixture(scope="module")
 def phantom_crop():
     """20 axial slices through the small phantom's left hand (fat bright on T2, dark on T1, like bone)."""
-    from T1ToT2Lib.phantom import make_phantom
+    from T1ToT2Lib.phantom.render import make_phantom
 
     hand = make_phantom(size="small", seed=0)
     t1, t2 = hand["left_t1"], hand["left_t2"]
@@ -223,7 +224,7 @@ def test_cli_preset_sets_the_network_and_explicit_options_win(tmp_path, preset, 
 def test_cli_trains_on_named_series_of_one_dicom_folder(tmp_path):
     import pydicom
 
-    from T1ToT2Lib.dicom import export_dicom_series
+    from T1ToT2Lib.io.dicom import export_dicom_series
 
     t1, t2 = tiny_pair()
     uid_t1 = pydicom.dcmread(export_dicom_series(t1, tmp_path / "study" / "t1")[0]).SeriesInstanceUID

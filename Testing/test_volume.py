@@ -3,7 +3,8 @@ import pytest
 
 from conftest import oblique_direction
 from T1ToT2Lib import T1ToT2Error
-from T1ToT2Lib.volume import PLANES, Volume, from_slices, read_volume, write_volume
+from T1ToT2Lib.core.volume import PLANES, Volume, from_slices
+from T1ToT2Lib.io.files import read_volume, write_volume
 
 
 def oblique_volume(rng, shape=(7, 9, 11)):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from T1ToT2Lib.worker import BackgroundJob, cli_command
+from T1ToT2Lib.slicer.jobs import BackgroundJob, cli_command
 
 
 def script_job(tmp_path, body, *args):
@@ -29,7 +29,7 @@ def wait_for(predicate, timeout=20.0):
 
 
 def test_cli_command_runs_the_shipped_runner_with_this_python():
-    from T1ToT2Lib.worker import RUNNER
+    from T1ToT2Lib.slicer.jobs import RUNNER
 
     assert RUNNER.is_file() and RUNNER.parent.name == "Resources"
     assert cli_command("synthesize", "m.safetensors", Path("t1.nii")) == [
@@ -184,7 +184,7 @@ def test_cancel_stops_the_process_and_leaves_no_partial_output(tmp_path):
     final = tmp_path / "out" / "result.nii.gz"
     job = script_job(tmp_path, """
         import json, sys, time
-        from T1ToT2Lib.atomic import atomic_path
+        from T1ToT2Lib.core.atomic import atomic_path
         with atomic_path(sys.argv[1]) as tmp:
             with open(tmp, "w") as f:
                 f.write("half")
@@ -221,7 +221,8 @@ def test_cancel_kills_a_child_that_ignores_interrupts(tmp_path):
 
 
 def test_real_training_job_streams_progress_and_cancels_cleanly(tmp_path):
-    from T1ToT2Lib.volume import Volume, write_volume
+    from T1ToT2Lib.core.volume import Volume
+    from T1ToT2Lib.io.files import write_volume
 
     rng = np.random.default_rng(3)
     t1 = Volume.from_geometry(rng.uniform(0, 100, (8, 32, 32)), spacing=(0.6, 0.6, 1.0))
@@ -256,7 +257,7 @@ def test_cancel_cleans_up_even_when_the_child_inherited_sigint_ignored(tmp_path)
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent("""
         import json, signal, sys, time
-        from T1ToT2Lib.atomic import atomic_path
+        from T1ToT2Lib.core.atomic import atomic_path
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN, "the test must start the writer with SIGINT ignored"
         with atomic_path(sys.argv[1]) as tmp:
             open(tmp, "w").write("half")
@@ -281,7 +282,7 @@ def test_a_child_that_must_be_killed_has_its_temporary_files_removed_by_the_pare
     job = BackgroundJob([sys.executable, str(tmp_path / "job.py"), str(final)], cwd=tmp_path, outputs=[final])
     (tmp_path / "job.py").write_text(textwrap.dedent("""
         import json, signal, sys, time
-        from T1ToT2Lib.atomic import atomic_path
+        from T1ToT2Lib.core.atomic import atomic_path
         with atomic_path(sys.argv[1]) as tmp:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)  # a stuck child: only SIGKILL ends it
@@ -304,10 +305,10 @@ def test_a_child_that_must_be_killed_has_its_temporary_files_removed_by_the_pare
 
 def test_sigterm_unwinds_a_cli_write(tmp_path):
     """SIGTERM (what a scheduler or ``kill`` sends) gives exit 130 and removes the temporary output."""
-    from T1ToT2Lib.atomic import interrupt_on_termination, partial_paths
+    from T1ToT2Lib.core.atomic import interrupt_on_termination, partial_paths
     import signal as signal_module
     final = tmp_path / "out.nii.gz"
-    from T1ToT2Lib.atomic import atomic_path
+    from T1ToT2Lib.core.atomic import atomic_path
     with pytest.raises(KeyboardInterrupt):
         with atomic_path(final) as tmp:
             Path(tmp).write_text("half")

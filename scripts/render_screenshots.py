@@ -4,8 +4,8 @@
 The slice views are slicer-core views (trame-slicer's ``SlicerApp`` with
 ``DirectViewFactory``), rendered off-screen through EGL/Mesa into PNGs.  They
 are built from the Synthesis module's own compare layout
-(:func:`T1ToT2Lib.scene.compare_layout_xml`), and the Compare picture is made
-by :func:`T1ToT2Lib.scene.show_comparison`, the function behind the module's
+(:func:`T1ToT2Lib.slicer.scene.compare_layout_xml`), and the Compare picture is made
+by :func:`T1ToT2Lib.slicer.scene.show_comparison`, the function behind the module's
 Compare button: no layout or view assignment of its own here.  Slicer's plot and table views are Qt widgets that slicer-core does
 not have, so the profile plot, the loss chart and the metrics table are drawn
 with matplotlib *from the Table nodes' contents*.
@@ -45,7 +45,7 @@ DPI = 100
 def build_app(orientation="Coronal"):
     """A slicer-core application with the compare layout's slice views, rendered off-screen.
 
-    The views are the ones :func:`T1ToT2Lib.scene.compare_layout_xml` describes,
+    The views are the ones :func:`T1ToT2Lib.slicer.scene.compare_layout_xml` describes,
     the layout the Synthesis module registers with Slicer's layout manager.
     """
     import slicer
@@ -53,7 +53,7 @@ def build_app(orientation="Coronal"):
     from trame_slicer.views import DirectViewFactory
     from trame_slicer.views.layout_grid import slicer_layout_to_vue
 
-    from T1ToT2Lib import scene
+    from T1ToT2Lib.slicer import scene
 
     app = SlicerApp()
     slicer.mrmlScene = app.scene
@@ -97,7 +97,7 @@ def save(fig, path: Path):
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from T1ToT2Lib.atomic import atomic_path
+    from T1ToT2Lib.core.atomic import atomic_path
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, facecolor=fig.get_facecolor())
@@ -131,7 +131,7 @@ def image_axes(fig, rect, image, title):
 
 def train_job(t1_path, t2_path, model_path, epochs, log):
     """Run a short real training job in the background and collect its JSON progress events."""
-    from T1ToT2Lib.worker import BackgroundJob, cli_command
+    from T1ToT2Lib.slicer.jobs import BackgroundJob, cli_command
 
     # The recommended refiner with its own defaults, on the coronal slices only, so the chart fills in seconds.
     argv = cli_command("train", "--t1", t1_path, "--t2", t2_path, "--model", "refiner", "--planes", "coronal",
@@ -164,11 +164,11 @@ def main(argv=None) -> int:
     import slicer
     import vtk
 
-    from T1ToT2Lib import scene
-    from T1ToT2Lib.metrics import evaluate_volumes, foreground_mask
-    from T1ToT2Lib.phantom import landmarks, make_phantom
-    from T1ToT2Lib.synthesize import synthesize_volume
-    from T1ToT2Lib.volume import write_volume
+    from T1ToT2Lib.slicer import scene
+    from T1ToT2Lib.core.metrics import evaluate_volumes, foreground_mask
+    from T1ToT2Lib.phantom.render import landmarks, make_phantom
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+    from T1ToT2Lib.io.files import write_volume
 
     orientation = scene.compare_orientation(args.orientation)
     app, views = build_app(orientation)

@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/train_demo_model.py [--size small|full] [--epochs N] [--device auto]
 
-The recipe is the recommended configuration (see T1ToT2Lib.compare.RECOMMENDED: the refiner, a
+The recipe is the recommended configuration (see T1ToT2Lib.training.presets.RECOMMENDED: the refiner, a
 feature-regression prior corrected by a dilated residual CNN) on the phantom's left hand, scored on
 its right hand, exactly as ``t1tot2 demo`` trains it.  On a GPU use ``--size full`` for the paper's
 0.6 mm geometry; on a CPU the small phantom trains in a few minutes.
@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    from T1ToT2Lib import metrics
-    from T1ToT2Lib.atomic import atomic_path
-    from T1ToT2Lib.compare import RECOMMENDED
-    from T1ToT2Lib.demo import DEMO_TRAINING
-    from T1ToT2Lib.modelfile import read_metadata
-    from T1ToT2Lib.phantom import make_phantom
-    from T1ToT2Lib.synthesize import synthesize_volume
-    from T1ToT2Lib.train import BarProgress, TrainConfig, train
+    from T1ToT2Lib.core import metrics
+    from T1ToT2Lib.core.atomic import atomic_path
+    from T1ToT2Lib.training.presets import RECOMMENDED
+    from T1ToT2Lib.research.demo import DEMO_TRAINING
+    from T1ToT2Lib.networks.modelfile import read_metadata
+    from T1ToT2Lib.phantom.render import make_phantom
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+    from T1ToT2Lib.training.train import BarProgress, TrainConfig, train
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["small", "full"], default="small")
@@ -96,7 +96,7 @@ Grid-artefact energy of the residual: E_2 {result['grid_energy']['2']:.2e}, E_4 
 - Regenerate with `.venv/bin/python scripts/train_demo_model.py`.
 """
     # Its ONNX export beside it, so the Slicer module synthesizes with ONNX Runtime and no PyTorch install.
-    from T1ToT2Lib.onnx_engine import export_onnx
+    from T1ToT2Lib.inference.onnx_engine import export_onnx
 
     export_onnx(args.out, args.out.with_suffix(".onnx"))
     card_path = args.out.with_suffix(".md")

@@ -7,7 +7,7 @@ library whatever the launcher's own path is.  It replaces a ``python -c``
 bootstrap, whose quoting differs between shells and platforms.
 
 Before and after the command it prints two JSON lines on stdout, which
-``T1ToT2Lib.worker.BackgroundJob`` reads: ``{"event": "process", "pid": N}``
+``T1ToT2Lib.slicer.jobs.BackgroundJob`` reads: ``{"event": "process", "pid": N}``
 (this Python process, which a launcher such as PythonSlicer may have started
 as its own child) and ``{"event": "exit", "code": N}``.  So the job reports
 the real process's state and exit code, and cancels it even if the launcher

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import T1ToT2Error
+from ..core.errors import T1ToT2Error
 
 #: The paper's translation GANs.
 ARCHITECTURES = ("pix2pix", "cyclegan", "unit")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import T1ToT2Error
+from ..core.errors import T1ToT2Error
 
 NORMS = ("batch", "instance", "none")
 UPSAMPLES = ("transpose", "resize")

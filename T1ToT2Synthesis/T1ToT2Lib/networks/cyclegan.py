@@ -9,21 +9,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import (
-    GANModel,
-    ImagePool,
-    ResnetBlock,
-    as_logs,
-    build_discriminator,
-    centre_channel,
-    check_multiple,
-    conv_bias,
-    gan_loss,
-    norm_layer,
-    output_head,
-    padded_conv,
-    upsample_conv,
-)
+from .blocks import GANModel, ImagePool, ResnetBlock, as_logs, build_discriminator, centre_channel, check_multiple, conv_bias, gan_loss, norm_layer, output_head, padded_conv, upsample_conv
 
 
 class ResnetGenerator(nn.Module):

@@ -4,7 +4,7 @@ The paper (fig. 12) shows that no single T2 value per T1 value reproduces the
 T2 SPACE image, because fat and cortical bone are both dark on VIBE.  This module
 makes that baseline a model like the others: an ``nn.Module`` whose state is a
 table, saved in a ``.safetensors`` model file and run by ``synthesize`` and
-``evaluate`` unchanged.  The table is fitted by :func:`T1ToT2Lib.analysis.fit_lookup`.
+``evaluate`` unchanged.  The table is fitted by :func:`T1ToT2Lib.research.analysis.fit_lookup`.
 """
 
 from __future__ import annotations

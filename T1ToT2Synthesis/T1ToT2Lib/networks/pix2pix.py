@@ -6,17 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import (
-    GANModel,
-    as_logs,
-    build_discriminator,
-    check_multiple,
-    conv_bias,
-    gan_loss,
-    norm_layer,
-    output_head,
-    upsample_conv,
-)
+from .blocks import GANModel, as_logs, build_discriminator, check_multiple, conv_bias, gan_loss, norm_layer, output_head, upsample_conv
 
 
 def level_channels(depth: int, ngf: int) -> list[int]:

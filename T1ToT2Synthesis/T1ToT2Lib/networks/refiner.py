@@ -1,7 +1,7 @@
 """The recommended network: a residual CNN that corrects a feature-regression prior.
 
 Input is (N, 2·context, H, W): ``context`` normalised T1 slices, then the same slices of the
-prior, i.e. the boosted trees' T2 prediction (:mod:`T1ToT2Lib.feature_regression`), computed
+prior, i.e. the boosted trees' T2 prediction (:mod:`T1ToT2Lib.networks.feature_regression`), computed
 from 3-D multi-scale features of the whole T1 volume.  The network adds a learned correction to
 the prior's centre slice; its last layer starts at zero, so an untrained refiner *is* the prior
 and every step can only learn what the trees missed (edges, partial volume, thin shells).

@@ -14,20 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import (
-    GANModel,
-    ImagePool,
-    ResnetBlock,
-    as_logs,
-    build_discriminator,
-    check_multiple,
-    conv_bias,
-    gan_loss,
-    norm_layer,
-    output_head,
-    padded_conv,
-    upsample_conv,
-)
+from .blocks import GANModel, ImagePool, ResnetBlock, as_logs, build_discriminator, check_multiple, conv_bias, gan_loss, norm_layer, output_head, padded_conv, upsample_conv
 
 
 def _encoder(config: dict, in_channels: int, n_private: int) -> nn.Sequential:

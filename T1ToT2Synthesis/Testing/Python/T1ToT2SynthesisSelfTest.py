@@ -32,7 +32,8 @@ class T1ToT2SynthesisSelfTest(unittest.TestCase):
         slicer.util.selectModule("T1ToT2Synthesis")
         widget = slicer.modules.t1tot2synthesis.widgetRepresentation().self()
         self.assertTrue(widget.logic.ensureDependencies(askConfirmation=False))
-        from T1ToT2Lib import phantom, scene
+        from T1ToT2Lib.phantom import render as phantom
+        from T1ToT2Lib.slicer import scene
 
         volumes = phantom.make_phantom(size="small", seed=0)
         t1 = scene.node_from_volume(volumes["right_t1"], "right T1")

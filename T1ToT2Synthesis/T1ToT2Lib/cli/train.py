@@ -1,0 +1,143 @@
+"""``t1tot2 train``: its arguments, checked and handed to the library."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import numpy as np
+
+from ..core.errors import T1ToT2Error
+from ..core.volume import PLANES, Volume
+from ..io.files import read_volume
+from ..training.data import check_planes
+from ..training.train import (
+    BarProgress,
+    TrainConfig,
+    TrainingCancelled,
+    _parse_betas,
+    json_progress,
+    train,
+)
+
+
+def register_cli(subparsers):
+    p = subparsers.add_parser("train", help="train a T1 -> T2 model on a paired T1/T2 volume")
+    p.add_argument("--t1", required=True, help="T1 volume (NIfTI/NRRD/MHA file or DICOM folder)")
+    p.add_argument("--t2", required=True, help="T2 volume on the same grid as --t1")
+    p.add_argument("--t1-series-uid", help="SeriesInstanceUID of the T1 when --t1 is a DICOM folder with several series")
+    p.add_argument("--t2-series-uid", help="SeriesInstanceUID of the T2 when --t2 is a DICOM folder with several series")
+    p.add_argument("--val-t1", help="validation T1 (scored after every epoch)")
+    p.add_argument("--val-t2", help="validation T2 on the same grid as --val-t1")
+    p.add_argument("--align", action="store_true",
+                   help="register each T2 to its T1 (rigid, mutual information) and resample it onto the T1 grid when the grids differ")
+    p.add_argument("--n4", action="store_true",
+                   help="N4 bias-field correction of the training T1s and T2s (recorded in the model: synthesis corrects its T1 too)")
+    p.add_argument("--model", default="refiner", choices=("refiner", "pix2pix", "cyclegan", "unit"),
+                   help="refiner (default, recommended): boosted trees on 3-D T1 features + a residual CNN that corrects them; "
+                        "pix2pix, cyclegan, unit: the paper's GANs")
+    p.add_argument("--preset", default="recommended", choices=("recommended", "paper"),
+                   help="Pix2Pix defaults: 'recommended' = resize-convolution up-sampling, instance norm, 3-slice 2.5-D input; "
+                        "'paper' = the paper's U-Net. Explicit options override either")
+    p.add_argument("--planes", default=",".join(PLANES), help="comma-separated planes to train on (default: all three)")
+    p.add_argument("--epochs", type=int, help="epochs at constant learning rate (GANs: 15 as the paper; refiner: 8)")
+    p.add_argument("--epochs-decay", type=int, help="extra epochs with the learning rate decaying linearly to 0 (refiner: 8, GANs: 0)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (GANs: 2e-4 as the paper; refiner: 2e-3)")
+    p.add_argument("--betas", help="Adam betas (GANs: 0.5,0.999; refiner: 0.9,0.999)")
+    p.add_argument("--batch-size", type=int, help="slices per step (GANs: 1; refiner: 16)")
+    p.add_argument("--context", type=int, help="slices per input (1 = 2-D as the paper, 3 or 5 = 2.5-D; default from --preset)")
+    p.add_argument("--ngf", type=int, help="generator base width (default 64; refiner 32)")
+    p.add_argument("--n-layers", type=int, help="refiner: dilated convolution layers (default 6)")
+    p.add_argument("--ndf", type=int, help="discriminator base width (default 64)")
+    p.add_argument("--depth", type=int, help="U-Net down-samplings (default: from the network)")
+    p.add_argument("--n-blocks", type=int, help="ResNet blocks of CycleGAN/UNIT generators")
+    p.add_argument("--upsample", choices=("transpose", "resize"), help="up-sampling: transposed or resize convolution")
+    p.add_argument("--norm", choices=("batch", "instance"))
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", action="store_true", default=None, help="random flips of the training slices (refiner: on)")
+    p.add_argument("--patch", type=int, help="train on random square patches of this size centred on the object (refiner: 48; GANs: whole slices)")
+    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--checkpoint-dir", help="where per-epoch checkpoints go (default: <out>.checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--max-steps-per-epoch", type=int, help="cap the steps of each epoch (quick runs)")
+    p.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
+    p.add_argument("--loss-csv", help="write the losses of every step to this CSV file")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from ..training.presets import training_defaults
+
+    defaults = training_defaults(args.model, args.preset)
+    explicit = {k: getattr(args, k) for k in ("ngf", "ndf", "depth", "n_blocks", "upsample", "norm", "n_layers")
+                if getattr(args, k, None) is not None}
+    if args.model != "refiner" and "n_layers" in explicit:
+        raise T1ToT2Error("--n-layers applies to the refiner only: drop it or use --model refiner")
+    if args.model == "refiner":
+        unused = [k for k in ("ndf", "depth", "n_blocks", "upsample") if k in explicit]
+        if unused:
+            raise T1ToT2Error(f"--{unused[0].replace('_', '-')} does not apply to the refiner: drop it or choose a GAN with --model")
+    overrides = {**defaults["network"], **explicit}
+    args.context = defaults["context"] if args.context is None else args.context
+    for key in ("epochs", "epochs_decay", "lr", "batch_size", "augment", "patch"):
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[key])
+    betas = tuple(defaults["betas"]) if args.betas is None else _parse_betas(args.betas)
+    for key, low in (("epochs", 1), ("epochs_decay", 0), ("batch_size", 1)):
+        if int(getattr(args, key)) < low:
+            raise T1ToT2Error(f"--{key.replace('_', '-')} {getattr(args, key)} must be at least {low}")
+    if not (args.lr > 0 and np.isfinite(args.lr)):
+        raise T1ToT2Error(f"--lr {args.lr} must be a positive number, e.g. 2e-4")
+    t1 = read_volume(args.t1, series_uid=args.t1_series_uid) if args.t1_series_uid else args.t1
+    t2 = read_volume(args.t2, series_uid=args.t2_series_uid) if args.t2_series_uid else args.t2
+    if args.align:  # T2s on their own grid are registered and resampled onto their T1's (T1ToT2Lib.training.align)
+        from ..training.align import aligned_pair
+
+        t1, t2 = aligned_pair(t1, t2)
+        if args.val_t1 and args.val_t2:
+            args.val_t1, args.val_t2 = aligned_pair(args.val_t1, args.val_t2, what=("validation T1", "validation T2"))
+    if args.n4:  # bias-field correction of every training volume (T1ToT2Lib.inference.preprocess)
+        from ..inference.preprocess import n4_correct
+
+        t1, t2 = (n4_correct(v if isinstance(v, Volume) else read_volume(v)) for v in (t1, t2))
+        if args.val_t1 and args.val_t2:
+            args.val_t1, args.val_t2 = (n4_correct(v if isinstance(v, Volume) else read_volume(v)) for v in (args.val_t1, args.val_t2))
+    config = TrainConfig(
+        t1=t1, t2=t2, val_t1=args.val_t1, val_t2=args.val_t2, out=args.out, model=args.model,
+        network=overrides, planes=tuple(check_planes(args.planes)), epochs=args.epochs, epochs_decay=args.epochs_decay,
+        lr=args.lr, betas=betas, batch_size=args.batch_size, context=args.context, device=args.device,
+        precision=args.precision, seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+        max_steps_per_epoch=args.max_steps_per_epoch, loss_csv=args.loss_csv, augment=args.augment,
+        patch=args.patch, prior_cross_fit=defaults["prior_cross_fit"],
+    )
+    progress = {"bar": BarProgress(), "json": json_progress(), "none": None}[args.progress]
+    cancel = threading.Event()
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {}
+    def request_cancel(signum, frame):
+        # The first signal stops at the next step boundary; restoring the old handlers lets a second one interrupt at once.
+        cancel.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in handled:
+            previous[sig] = signal.signal(sig, request_cancel)
+    try:
+        train(config, progress=progress, cancel_event=cancel)
+    except TrainingCancelled as exc:
+        if args.progress == "json":
+            json_progress()({"event": "cancelled", "message": str(exc)})
+        print(f"t1tot2 train: {exc}", file=sys.stderr)
+        return 130
+    except T1ToT2Error as exc:
+        if args.progress == "json":
+            json_progress()({"event": "error", "message": str(exc)})
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

@@ -1,0 +1,339 @@
+"""What the two Slicer modules' panels do, without Qt: jobs, their arguments, progress text, evaluation.
+
+The module files (``T1ToT2Synthesis.py``, ``T1ToT2Training.py``) are skins:
+widgets, the parameter node and timers.  The work behind their buttons is
+here, tested outside Slicer on a real slicer-core scene.  Parameter nodes are
+read by attribute name (``trainT1``, ``epochs``...), so any object with those
+attributes will do.  MRML is touched through :mod:`T1ToT2Lib.slicer.scene` only.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+from . import jobs, scene
+from ..io import files
+from ..core.errors import T1ToT2Error
+
+PLANES = ("axial", "coronal", "sagittal")
+#: The Training panel's check box that passes ``--align`` (the text T1ToT2Training.ui shows; messages name it).
+ALIGN_OPTION_TEXT = "Align T2 to T1 (rigid registration)"
+#: (T1 parameter, T2 parameter, what the user calls the pair) of the Training panel's T1/T2 pairs.
+TRAINING_PAIRS = (("trainT1", "trainT2", "training"), ("validationT1", "validationT2", "validation"))
+
+
+class JobError(T1ToT2Error):
+    """A background job failed: the one-line message, with the job's whole log in :attr:`log`."""
+
+    def __init__(self, message, log=""):
+        super().__init__(message)
+        self.log = log
+
+
+# --- models -------------------------------------------------------------------------------------
+def model_metadata(model_path) -> dict:
+    """A model's metadata, from a ``.safetensors`` model file or an exported ``.onnx`` (no weights are loaded)."""
+    path = pathlib.Path(model_path)
+    if path.suffix.lower() == ".onnx":
+        from ..inference.onnx_engine import load_onnx_model
+
+        return load_onnx_model(path).metadata
+    from ..networks.modelfile import read_metadata
+
+    return read_metadata(path)
+
+
+def model_name(model_path) -> str:
+    """"<architecture> (<file name>)", the label synthetic nodes and DICOM series carry."""
+    path = pathlib.Path(model_path)
+    try:
+        return f"{model_metadata(path)['config'].get('arch', 'model')} ({path.name})"
+    except (T1ToT2Error, OSError, KeyError):
+        return path.name
+
+
+def model_planes(model_path):
+    """The planes a model was trained on, or None when its metadata cannot be read."""
+    try:
+        return list(model_metadata(model_path)["planes"])
+    except (T1ToT2Error, OSError, KeyError):
+        return None
+
+
+def onnx_model_for(model_path):
+    """The ONNX model synthesis can run without PyTorch: the path itself if ``.onnx``, else an export beside it."""
+    path = pathlib.Path(model_path)
+    if path.suffix.lower() == ".onnx":
+        return path
+    sibling = path.with_suffix(".onnx")
+    return sibling if sibling.is_file() else None
+
+
+# --- synthesis job ------------------------------------------------------------------------------
+def start_synthesis_job(t1_node, model_path, plane, device, precision, work_dir, python=None):
+    """Start ``t1tot2 synthesize`` on the T1 node in a separate process; returns the running job.
+
+    The node is written to ``work_dir/t1.nrrd``; the job writes
+    ``work_dir/synthetic_t2.nrrd`` (:attr:`outputPath`).
+    """
+    work_dir = pathlib.Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t1_path = files.write_volume(scene.volume_from_node(t1_node), work_dir / "t1.nrrd")
+    output = work_dir / "synthetic_t2.nrrd"
+    error_map = work_dir / "synthetic_t2_error_map.nrrd"
+    argv = jobs.cli_command("synthesize", model_path, t1_path, output, "--plane", plane, "--device", device,
+                              "--precision", precision, "--uncertainty", error_map, "--progress", "json",
+                              python=python or jobs.python_executable())
+    job = jobs.BackgroundJob(argv, outputs=[output, error_map])
+    job.modelPath = pathlib.Path(model_path)
+    job.outputPath = output
+    job.errorMapPath = error_map
+    return job.start()
+
+
+def _raise_if_failed(job, what):
+    job.wait(timeout=30)  # the process has ended; let the reader threads hand over its last lines
+    job.poll()
+    if job.returncode != 0 or job.error_message:
+        message = job.error_message or f"the {what} process exited with status {job.returncode}"
+        raise JobError(message, job.log_text)
+
+
+def finish_synthesis_job(job, t1_node):
+    """Load a finished job's output into the T1's synthetic node; raises :class:`JobError` on failure."""
+    _raise_if_failed(job, "synthesis")
+    done = [e for e in job.events if e.get("event") == "done"]
+    output = pathlib.Path(done[-1]["output"]) if done else job.outputPath
+    synthetic = files.read_volume(output)
+    # The file holds the T1's geometry; reuse the node's exact matrix so no rounding creeps in.
+    synthetic = scene.volume_from_node(t1_node).with_array(synthetic.array, notes=job_notes(job))
+    node = scene.create_or_update_synthetic_node(t1_node, synthetic, model_name(job.modelPath),
+                                                 model_planes=model_planes(job.modelPath))
+    error_map = getattr(job, "errorMapPath", None)
+    if error_map is not None and pathlib.Path(error_map).is_file():
+        scene.create_or_update_error_map_node(node, synthetic.with_array(files.read_volume(error_map).array))
+    return node
+
+
+def job_notes(job) -> list:
+    """The notes a finished ``t1tot2 synthesize`` job reported in its "done" event (e.g. the T1 resampled to the
+    model's voxel size), in order; [] when it made none."""
+    done = [e for e in job.events if e.get("event") == "done"]
+    notes = done[-1].get("notes") if done else None
+    return [str(n) for n in notes] if isinstance(notes, list) else []
+
+
+def notes_text(node) -> str:
+    """The notes a synthetic node's synthesis made, for the panel's status line: "Note: ... Note: ..." or ""."""
+    return " ".join(f"Note: {n.rstrip('.')}." for n in scene.synthesis_notes(node))
+
+
+# --- training job -------------------------------------------------------------------------------
+def chosen_planes(parameters) -> list:
+    chosen = [name for name, on in zip(PLANES, (parameters.planeAxial, parameters.planeCoronal,
+                                                parameters.planeSagittal)) if on]
+    if not chosen:
+        raise T1ToT2Error("no training plane is selected: tick at least one of axial, coronal, sagittal")
+    return chosen
+
+
+def check_training_pairs(parameters) -> None:
+    """Refuse, in one line, a T1/T2 pair on two grids unless the panel asks to align it (``alignT2``).
+
+    Training needs voxel-aligned pairs; a T2 on its own grid is registered and
+    resampled onto its T1's by ``t1tot2 train --align`` (:data:`ALIGN_OPTION_TEXT`).
+    """
+    if parameters.alignT2:
+        return
+    for t1_key, t2_key, what in TRAINING_PAIRS:
+        t1_node, t2_node = getattr(parameters, t1_key), getattr(parameters, t2_key)
+        if t1_node is None or t2_node is None or scene.nodes_share_grid(t1_node, t2_node):
+            continue
+        raise T1ToT2Error(
+            f"the {what} T2 '{t2_node.GetName()}' is not on the {what} T1 '{t1_node.GetName()}''s voxel grid "
+            f"(size, spacing, origin or orientation differ): tick '{ALIGN_OPTION_TEXT}' to register it and resample it "
+            "onto the T1 grid before training")
+
+
+def default_epochs(model_type: str) -> int:
+    """The constant-rate epochs the Training panel proposes for a model: the recommended refiner's
+    schedule (as many decaying epochs follow), the paper's 15 for its GANs."""
+    from ..training.presets import training_defaults
+
+    return int(training_defaults(model_type)["epochs"])
+
+
+def train_arguments(parameters, work_dir, resume=False) -> list:
+    """The ``t1tot2 train`` arguments for a Training parameter node (its volumes are written to ``work_dir``).
+
+    With ``alignT2`` the command gets ``--align`` (each T2 on its own grid is registered to its T1); without it,
+    a pair on two grids is refused here in one line (:func:`check_training_pairs`), before anything is written.
+    """
+    p = parameters
+    work_dir = pathlib.Path(work_dir)
+    nodes = {key: getattr(p, key) for key in ("trainT1", "trainT2", "validationT1", "validationT2")}
+    if nodes["trainT1"] is None or nodes["trainT2"] is None:
+        raise T1ToT2Error("the training T1 or T2 volume is not selected: choose both (or generate the phantom)")
+    if not p.outputModelPath or str(p.outputModelPath) in ("", "."):
+        raise T1ToT2Error("no output model file is chosen: pick where to save the .safetensors model")
+    check_training_pairs(p)
+    paths = {}
+    for key, node in nodes.items():
+        if node is not None:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            paths[key] = files.write_volume(scene.volume_from_node(node), work_dir / f"{key}.nrrd")
+    out = pathlib.Path(p.outputModelPath)
+    args = ["train", "--t1", paths["trainT1"], "--t2", paths["trainT2"], "--model", p.modelType,
+            "--planes", ",".join(chosen_planes(p)), "--device", p.device, "--out", out,
+            "--checkpoint-dir", out.with_name(out.name.replace(".safetensors", "") + ".checkpoints"),
+            "--progress", "json"]
+    if p.modelType == "refiner":
+        # The recommended model trains with its own schedule (rate, batch, patches, 2.5-D input); the panel's
+        # GAN settings do not apply to it, only the epochs at constant rate (as many decaying ones follow).
+        args += ["--epochs", p.epochs, "--epochs-decay", p.epochs]
+    else:
+        args += ["--epochs", p.epochs, "--lr", repr(float(p.learningRate)), "--batch-size", p.batchSize,
+                 "--context", p.contextSlices, "--ngf", p.generatorWidth, "--upsample", p.upsampling]
+    if p.modelType in ("cyclegan", "unit"):
+        args += ["--n-blocks", p.residualBlocks]
+    if "validationT1" in paths and "validationT2" in paths:
+        args += ["--val-t1", paths["validationT1"], "--val-t2", paths["validationT2"]]
+    if p.maxStepsPerEpoch:
+        args += ["--max-steps-per-epoch", p.maxStepsPerEpoch]
+    if p.alignT2:
+        args.append("--align")
+    if resume:
+        args.append("--resume")
+    return [str(a) for a in args]
+
+
+def start_training_job(parameters, work_dir, resume=False, python=None):
+    """Start ``t1tot2 train`` for a Training parameter node; returns the running job."""
+    work_dir = pathlib.Path(work_dir)
+    argv = jobs.cli_command(*train_arguments(parameters, work_dir, resume), python=python or jobs.python_executable())
+    job = jobs.BackgroundJob(argv, outputs=[pathlib.Path(parameters.outputModelPath)])
+    job.workDir = work_dir
+    job.outputPath = pathlib.Path(parameters.outputModelPath)
+    return job.start()
+
+
+def finish_training_job(job) -> pathlib.Path:
+    """The model a finished training job wrote; raises :class:`JobError` (with the whole log) on failure."""
+    from ..networks.modelfile import read_metadata
+
+    try:
+        _raise_if_failed(job, "training")
+    finally:
+        shutil.rmtree(getattr(job, "workDir", "") or "", ignore_errors=True)
+    done = [e for e in job.events if e.get("event") == "done"]
+    path = pathlib.Path(done[-1]["model"]) if done else job.outputPath
+    read_metadata(path)  # a readable T1ToT2 model, or a clear error
+    return path
+
+
+# --- alignment job ("show the aligned pair") ---------------------------------------------------
+def start_alignment_job(t1_node, t2_node, work_dir, python=None):
+    """Start ``t1tot2 align`` (rigid, mutual information; what ``train --align`` does) in a separate process.
+
+    The nodes are written to ``work_dir``; the job writes the T2 resampled onto the T1 grid
+    (:attr:`outputPath`) and the registration report (:attr:`reportPath`, JSON).
+    """
+    work_dir = pathlib.Path(work_dir)
+    t1, t2 = scene.volume_from_node(t1_node), scene.volume_from_node(t2_node)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t1_path = files.write_volume(t1, work_dir / "t1.nrrd")
+    t2_path = files.write_volume(t2, work_dir / "t2.nrrd")
+    output, report = work_dir / "aligned_t2.nrrd", work_dir / "alignment.json"
+    argv = jobs.cli_command("align", "--fixed", t1_path, "--moving", t2_path, "--out", output, "--json", report,
+                              python=python or jobs.python_executable())
+    job = jobs.BackgroundJob(argv, outputs=[output, report])
+    job.workDir, job.outputPath, job.reportPath = work_dir, output, report
+    return job.start()
+
+
+def finish_alignment_job(job, t1_node, t2_node) -> dict:
+    """The aligned T2 of a finished alignment job as a node on the T1's exact grid, with its report.
+
+    Returns {"node", "report" (mutual information before/after, rotation, shift, matrix), "summary" (one line)};
+    raises :class:`JobError` (with the whole log) when the job failed.  The work folder is removed.
+    """
+    import json
+
+    from ..training.align import report_summary
+
+    try:
+        _raise_if_failed(job, "alignment")
+        aligned = files.read_volume(job.outputPath)
+        report = json.loads(pathlib.Path(job.reportPath).read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(getattr(job, "workDir", "") or "", ignore_errors=True)
+    t1 = scene.volume_from_node(t1_node)
+    if aligned.shape != t1.shape or not aligned.same_geometry(t1, tol=1e-4):
+        raise T1ToT2Error(f"the aligned T2 is not on '{t1_node.GetName()}''s grid: was the T1 changed during the alignment? "
+                          "Align again")
+    # The file holds the T1's grid; the node gets the T1 node's exact matrix so no rounding creeps in.
+    node = scene.create_or_update_aligned_node(t1_node, t2_node, t1.with_array(aligned.array), report)
+    return {"node": node, "report": report, "summary": report_summary(report)}
+
+
+def progress_fraction(event, total_epochs=None):
+    """Fraction of the run done after a "step" event (``total_epochs`` comes from the "start" event), or None."""
+    total = event.get("epochs") or total_epochs
+    if event.get("event") == "step" and event.get("steps") and total:
+        return ((event["epoch"] - 1) + event["step"] / event["steps"]) / total
+    return None
+
+
+def format_duration(seconds) -> str:
+    """A rough, readable duration: "40 s", "3 min", "1 h 05 min"."""
+    seconds = max(0, int(round(float(seconds))))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = (seconds + 30) // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def progress_text(event, total_epochs=None):
+    """The status line for a training "step" event: epoch, step and the time left (``eta_s``), or None."""
+    if event.get("event") != "step":
+        return None
+    total = event.get("epochs") or total_epochs
+    text = f"Epoch {event.get('epoch')}" + (f"/{total}" if total else "")
+    if event.get("steps"):
+        text += f", step {event.get('step')}/{event['steps']}"
+    if event.get("eta_s") is not None:
+        text += f", about {format_duration(event['eta_s'])} left"
+    return text
+
+
+def record_event(event, loss_plot=None, validation_table=None) -> None:
+    """Feed one training event to the loss chart ("step": a row at the run's global step) and the validation table."""
+    if loss_plot is not None:
+        loss_plot.add_event(event)
+    scene.add_validation_row(validation_table, event)
+
+
+# --- evaluation on the validation pair ----------------------------------------------------------
+def evaluate_synthetic(synthetic_node, t1_node, t2_node, previous=None, orientation="auto") -> dict:
+    """Compare view, metrics table and line profile of a synthetic T2 against the acquired one.
+
+    ``previous`` (the dict an earlier call returned) is reused: the same
+    metrics table, profile line, profile table and chart, so evaluating after
+    every training run does not pile up nodes.  Returns {"synthetic",
+    "difference", "metrics", "line", "profile"}.
+    """
+    from ..core import metrics
+
+    previous = previous or {}
+    shown = scene.show_comparison(t1_node, t2_node, synthetic_node, orientation=orientation)
+    values = metrics.evaluate_volumes(scene.volume_from_node(synthetic_node), scene.volume_from_node(t2_node))
+    table = scene.metrics_table_node(values, name=f"{synthetic_node.GetName()} metrics", node=previous.get("metrics"))
+    line = previous.get("line")
+    if line is None or line.GetScene() is None:
+        line = scene.create_profile_line(synthetic_node)
+    profile = scene.line_profile(line, [t1_node, t2_node, synthetic_node], previous=previous.get("profile"))
+    return {"synthetic": synthetic_node, "difference": shown["difference"], "metrics": table, "line": line,
+            "profile": profile}

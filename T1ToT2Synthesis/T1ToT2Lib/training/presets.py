@@ -1,0 +1,47 @@
+"""The product's training defaults: the recommended refiner and the paper's networks, per preset."""
+
+from __future__ import annotations
+
+from ..core.volume import PLANES
+
+#: The configuration this project recommends: the ``refiner`` — gradient-boosted trees on 3-D
+#: multi-scale T1 features give a prior T2, and a small dilated residual CNN (2.5-D input of three
+#: T1 slices plus the prior's) corrects it, trained with L1 on all three planes and fused over them
+#: at synthesis.  ``training`` holds its optimiser settings (a plain regression network, not a GAN:
+#: Adam betas 0.9/0.999, a higher rate decaying linearly to 0, 48-pixel patches centred on the hand,
+#: flips; trained on an out-of-fold prior so it learns the errors the trees make on unseen anatomy).
+#: ``t1tot2 train`` takes it as its default.
+RECOMMENDED = {
+    "model": "refiner",
+    "network": {"norm": "batch"},
+    "context": 3,
+    "planes": PLANES,
+    "synthesis_plane": "fuse",
+    "training": {"epochs": 8, "epochs_decay": 8, "lr": 2e-3, "betas": (0.9, 0.999), "batch_size": 16, "augment": True,
+                 "patch": 48, "prior_cross_fit": True},
+}
+
+
+#: The best Pix2Pix of the first round (resize-convolution up-sampling, instance normalisation,
+#: 2.5-D input, fusion of the three planes): ``t1tot2 train --model pix2pix`` still defaults to it.
+PIX2PIX_IMPROVED = {
+    "model": "pix2pix",
+    "network": {"upsample": "resize", "norm": "instance"},
+    "context": 3,
+    "planes": PLANES,
+    "synthesis_plane": "fuse",
+}
+
+
+def training_defaults(model: str, preset: str = "recommended") -> dict:
+    """What ``t1tot2 train --model MODEL --preset PRESET`` uses before explicit options apply.
+
+    Keys: network, context, epochs, epochs_decay, lr, betas, batch_size, augment, patch, prior_cross_fit.
+    """
+    gan = {"epochs": 15, "epochs_decay": 0, "lr": 2e-4, "betas": (0.5, 0.999), "batch_size": 1, "augment": False,
+           "patch": None, "prior_cross_fit": True}
+    if model == "refiner":
+        return {"network": dict(RECOMMENDED["network"]), "context": RECOMMENDED["context"], **RECOMMENDED["training"]}
+    if model == "pix2pix" and preset == "recommended":
+        return {"network": dict(PIX2PIX_IMPROVED["network"]), "context": PIX2PIX_IMPROVED["context"], **gan}
+    return {"network": {}, "context": 1, **gan}

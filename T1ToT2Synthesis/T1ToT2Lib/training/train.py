@@ -1,0 +1,643 @@
+"""Training a T1 -> T2 translator (Pix2Pix, CycleGAN or UNIT) on paired slices.
+
+One step follows the reference implementation's order: the generator makes a
+fake T2, the discriminator(s) take an Adam step, then the generator(s) do.
+:class:`~T1ToT2Lib.networks.GANModel` runs each phase as
+``forward(phase, real_a, real_b) -> (loss, logs)``, which also makes the model
+a single module that ``DistributedDataParallel`` can wrap.
+
+After every epoch a checkpoint is written atomically: all weights, the Adam
+states, the RNG states, CycleGAN's image pools and the loss history, so ``resume`` continues exactly
+where the run stopped (on the CPU, bit-identical to an uninterrupted run).
+The model file (:mod:`T1ToT2Lib.networks.modelfile`) is written only when training
+finishes; a cancelled run leaves the last complete checkpoint and no model.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) each process trains on its share of
+the batches, gradients are averaged by DDP, and rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.atomic import atomic_path
+from ..inference.slices import DEFAULT_PERCENTILE, check_context
+from .data import SliceDataset, check_paired, check_planes
+from ..core.errors import T1ToT2Error
+from ..core.volume import PLANES, Volume, check_image
+from ..io.files import read_volume
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "t1tot2-checkpoint"
+#: When set, every rank writes a hash of its final generator weights into this folder (used by the DDP test).
+DEBUG_HASH_ENV = "T1TOT2_DEBUG_WEIGHT_HASH_DIR"
+
+
+class TrainingCancelled(T1ToT2Error):
+    """Raised by :func:`train` when its cancel event is set; the last checkpoint stays on disk."""
+
+
+@dataclass
+class TrainConfig:
+    t1: object  # path or Volume
+    t2: object
+    out: object = "model.safetensors"
+    val_t1: object = None
+    val_t2: object = None
+    model: str = "pix2pix"
+    network: dict = field(default_factory=dict)  # overrides for networks.default_config
+    planes: tuple = PLANES
+    epochs: int = 15  # at constant learning rate (the paper: 15 epochs at 2e-4)
+    epochs_decay: int = 0  # further epochs with the rate falling linearly to 0 (the reference's n_epochs_decay)
+    lr: float = 2e-4
+    betas: tuple = (0.5, 0.999)
+    batch_size: int = 1
+    context: int = 1  # slices fed as channels: 1 = 2-D, 3 = 2.5-D with one neighbour each side
+    device: str = "auto"
+    precision: str = "fp32"
+    seed: int = 0
+    checkpoint_dir: object = None  # default: <out stem>.checkpoints next to the model
+    resume: bool = False
+    max_steps_per_epoch: int | None = None
+    loss_csv: object = None
+    augment: bool = False
+    patch: int | None = None  # train on random patches of this size centred on the object (None: whole slices)
+    prior_cross_fit: bool = True  # refiner: train on an out-of-fold prior (True) or the final trees' own prediction
+    percentile: float = DEFAULT_PERCENTILE
+
+    @property
+    def total_epochs(self) -> int:
+        return int(self.epochs) + int(self.epochs_decay)
+
+    def resolved_checkpoint_dir(self) -> Path:
+        if self.checkpoint_dir:
+            return Path(self.checkpoint_dir)
+        out = Path(self.out)
+        return out.with_name(out.name.replace(".safetensors", "") + ".checkpoints")
+
+    def learning_rate(self, epoch: int) -> float:
+        """Rate for 0-based ``epoch``: constant for ``epochs``, then linear decay (as the reference)."""
+        decay = max(0, epoch + 1 - int(self.epochs)) / float(int(self.epochs_decay) + 1)
+        return float(self.lr) * (1.0 - decay)
+
+    def fingerprint(self) -> dict:
+        """Settings a resumed run must share with the run that wrote the checkpoint."""
+        keys = ("model", "network", "planes", "lr", "betas", "batch_size", "context", "seed", "epochs", "epochs_decay", "max_steps_per_epoch", "augment", "patch", "percentile")
+        values = asdict(self)
+        return json.loads(json.dumps({k: values[k] for k in keys}, default=list))
+
+
+# --- helpers ---------------------------------------------------------------------------
+def _load(volume_or_path, what: str) -> Volume:
+    if isinstance(volume_or_path, Volume):
+        return volume_or_path
+    if volume_or_path is None:
+        raise T1ToT2Error(f"no {what} volume given: pass --{what.lower().replace(' ', '-')} FILE")
+    return read_volume(volume_or_path)
+
+
+def _describe(volume: Volume) -> dict:
+    return {
+        "file": volume.meta.get("source_path"),
+        "shape": list(volume.shape),
+        "spacing_mm": [round(float(s), 6) for s in volume.spacing],
+    }
+
+
+def _distributed():
+    """(rank, world_size, local_rank) from the torchrun environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _flatten_optimizer(prefix: str, optimizer) -> tuple:
+    """Adam state as named tensors plus the JSON-able remainder."""
+    import torch
+
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(prefix: str, tensors: dict, extra: dict) -> dict:
+    state = {}
+    for name, value in tensors.items():
+        if name.startswith(prefix + "."):
+            index, key = name[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(index), {})[key] = value
+    for name, value in extra["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": extra["param_groups"]}
+
+
+def _rng_state() -> tuple:
+    import torch
+
+    np_state = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    python_state = random.getstate()
+    extra = {
+        "python": [python_state[0], list(python_state[1]), python_state[2]],
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return tensors, extra
+
+
+def _set_rng_state(tensors: dict, extra: dict) -> None:
+    import torch
+
+    torch.set_rng_state(tensors["rng.torch"])
+    version, internal, gauss = extra["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, pos, has_gauss, cached = extra["numpy"]
+    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _image_pools(model) -> dict:
+    """CycleGAN-style history pools held by the model's modules, by a stable name (they are not in the state dict)."""
+    pools = {}
+    for module_name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(getattr(value, "images", None), list) and callable(getattr(value, "query", None)):
+                pools[f"{module_name}.{attr}".lstrip(".")] = value
+    return pools
+
+
+def save_checkpoint(path: Path, model, optimizers: dict, epoch: int, config: TrainConfig, extra: dict) -> Path:
+    """Write weights, optimiser and RNG state after ``epoch`` (1-based) atomically, as safetensors."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    optim_meta = {}
+    for name, optimizer in optimizers.items():
+        named, rest = _flatten_optimizer(f"optim.{name}", optimizer)
+        tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in named.items()})
+        optim_meta[name] = rest
+    pool_sizes = {}
+    for name, pool in _image_pools(model).items():
+        pool_sizes[name] = len(pool.images)
+        tensors.update({f"pool.{name}.{i}": image.detach().cpu().contiguous().clone() for i, image in enumerate(pool.images)})
+    rng_tensors, rng_meta = _rng_state()
+    tensors.update({k: v.cpu().contiguous().clone() for k, v in rng_tensors.items()})
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": str(epoch),
+        "fingerprint": json.dumps(config.fingerprint(), sort_keys=True),
+        "optimizers": json.dumps(optim_meta),
+        "rng": json.dumps(rng_meta),
+        "pools": json.dumps(pool_sizes),
+        "extra": json.dumps(extra, default=str),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def load_checkpoint(path: Path, model, optimizers: dict, config: TrainConfig) -> tuple:
+    """Restore a checkpoint into ``model`` and ``optimizers``; returns (epochs done, extra dict)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+    except Exception:  # noqa: BLE001
+        raise T1ToT2Error(f"checkpoint '{path}' is unreadable: delete it and train without --resume") from None
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise T1ToT2Error(f"'{path}' is not a T1ToT2 training checkpoint: point --checkpoint-dir at the folder of the run to resume")
+    saved = json.loads(metadata["fingerprint"])
+    current = config.fingerprint()
+    changed = [k for k in current if k not in ("epochs", "epochs_decay") and saved.get(k) != current[k]]
+    if changed:
+        raise T1ToT2Error(
+            f"cannot resume: {', '.join(changed)} differ from the checkpointed run: use the same settings or a new --checkpoint-dir"
+        )
+    tensors = load_file(str(path), device="cpu")
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    optim_meta = json.loads(metadata["optimizers"])
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(_unflatten_optimizer(f"optim.{name}", tensors, optim_meta[name]))
+    pool_sizes = json.loads(metadata.get("pools", "{}"))
+    for name, pool in _image_pools(model).items():
+        device = next(model.parameters()).device
+        pool.images = [tensors[f"pool.{name}.{i}"].to(device) for i in range(pool_sizes.get(name, 0))]
+    _set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, json.loads(metadata["rng"]))
+    return int(metadata["epoch"]), json.loads(metadata["extra"])
+
+
+class LossLog:
+    """Losses per step in a CSV (epoch, step, one column per loss); rows past a resumed epoch are dropped."""
+
+    def __init__(self, path, keep_before_epoch: int | None = None):
+        self.path = Path(path) if path else None
+        self.columns = None
+        self.handle = None
+        if self.path is None:
+            return
+        rows = []
+        if keep_before_epoch is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.columns = reader.fieldnames
+                rows = [r for r in reader if int(r["epoch"]) < keep_before_epoch]
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "w", newline="") as f:
+                if self.columns:
+                    writer = csv.DictWriter(f, self.columns)
+                    writer.writeheader()
+                    writer.writerows(rows)
+        self.handle = open(self.path, "a", newline="")
+
+    def write(self, epoch: int, step: int, losses: dict) -> None:
+        if self.handle is None:
+            return
+        if self.columns is None:
+            self.columns = ["epoch", "step", *losses]
+            csv.writer(self.handle).writerow(self.columns)
+        row = {"epoch": epoch, "step": step, **{k: f"{v:.6g}" for k, v in losses.items()}}
+        csv.writer(self.handle).writerow([row.get(c, "") for c in self.columns])
+        self.handle.flush()
+
+    def close(self):
+        if self.handle is not None:
+            self.handle.close()
+
+
+# --- training --------------------------------------------------------------------------
+def train(config: TrainConfig, progress=None, cancel_event: threading.Event | None = None) -> Path:
+    """Train a model as ``config`` says and write its model file; returns the model path.
+
+    ``progress`` receives dict events ("start", "step", "epoch", "done").  If
+    ``cancel_event`` gets set, training stops before the next step and raises
+    :class:`TrainingCancelled`, leaving the last complete checkpoint.
+    """
+    import torch
+
+    from .. import networks
+    from ..core.devices import autocast_context, check_precision, resolve_device
+
+    emit = progress or (lambda event: None)
+    started = time.time()
+    out = Path(config.out)
+    if out.suffix != ".safetensors":
+        raise T1ToT2Error(f"model output '{out.name}' must end in .safetensors: rename --out")
+    planes = check_planes(config.planes)
+    context = check_context(config.context)
+    if check_precision(config.precision) == "fp16":
+        raise T1ToT2Error("training in fp16 is not supported (it needs loss scaling): use --precision bf16 or fp32")
+    if config.model not in networks.TRAINABLE:
+        raise T1ToT2Error(f"unknown model {config.model!r}: use one of {', '.join(networks.TRAINABLE)}")
+    if config.total_epochs < 1:
+        raise T1ToT2Error(f"epochs must be at least 1 (got {config.total_epochs})")
+    if int(config.epochs) < 0 or int(config.epochs_decay) < 0:
+        raise T1ToT2Error(f"epochs must be at least 1 and epochs-decay at least 0 (got {config.epochs} and {config.epochs_decay})")
+    if not np.isfinite(float(config.lr)) or float(config.lr) <= 0:
+        raise T1ToT2Error(f"learning rate {config.lr} must be a positive number: use e.g. --lr 2e-4")
+    if int(config.batch_size) < 1:
+        raise T1ToT2Error(f"batch size {config.batch_size} must be at least 1: use e.g. --batch-size 1")
+    if config.max_steps_per_epoch is not None and int(config.max_steps_per_epoch) < 1:
+        raise T1ToT2Error(f"max steps per epoch {config.max_steps_per_epoch} must be at least 1: raise it or leave it out")
+
+    t1, t2 = check_image(_load(config.t1, "T1"), "the T1"), check_image(_load(config.t2, "T2"), "the T2")
+    check_paired(t1, t2)
+    validation = None
+    if (config.val_t1 is None) != (config.val_t2 is None):
+        raise T1ToT2Error("validation needs both --val-t1 and --val-t2 (or neither)")
+    if config.val_t1 is not None:
+        validation = (check_image(_load(config.val_t1, "val T1"), "the validation T1"), check_image(_load(config.val_t2, "val T2"), "the validation T2"))
+        check_paired(*validation, what=("validation T1", "validation T2"))
+
+    rank, world, local_rank = _distributed()
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        if config.device in ("auto", "cuda") and torch.cuda.is_available():
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        else:
+            device = resolve_device("cpu" if config.device == "auto" else config.device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    else:
+        device = resolve_device(config.device)
+    is_main = rank == 0
+    if not is_main:
+        emit = lambda event: None  # noqa: E731 - only rank 0 reports
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    overrides = dict(config.network or {})
+    if config.model == "pix2pix" and "depth" not in overrides:
+        # The U-Net halves down to 1x1: as many levels as the largest slice side needs (9 at 512, as the paper).
+        overrides["depth"] = networks.depth_for_size(max(max(t1.shape[a] for a in range(3) if a != t1.plane_axis(p)) for p in planes))
+    net_config = networks.default_config(config.model, in_channels=context, **overrides)
+    multiple = int(networks.required_multiple(net_config))
+    prior_model, training_prior = None, None
+    if networks.uses_prior(net_config):
+        prior_model, training_prior = fit_prior(t1, t2, config, emit)
+    dataset = SliceDataset(t1, t2, planes, context=context, multiple=multiple, percentile=config.percentile,
+                           augment=config.augment, prior=training_prior, patch=config.patch)
+    # The refiner is plain full-resolution convolutions: in channels-last layout oneDNN runs its steps
+    # about 1.6 times faster on the CPU (0.42 -> 0.26 s per batch of 16 patches of 48 pixels).
+    layout = torch.channels_last if net_config["arch"] == "refiner" else torch.contiguous_format
+    model = networks.build_model(net_config).to(device=device, memory_format=layout)
+    groups = model.parameter_groups()
+    optimizers = {
+        name: torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas))
+        for name, params in groups.items()
+        if params
+    }
+    # Pix2Pix's reference steps D then G, CycleGAN's G then D; a model may state its order.
+    phases = [p for p in getattr(model, "phases", ("discriminator", "generator")) if p in optimizers]
+
+    checkpoint_path = config.resolved_checkpoint_dir() / CHECKPOINT_NAME
+    start_epoch, history = 0, {"epochs": []}
+    if config.resume:
+        if not checkpoint_path.exists():
+            raise T1ToT2Error(f"--resume found no checkpoint at '{checkpoint_path}': pass the --checkpoint-dir of the run to resume")
+        start_epoch, history = load_checkpoint(checkpoint_path, model, optimizers, config)
+        if start_epoch >= config.total_epochs:
+            raise T1ToT2Error(
+                f"the checkpoint already has {start_epoch} epoch(s), not fewer than --epochs {config.total_epochs}: raise --epochs to train on"
+            )
+
+    train_module = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_module = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+
+    def batches_of(epoch):
+        batches = dataset.epoch_batches(config.batch_size, config.seed, epoch, rank, world)
+        if config.max_steps_per_epoch:
+            batches = batches[: int(config.max_steps_per_epoch)]
+        return batches
+
+    steps_per_epoch = len(batches_of(start_epoch))
+    log = LossLog(config.loss_csv if is_main else None, keep_before_epoch=start_epoch + 1 if config.resume else None)
+    emit({
+        "event": "start", "model": config.model, "planes": planes, "epochs": config.total_epochs,
+        "start_epoch": start_epoch + 1, "steps_per_epoch": steps_per_epoch, "slices": len(dataset),
+        "device": str(device), "precision": config.precision, "world_size": world, "config": net_config,
+    })
+
+    step_times = []
+    remaining_steps = (config.total_epochs - start_epoch) * steps_per_epoch
+    try:
+        for epoch in range(start_epoch, config.total_epochs):
+            for group in (g for opt in optimizers.values() for g in opt.param_groups):
+                group["lr"] = config.learning_rate(epoch)
+            train_module.train()
+            batches = batches_of(epoch)
+            sums = {}
+            for step, batch in enumerate(batches):
+                if cancel_event is not None and cancel_event.is_set():
+                    kept = f"the checkpoint after epoch {epoch} is kept: continue with --resume" if epoch else "no epoch was complete, so nothing was kept: start again"
+                    raise TrainingCancelled(f"training cancelled during epoch {epoch + 1}; {kept}")
+                tick = time.perf_counter()
+                augment_rng = (np.random.default_rng([config.seed, epoch, step, rank])
+                               if config.augment or config.patch else None)
+                a, b = dataset.arrays(batch, augment_rng)
+                real_a = torch.from_numpy(a).to(device=device, memory_format=layout)
+                real_b = torch.from_numpy(b).to(device=device, memory_format=layout)
+                losses = {}
+                for phase in phases:
+                    with autocast_context(device, config.precision):
+                        loss, logs = train_module(phase, real_a, real_b)
+                    optimizers[phase].zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizers[phase].step()
+                    losses.update({k: float(v) for k, v in logs.items()})
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                step_times.append(time.perf_counter() - tick)
+                remaining_steps -= 1
+                log.write(epoch + 1, step + 1, losses)
+                recent = step_times[-20:]
+                emit({
+                    "event": "step", "epoch": epoch + 1, "step": step + 1, "steps": len(batches),
+                    "losses": losses, "eta_s": round(remaining_steps * sum(recent) / len(recent), 1),
+                })
+            if distributed:
+                _average_buffers(model, world)
+            mean_losses = {k: v / max(1, len(batches)) for k, v in sums.items()}
+            val_metrics = None
+            if is_main and validation is not None:
+                val_metrics = validate(model, net_config, validation, planes, dataset.t2_scale, config, device, prior_model)
+            history["epochs"].append({"epoch": epoch + 1, "losses": mean_losses, "val_metrics": val_metrics})
+            written = None
+            if is_main:
+                written = str(save_checkpoint(checkpoint_path, model, optimizers, epoch + 1, config, history))
+            if distributed:
+                torch.distributed.barrier()
+            emit({"event": "epoch", "epoch": epoch + 1, "losses": mean_losses, "val_metrics": val_metrics, "checkpoint": written})
+
+        if is_main:
+            from ..networks.modelfile import save_model
+            from ..inference.preprocess import preprocessing_record
+
+            last_val = next((e["val_metrics"] for e in reversed(history["epochs"]) if e["val_metrics"]), None)
+            metadata = {
+                "config": net_config,
+                "planes": planes,
+                "in_channels": str(context),
+                "intensity": {"t1_percentile": config.percentile, "t2_percentile": config.percentile, "t2_scale": dataset.t2_scale, "training_t1_scale": dataset.t1_scale},
+                "training": {
+                    "t1": _describe(t1), "t2": _describe(t2),
+                    "validation": [_describe(v) for v in validation] if validation else None,
+                    "slices": len(dataset), "epochs": config.epochs, "epochs_decay": config.epochs_decay,
+                    "lr": config.lr, "betas": list(config.betas), "batch_size": config.batch_size, "seed": config.seed,
+                    "device": str(device), "precision": config.precision, "world_size": world,
+                    "steps_per_epoch": steps_per_epoch, "augment": config.augment, "patch": config.patch,
+                    "seconds": round(time.time() - started, 1),
+                    "mean_step_seconds": round(float(np.mean(step_times)), 4) if step_times else None,
+                    "losses": history["epochs"][-1]["losses"] if history["epochs"] else None,
+                },
+                "validation_metrics": last_val or {},
+                "preprocessing": preprocessing_record(t1),  # voxel size and N4, repeated at synthesis (T1ToT2Lib.inference.preprocess)
+            }
+            weights = dict(model.generator.state_dict())
+            if prior_model is not None:
+                weights.update(prior_model.to_tensors("prior"))
+                metadata["prior"] = prior_model.metadata()
+            save_model(out, weights, metadata)
+        _write_debug_hash(model, rank)
+        if distributed:
+            torch.distributed.barrier()
+    finally:
+        log.close()
+        if distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    emit({"event": "done", "model": str(out), "seconds": round(time.time() - started, 2)})
+    return out
+
+
+def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit):
+    """Fit the feature regression on the training pair; returns (regressor, out-of-fold training prior).
+
+    The network learns to correct the prior, so it must see the prior's errors as they are on an unseen
+    hand: the training prior is cross-fitted (each half of the volume predicted by trees fitted on the other).
+    """
+    from ..inference.slices import foreground_scale, foreground_threshold
+    from ..networks.feature_regression import fit_feature_regressor
+
+    tick = time.perf_counter()
+    t1n = t1.array / np.float32(foreground_scale(t1.array, config.percentile))
+    t2n = t2.array / np.float32(foreground_scale(t2.array, config.percentile))
+    from scipy import ndimage
+
+    mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)),
+                                   iterations=2)
+    regressor, prior = fit_feature_regressor(t1n, t2n, mask, seed=config.seed, cross_fit=config.prior_cross_fit)
+    emit({"event": "prior", "kind": "feature_regression", "trees": regressor.trees.metadata()["n_trees"],
+          "seconds": round(time.perf_counter() - tick, 1)})
+    return regressor, prior
+
+
+def validate(model, net_config, validation, planes, t2_scale, config, device, prior=None) -> dict:
+    """Synthesise the validation T1 with the current generator and score it against the validation T2."""
+    from .. import networks
+    from ..networks.modelfile import LoadedModel
+    from ..inference.synthesize import synthesize_volume
+
+    val_t1, val_t2 = validation
+    generator = model.generator
+    was_training = generator.training
+    loaded = LoadedModel(
+        generator=generator, config=net_config, metadata={}, planes=list(planes), in_channels=int(config.context),
+        t2_scale=float(t2_scale), t1_percentile=float(config.percentile), multiple=int(networks.required_multiple(net_config)),
+        name=f"{config.model} (training)", prior=prior,
+    )
+    plane = planes[0] if len(planes) == 1 else "fuse"
+    try:
+        generated = synthesize_volume(loaded, val_t1, plane=plane, device=device, precision=config.precision)
+    finally:
+        generator.train(was_training)
+    try:
+        from ..core.metrics import evaluate_volumes
+
+        result = evaluate_volumes(generated, val_t2, planes=planes)
+        summary = {k: result["overall"][k]["mean"] for k in ("nrmse", "psnr", "ssim")}
+    except ImportError:
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+        g, i = generated.array, val_t2.array
+        summary = {
+            "nrmse": float(np.sqrt(np.mean((g - i) ** 2)) / (i.max() - i.min())),
+            "psnr": float(peak_signal_noise_ratio(i, g, data_range=float(max(i.max(), g.max())))),
+            "ssim": float(structural_similarity(i, g, data_range=float(max(i.max(), g.max()) - min(i.min(), g.min())))),
+        }
+    summary["plane"] = plane
+    return summary
+
+
+def _average_buffers(model, world: int) -> None:
+    """Average floating-point buffers (batch-norm running statistics) over the ranks.
+
+    DDP keeps parameters in step but each rank updates its running statistics
+    from its own batches; averaging them makes every rank hold the same model.
+    """
+    import torch
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        if torch.is_floating_point(buffer):
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(world)
+
+
+def _write_debug_hash(model, rank: int) -> None:
+    folder = os.environ.get(DEBUG_HASH_ENV)
+    if not folder:
+        return
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.generator.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"rank{rank}.sha256").write_text(digest.hexdigest())
+
+
+# --- command line ----------------------------------------------------------------------
+def json_progress(stream=None):
+    """A progress callback printing one JSON object per line."""
+    stream = stream or sys.stdout
+
+    def emit(event: dict):
+        stream.write(json.dumps(event, default=str) + "\n")
+        stream.flush()
+
+    return emit
+
+
+class BarProgress:
+    """A tqdm bar over all steps of all epochs, with the latest losses as its postfix."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event: dict):
+        from tqdm import tqdm
+
+        kind = event["event"]
+        if kind == "start":
+            total = (event["epochs"] - event["start_epoch"] + 1) * event["steps_per_epoch"]
+            self.bar = tqdm(total=total, unit="step", desc=f"train {event['model']}", file=sys.stderr)
+        elif kind == "step" and self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in list(event["losses"].items())[:4]}, refresh=False)
+        elif kind == "epoch" and self.bar is not None:
+            metrics = event.get("val_metrics")
+            if metrics:
+                self.bar.write(f"epoch {event['epoch']}: validation NRMSE {metrics['nrmse']:.4f} PSNR {metrics['psnr']:.2f} SSIM {metrics['ssim']:.4f}")
+        elif kind == "done" and self.bar is not None:
+            self.bar.close()
+            print(f"model written to {event['model']}", file=sys.stderr)
+
+
+def _parse_betas(text: str) -> tuple:
+    try:
+        b1, b2 = (float(x) for x in text.split(","))
+    except ValueError:
+        raise T1ToT2Error(f"--betas {text!r} must be two numbers like 0.5,0.999") from None
+    return b1, b2
+
+
+def preset_options(model: str, preset: str) -> tuple:
+    """(network overrides, context) that ``--preset`` gives ``model`` before explicit options apply."""
+    from .presets import training_defaults
+
+    defaults = training_defaults(model, preset)
+    return defaults["network"], defaults["context"]
+
+
