@@ -247,62 +247,76 @@ def _long_bone(start, end, r_end0, r_shaft, r_end1, cortex_shaft, name, squash=1
     return Tube(pts, radii, cortex, squash=squash, name=name)
 
 
+#: Metacarpal shaft radius of each finger (mm); the thumb's is ``_THUMB_SHAFT``.
+_SHAFT = {"index": 3.9, "middle": 4.0, "ring": 3.5, "little": 3.3}
+_THUMB_SHAFT = 4.6
+#: z of the radius's distal end, of the metacarpal bases, and of the palmar arterial arch (mm).
+_RADIUS_END_Z, _MC_BASE_Z, _ARCH_Z = 74.0, 109.5, 128.0
+#: Carpal bones: name, centre (pre-scaling x), semi-axes and orientation.
+_CARPALS = (
+    ("scaphoid", (14, 0, 84), (6.0, 6.0, 9.0), ("y", 40)),
+    ("lunate", (1, -1, 82.5), (6.0, 7.0, 5.5), None),
+    ("triquetrum", (-11.5, -2, 83.5), (5.0, 6.0, 5.0), None),
+    ("pisiform", (-14, 7.5, 84), (3.5, 3.5, 4.0), None),
+    ("trapezium", (18, 2, 99.5), (5.5, 6.0, 6.0), ("y", 25)),
+    ("trapezoid", (7.5, -1, 100.5), (4.3, 6.0, 5.5), None),
+    ("capitate", (-2, 0, 98.5), (5.5, 7.0, 8.0), None),
+    ("hamate", (-13.5, 0, 98.0), (5.5, 7.0, 7.5), None),
+)
+
+
 def build_hand(p: dict) -> Hand:
     """Lay out a left hand (in the hand frame) from parameters ``p``."""
     s = p["scale"]
-    bones, tendons, vessels, nerves, muscles, envelope = [], [], [], [], [], []
-    landmarks = {}
 
     def X(x):
         return x * s
 
-    # --- forearm bones (ends of radius and ulna) ---------------------------
-    radius_end_z = 74.0
-    bones.append(
+    bones = _forearm_and_carpal_bones(X)
+    digit_chains, t_dir = _digit_chains(p, X)
+    bones += _digit_bones(digit_chains)
+    envelope = _envelope(p, X, digit_chains)
+    muscles = _muscles(p, X, digit_chains, t_dir)
+    tendons = _tendons(X, digit_chains)
+    vessels, nerves = _vessels_and_nerves(X, digit_chains)
+    landmarks = _landmarks(p, X, digit_chains, t_dir)
+    hand = Hand(envelope, muscles, tendons, vessels, nerves, bones, p["skin_thickness"], p["fat_thickness"], landmarks)
+    return hand.moved(lambda pts: np.asarray(pts, float) + [_X_SHIFT, 0.0, 0.0]) if _X_SHIFT else hand
+
+
+def _forearm_and_carpal_bones(X) -> list:
+    """The ends of radius and ulna, and the two rows of carpals (ellipsoids)."""
+    bones = [
         Tube(
-            [[X(12), -2, -12], [X(12.5), -2, 40], [X(13.5), -2, 58], [X(14), -1, 66], [X(14), -1, radius_end_z - 8]],
+            [[X(12), -2, -12], [X(12.5), -2, 40], [X(13.5), -2, 58], [X(14), -1, 66], [X(14), -1, _RADIUS_END_Z - 8]],
             [7.0, 7.0, 9.5, 11.0, 8.0],
             [2.6, 2.4, 1.2, 0.8, 0.6],
             squash=0.75,
             name="radius",
-        )
-    )
-    bones.append(
+        ),
         Tube(
             [[X(-21), -3, -12], [X(-20.5), -3, 45], [X(-20), -3, 60], [X(-20), -3, 65]],
             [6.0, 5.8, 7.2, 6.0],
             [2.2, 2.0, 0.8, 0.6],
             squash=0.85,
             name="ulna",
-        )
-    )
-
-    # --- carpals: two rows of ellipsoids -----------------------------------
-    carpal = 1.0
-    carpals = [
-        ("scaphoid", (14, 0, 84), (6.0, 6.0, 9.0), _rotation("y", 40)),
-        ("lunate", (1, -1, 82.5), (6.0, 7.0, 5.5), np.eye(3)),
-        ("triquetrum", (-11.5, -2, 83.5), (5.0, 6.0, 5.0), np.eye(3)),
-        ("pisiform", (-14, 7.5, 84), (3.5, 3.5, 4.0), np.eye(3)),
-        ("trapezium", (18, 2, 99.5), (5.5, 6.0, 6.0), _rotation("y", 25)),
-        ("trapezoid", (7.5, -1, 100.5), (4.3, 6.0, 5.5), np.eye(3)),
-        ("capitate", (-2, 0, 98.5), (5.5, 7.0, 8.0), np.eye(3)),
-        ("hamate", (-13.5, 0, 98.0), (5.5, 7.0, 7.5), np.eye(3)),
+        ),
     ]
-    for name, centre, radii, rot in carpals:
+    for name, centre, radii, turn in _CARPALS:
         c = np.array(centre, float)
         c[0] = X(c[0])
-        bones.append(Blob(c, radii, rot, cortex=carpal, name=name))
+        bones.append(Blob(c, radii, np.eye(3) if turn is None else _rotation(*turn), cortex=1.0, name=name))
+    return bones
 
-    # --- metacarpals and phalanges ----------------------------------------
-    mc_base_z = 109.5
+
+def _digit_chains(p: dict, X) -> tuple:
+    """Joint positions of each digit (base, end of each bone, start of the next), and the thumb metacarpal's direction."""
     digit_chains = {}
-    shaft = {"index": 3.9, "middle": 4.0, "ring": 3.5, "little": 3.3}
     for finger in FINGERS:
         base_x, head_x, spread = _FINGER_LAYOUT[finger]
         lengths = p[f"{finger}_lengths"]
         mc_dir = _unit([X(head_x - base_x), 0.0, lengths[0]])
-        base = np.array([X(base_x), 0.0, mc_base_z])
+        base = np.array([X(base_x), 0.0, _MC_BASE_Z])
         finger_dir = _in_plane_direction(spread + p[f"{finger}_spread"], volar=0.0)
         chain = [base, base + mc_dir * lengths[0]]
         d = finger_dir
@@ -311,15 +325,6 @@ def build_hand(p: dict) -> Hand:
             start = chain[-1] + d * JOINT_GAP
             chain += [start, start + d * length]
         digit_chains[finger] = chain
-        r = shaft[finger]
-        bones.append(_long_bone(chain[0], chain[1], 5.0, r, 6.0, 1.6, f"{finger}_metacarpal", squash=0.9))
-        phalanx_radii = [(4.8, r * 0.8, 4.5, 1.3), (4.0, r * 0.65, 3.7, 1.0), (3.5, r * 0.55, 3.0, 0.8)]
-        for n, (r0, rs, r1, tc) in enumerate(phalanx_radii):
-            name = ("proximal", "middle", "distal")[n]
-            bones.append(
-                _long_bone(chain[2 + 2 * n], chain[3 + 2 * n], r0, rs, r1, tc, f"{finger}_{name}_phalanx", squash=0.85)
-            )
-
     # Thumb: metacarpal from the trapezium, abducted radially and turned a little volar.
     t_len = p["thumb_lengths"]
     t_dir = _in_plane_direction(p["thumb_abduction"], volar=0.06)
@@ -331,27 +336,55 @@ def build_hand(p: dict) -> Hand:
         start = thumb[-1] + d * JOINT_GAP
         thumb += [start, start + d * length]
     digit_chains["thumb"] = thumb
-    thumb_shaft = 4.6
-    bones.append(_long_bone(thumb[0], thumb[1], 5.5, thumb_shaft, 6.0, 2.0, "thumb_metacarpal", squash=0.9))
+    return digit_chains, t_dir
+
+
+def _digit_bones(digit_chains: dict) -> list:
+    """Metacarpals and phalanges along the digit chains (the thumb has no middle phalanx)."""
+    bones = []
+    for finger in FINGERS:
+        chain, r = digit_chains[finger], _SHAFT[finger]
+        bones.append(_long_bone(chain[0], chain[1], 5.0, r, 6.0, 1.6, f"{finger}_metacarpal", squash=0.9))
+        phalanx_radii = [(4.8, r * 0.8, 4.5, 1.3), (4.0, r * 0.65, 3.7, 1.0), (3.5, r * 0.55, 3.0, 0.8)]
+        for n, (r0, rs, r1, tc) in enumerate(phalanx_radii):
+            name = ("proximal", "middle", "distal")[n]
+            bones.append(
+                _long_bone(chain[2 + 2 * n], chain[3 + 2 * n], r0, rs, r1, tc, f"{finger}_{name}_phalanx", squash=0.85)
+            )
+    thumb = digit_chains["thumb"]
+    bones.append(_long_bone(thumb[0], thumb[1], 5.5, _THUMB_SHAFT, 6.0, 2.0, "thumb_metacarpal", squash=0.9))
     bones.append(_long_bone(thumb[2], thumb[3], 5.0, 3.4, 4.5, 1.3, "thumb_proximal_phalanx", squash=0.85))
     bones.append(_long_bone(thumb[4], thumb[5], 4.2, 2.4, 3.4, 0.9, "thumb_distal_phalanx", squash=0.85))
+    return bones
 
-    # --- envelope (skin surface): forearm, palm, fingers, thumb, eminences ---
+
+def _envelope(p: dict, X, digit_chains: dict) -> list:
+    """The skin surface: forearm, palm, fingers and thumb."""
+    s = p["scale"]
     fw = p["forearm_width"] * s
-    envelope.append(Tube([[X(-3), -1, -40], [X(-3), -1, 40], [X(-2), -1, 75]], [fw, fw * 0.97, fw * 0.92], squash=0.62, name="forearm"))
-    envelope.append(Tube([[X(-4), 0, 88], [X(-4), 0, 122], [X(-3), 0, 160]], [33.0 * s, 36.0 * s, 35.0 * s], squash=0.40, name="palm"))
+    envelope = [
+        Tube([[X(-3), -1, -40], [X(-3), -1, 40], [X(-2), -1, 75]], [fw, fw * 0.97, fw * 0.92], squash=0.62, name="forearm"),
+        Tube([[X(-4), 0, 88], [X(-4), 0, 122], [X(-3), 0, 160]], [33.0 * s, 36.0 * s, 35.0 * s], squash=0.40, name="palm"),
+    ]
     for finger, widths in zip(FINGERS, ((9.8, 8.2), (10.0, 8.4), (9.6, 8.0), (8.8, 7.4))):
         chain = digit_chains[finger]
         tip = chain[-1] + _unit(chain[-1] - chain[-2]) * 4.0
         envelope.append(Tube([chain[1], chain[3], chain[5], tip], [widths[0] + 1.0, widths[0], widths[1] + 0.4, widths[1]], squash=0.9, name=f"{finger}_finger"))
+    thumb = digit_chains["thumb"]
     t_tip = thumb[-1] + _unit(thumb[-1] - thumb[-2]) * 4.0
     envelope.append(Tube([thumb[0] + [-2, 0, -4], thumb[1], thumb[3], t_tip], [13.0, 11.5, 10.5, 9.0], squash=0.9, name="thumb"))
+    return envelope
 
-    # --- muscles ----------------------------------------------------------
-    bulk = p["muscle_bulk"]
-    muscles.append(Blob([X(-3), 7.0, 15], [25.0 * bulk * s, 10.0 * bulk, 62.0], name="forearm_flexors"))
-    muscles.append(Blob([X(-4), -9.5, 8], [24.0 * bulk * s, 8.0 * bulk, 58.0], name="forearm_extensors"))
-    muscles.append(Blob([X(-3), 5.5, 58], [22.0 * s, 3.5, 8.0], name="pronator_quadratus"))
+
+def _muscles(p: dict, X, digit_chains: dict, t_dir) -> list:
+    """Forearm bellies, thenar and hypothenar eminences, interossei and the thumb's adductor."""
+    s, bulk = p["scale"], p["muscle_bulk"]
+    thumb = digit_chains["thumb"]
+    muscles = [
+        Blob([X(-3), 7.0, 15], [25.0 * bulk * s, 10.0 * bulk, 62.0], name="forearm_flexors"),
+        Blob([X(-4), -9.5, 8], [24.0 * bulk * s, 8.0 * bulk, 58.0], name="forearm_extensors"),
+        Blob([X(-3), 5.5, 58], [22.0 * s, 3.5, 8.0], name="pronator_quadratus"),
+    ]
     thumb_mid = (thumb[0] + thumb[1]) / 2
     thenar_rot = np.column_stack([_unit(np.cross([0, 1, 0], t_dir)), [0, 1, 0], t_dir])
     muscles.append(Blob(thumb_mid + [-5.0, 9.5, -4.0], [11.0 * bulk, 7.0 * bulk, 22.0], _orthonormal(thenar_rot), name="thenar"))
@@ -367,11 +400,15 @@ def build_hand(p: dict) -> Hand:
     index = digit_chains["index"]
     muscles.append(Tube([digit_chains["middle"][0] + [0, 7.0, 20.0], thumb[2] + [-6.0, 5.0, -2.0]], [5.0 * bulk, 3.5 * bulk], name="adductor_pollicis"))
     muscles.append(Tube([index[0] + [6.0, -3.0, 14.0], index[1] + [5.5, -2.5, -12.0]], [4.0 * bulk, 3.0 * bulk], name="first_dorsal_interosseous"))
+    return muscles
 
-    # --- tendons: flexors volar (through the carpal tunnel), extensors dorsal ---
+
+def _tendons(X, digit_chains: dict) -> list:
+    """Flexor tendons volar (through the carpal tunnel), extensors dorsal."""
+    tendons = []
     for finger in FINGERS + ("thumb",):
         chain = digit_chains[finger]
-        r = thumb_shaft if finger == "thumb" else shaft[finger]
+        r = _THUMB_SHAFT if finger == "thumb" else _SHAFT[finger]
         if finger == "thumb":
             flexor = [[X(6), 9.0, 55], [X(12), 9.0, 92], chain[0] + [-1, r + 4.5, 0], chain[1] + [0, r + 3.0, 0], chain[-2] + [0, 4.0, 0], chain[-2] + [0, 3.2, 10.0]]
             extensor = [[X(10), -13.0, 55], [X(18), -9.0, 92], chain[0] + [0, -(r + 3.0), 0], chain[1] + [0, -(r + 2.8), 0], chain[-2] + [0, -3.6, 0]]
@@ -381,36 +418,47 @@ def build_hand(p: dict) -> Hand:
             extensor = [[X(-4) + spread, -14.0, 50], [X(-3) + spread * 1.5, -10.5, 90], chain[0] + [0, -(r + 2.6), 6], chain[1] + [0, -(r + 2.5), 0], chain[3] + [0, -3.6, 0], chain[5] + [0, -3.1, 0]]
         tendons.append(Tube(flexor, [2.6] + [2.4] * (len(flexor) - 3) + [1.8, 1.4], name=f"{finger}_flexor_tendon"))
         tendons.append(Tube(extensor, [2.4] + [2.1] * (len(extensor) - 3) + [1.6, 1.2], name=f"{finger}_extensor_tendon"))
+    return tendons
 
-    # --- vessels and nerves -------------------------------------------------
-    arch_z = 128.0
-    vessels.append(Tube([[X(19), 13.0, -12], [X(20), 12.0, 72], [X(24), 2.0, 92], [X(10), -6.0, 108]], 1.5, name="radial_artery"))
-    vessels.append(Tube([[X(-17), 12.0, -12], [X(-16), 11.0, 80], [X(-12), 10.0, 110], [X(-8), 10.5, arch_z], [X(6), 10.5, arch_z + 4], [X(16), 9.5, arch_z + 2]], [1.5, 1.4, 1.3, 1.2, 1.1, 1.0], name="ulnar_artery_and_palmar_arch"))
+
+def _vessels_and_nerves(X, digit_chains: dict) -> tuple:
+    """Arteries (radial, ulnar and the palmar arch, digital), dorsal and cephalic veins; median and ulnar nerves."""
+    arch_z = _ARCH_Z
+    vessels = [
+        Tube([[X(19), 13.0, -12], [X(20), 12.0, 72], [X(24), 2.0, 92], [X(10), -6.0, 108]], 1.5, name="radial_artery"),
+        Tube([[X(-17), 12.0, -12], [X(-16), 11.0, 80], [X(-12), 10.0, 110], [X(-8), 10.5, arch_z], [X(6), 10.5, arch_z + 4], [X(16), 9.5, arch_z + 2]],
+             [1.5, 1.4, 1.3, 1.2, 1.1, 1.0], name="ulnar_artery_and_palmar_arch"),
+    ]
     for f1, f2 in zip(FINGERS[:-1], FINGERS[1:]):
         web = (digit_chains[f1][1] + digit_chains[f2][1]) / 2
         vessels.append(Tube([[web[0] * 0.9, 10.0, arch_z + 2], web + [0, 8.5, 2.0], web + [0, 7.0, 14.0]], [0.9, 0.8, 0.7], name=f"digital_artery_{f1}_{f2}"))
     for x0 in (8.0, -10.0, -24.0):
         vessels.append(Tube([[X(x0), -15.0, 95], [X(x0 + 2), -14.0, 140], [X(x0 + 3), -12.5, 170]], 1.6, name="dorsal_vein"))
     vessels.append(Tube([[X(22), -12.0, -12], [X(24), -12.5, 60], [X(26), -11.5, 95]], 2.0, name="cephalic_vein"))
-    nerves.append(Tube([[X(-1), 12.0, -12], [X(0), 11.0, 70], [X(1), 11.0, 96], [X(3), 9.5, 118]], [2.4, 2.4, 2.1, 1.8], name="median_nerve"))
-    nerves.append(Tube([[X(-14), 11.5, -12], [X(-14), 10.5, 80], [X(-15), 9.5, 100]], [2.0, 1.9, 1.6], name="ulnar_nerve"))
+    nerves = [
+        Tube([[X(-1), 12.0, -12], [X(0), 11.0, 70], [X(1), 11.0, 96], [X(3), 9.5, 118]], [2.4, 2.4, 2.1, 1.8], name="median_nerve"),
+        Tube([[X(-14), 11.5, -12], [X(-14), 10.5, 80], [X(-15), 9.5, 100]], [2.0, 1.9, 1.6], name="ulnar_nerve"),
+    ]
+    return vessels, nerves
 
-    # --- landmarks -----------------------------------------------------------
+
+def _landmarks(p: dict, X, digit_chains: dict, t_dir) -> dict:
+    """The thumb metacarpal's profile line and the occlusion-study points (hand frame)."""
+    thumb, middle = digit_chains["thumb"], digit_chains["middle"]
+    fw = p["forearm_width"] * p["scale"]
     mc = thumb[0] + 0.5 * (thumb[1] - thumb[0])
     across = _unit(np.cross(t_dir, [0.0, 1.0, 0.0]))  # perpendicular to the shaft, in the palm plane
-    half = thumb_shaft + 3.2
-    landmarks["thumb_metacarpal_profile"] = [mc - across * half, mc + across * half]
-    middle = digit_chains["middle"]
-    landmarks["occlusion_points"] = {
-        "marrow": middle[0] + 0.5 * (middle[1] - middle[0]),
-        "muscle": np.array([X(-3), 6.0, 25.0]),  # forearm flexor bellies
-        # Dorsal forearm, half-way through the fat layer under the skin.
-        "subcutaneous_fat": np.array([X(-3), -1.0 - fw * 0.62 * 0.974 + p["skin_thickness"] + 0.5 * p["fat_thickness"], 30.0]),
-        "tendon": middle[0] + 0.5 * (middle[1] - middle[0]) + [0, -(shaft["middle"] + 2.5) * 1.0, 0],
+    half = _THUMB_SHAFT + 3.2
+    return {
+        "thumb_metacarpal_profile": [mc - across * half, mc + across * half],
+        "occlusion_points": {
+            "marrow": middle[0] + 0.5 * (middle[1] - middle[0]),
+            "muscle": np.array([X(-3), 6.0, 25.0]),  # forearm flexor bellies
+            # Dorsal forearm, half-way through the fat layer under the skin.
+            "subcutaneous_fat": np.array([X(-3), -1.0 - fw * 0.62 * 0.974 + p["skin_thickness"] + 0.5 * p["fat_thickness"], 30.0]),
+            "tendon": middle[0] + 0.5 * (middle[1] - middle[0]) + [0, -(_SHAFT["middle"] + 2.5) * 1.0, 0],
+        },
     }
-
-    hand = Hand(envelope, muscles, tendons, vessels, nerves, bones, p["skin_thickness"], p["fat_thickness"], landmarks)
-    return hand.moved(lambda pts: np.asarray(pts, float) + [_X_SHIFT, 0.0, 0.0]) if _X_SHIFT else hand
 
 
 def _orthonormal(m):
