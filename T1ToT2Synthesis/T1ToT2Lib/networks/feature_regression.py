@@ -251,12 +251,15 @@ class FeatureRegressor:
             out[tissue] = trees.predict(rows[tissue])
         return out
 
-    def predict_volume(self, normalised_t1: np.ndarray, with_error: bool = False):
+    def predict_volume(self, normalised_t1: np.ndarray, with_error: bool = False, progress=None):
         """Normalised T2 prediction on the same grid, computed slab by slab (bounded memory).
 
         With ``with_error`` also the predicted absolute error of that prediction (zeros without error trees).
+        ``progress(done, total)`` is called after each slab (slabs of all passes over the volume).
         """
         x = np.asarray(normalised_t1, dtype=np.float32)
+        passes = 1 if self.context_trees is None else 2
+        tick = (lambda done: progress(done, passes * x.shape[0])) if progress is not None else (lambda done: None)
         first = np.empty(x.shape, np.float32)
         error = np.zeros(x.shape, np.float32) if with_error else None
         errors_now = with_error and self.error_trees is not None and self.context_trees is None
@@ -266,6 +269,7 @@ class FeatureRegressor:
             first[k0:k1] = estimate.reshape(block.shape[:-1])
             if errors_now:
                 error[k0:k1] = self.predict_error_rows(rows, estimate).reshape(block.shape[:-1])
+            tick(k1)
         out = first
         if self.context_trees is not None:
             out = np.empty(x.shape, np.float32)
@@ -277,6 +281,7 @@ class FeatureRegressor:
                 out[k0:k1] = estimate.reshape(block.shape[:-1])
                 if with_error and self.error_trees is not None:
                     error[k0:k1] = self.predict_error_rows(rows, estimate).reshape(block.shape[:-1])
+                tick(x.shape[0] + k1)
         return (out, error) if with_error else out
 
     def to_tensors(self, prefix: str = "prior") -> dict:
