@@ -79,9 +79,14 @@ def profile_svg(data: dict | None) -> str:
     from ..slicer.scene import DISTANCE_COLUMN
 
     distances = np.asarray(data[DISTANCE_COLUMN], dtype=float)
+    with matplotlib.rc_context({"path.simplify": False, "svg.fonttype": "none"}):  # every sample drawn
+        return _profile_svg(plt, np, distances, data, DISTANCE_COLUMN)
+
+
+def _profile_svg(plt, np, distances, data, distance_column):
     fig, ax = plt.subplots(figsize=(4.6, 2.8), dpi=100)
     for name, values in data.items():
-        if name == DISTANCE_COLUMN:
+        if name == distance_column:
             continue
         y = np.asarray([np.nan if v is None else v for v in values], dtype=float)
         (line,) = ax.plot(distances, y, label=name, color=PROFILE_COLORS.get(name), linewidth=1.5)

@@ -251,9 +251,12 @@ class Session:
             shown = [self.t1_node, self.t2_node, None]
             for view, node in zip(scene.COMPARE_VIEWS, shown):
                 composite = scene._slice_composite_node(self.scene, view)
+                composite.SetLinkedControl(False)
                 composite.SetBackgroundVolumeID(node.GetID() if node is not None else None)
                 composite.SetForegroundVolumeID(None)
                 scene._slice_node(self.scene, view).SetOrientation(self.orientation)
+            for view in scene.COMPARE_VIEWS:
+                scene._slice_composite_node(self.scene, view).SetLinkedControl(True)
             self.fit_views()
             return None
         overlay = self.overlay
