@@ -28,6 +28,7 @@ labelled synthetic.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,14 +116,17 @@ def space_signal(T1, T2, PD, flow=False, TR=SPACE["TR"], TE=SPACE["TE"], flow_vo
     return s * flow_void_residual if flow else s
 
 
-def tissue_signals() -> tuple[np.ndarray, np.ndarray]:
-    """Look-up tables label -> noiseless VIBE and SPACE intensity (brightest tissue = INTENSITY_SCALE)."""
+def tissue_signals(vibe: dict | None = None, space: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Look-up tables label -> noiseless VIBE and SPACE intensity (brightest tissue = INTENSITY_SCALE).
+
+    ``vibe`` / ``space``: sequence parameters (keys of :data:`VIBE` / :data:`SPACE`; default those)."""
+    vibe, space = {**VIBE, **(vibe or {})}, {**SPACE, **(space or {})}
     n = max(TISSUES.values()) + 1
     t1, t2 = np.zeros(n, np.float64), np.zeros(n, np.float64)
     for name, label in TISSUES.items():
         p = TISSUE_PROPERTIES[name]
-        t1[label] = vibe_signal(p["T1"], p["T2star"], p["PD"], fat=p["fat"], flow=p["flow"])
-        t2[label] = space_signal(p["T1"], p["T2_space"], p["PD"], flow=p["flow"])
+        t1[label] = vibe_signal(p["T1"], p["T2star"], p["PD"], fat=p["fat"], flow=p["flow"], **vibe)
+        t2[label] = space_signal(p["T1"], p["T2_space"], p["PD"], flow=p["flow"], **space)
     return (t1 * INTENSITY_SCALE / t1.max()).astype(np.float32), (t2 * INTENSITY_SCALE / t2.max()).astype(np.float32)
 
 
@@ -133,29 +137,31 @@ def _check_size(size: str) -> float:
     return SIZES[size]
 
 
-def grid_shape(size: str) -> tuple[int, int, int]:
-    """Array shape (k, j, i) = (S, A, R) of a phantom size."""
-    spacing = _check_size(size)
-    return tuple(int(round(f / spacing)) for f in FIELD_OF_VIEW_MM)
+def grid_shape(size) -> tuple[int, int, int]:
+    """Array shape (k, j, i) = (S, A, R) of a phantom size (or an :class:`Acquisition`)."""
+    return as_acquisition(size).shape
 
 
 def _axes(shape, spacing, factor):
-    """Hand-frame coordinates (z, y, x) of the sample centres along each axis, ``factor`` samples per voxel."""
+    """Hand-frame coordinates (z, y, x) of the sample centres along each axis, ``factor`` samples per voxel.
+
+    ``spacing``: one voxel size (mm) or one per array axis (k, j, i)."""
+    sk, sj, si = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,)).tolist()
     nk, nj, ni = shape
-    z0, y0, x0 = 0.5 * spacing, -(nj - 1) / 2 * spacing, -(ni - 1) / 2 * spacing
 
-    def axis(n, first):
-        return (first - spacing / 2 + (np.arange(n * factor) + 0.5) * spacing / factor).astype(np.float32)
+    def axis(n, first, step):
+        return (first - step / 2 + (np.arange(n * factor) + 0.5) * step / factor).astype(np.float32)
 
-    return axis(nk, z0), axis(nj, y0), axis(ni, x0)
+    return axis(nk, 0.5 * sk, sk), axis(nj, -(nj - 1) / 2 * sj, sj), axis(ni, -(ni - 1) / 2 * si, si)
 
 
-def hand_geometry(size: str, side: str) -> np.ndarray:
-    """The ijk_to_ras matrix of one hand's volumes."""
-    spacing = _check_size(size)
-    nk, nj, ni = grid_shape(size)
-    origin = (HAND_CENTRE_R[side] - (ni - 1) / 2 * spacing, -(nj - 1) / 2 * spacing, 0.5 * spacing)
-    return Volume.from_geometry(np.zeros((1, 1, 1)), (spacing,) * 3, origin).ijk_to_ras
+def hand_geometry(size, side: str) -> np.ndarray:
+    """The ijk_to_ras matrix of one hand's volumes (``size``: a preset name or an :class:`Acquisition`)."""
+    acquisition = as_acquisition(size)
+    si, sj, sk = acquisition.voxel_mm
+    nk, nj, ni = acquisition.shape
+    origin = (HAND_CENTRE_R[side] - (ni - 1) / 2 * si, -(nj - 1) / 2 * sj, 0.5 * sk)
+    return Volume.from_geometry(np.zeros((1, 1, 1)), (si, sj, sk), origin).ijk_to_ras
 
 
 def frame_to_ras(points, side: str) -> np.ndarray:
@@ -264,13 +270,15 @@ def _block_mode(labels, f):
     return best
 
 
-def render_hand(hand, size: str, progress=None):
-    """Labels and noiseless T1/T2 images (k, j, i) of one hand in its hand frame (x along +i)."""
-    spacing = _check_size(size)
-    shape = grid_shape(size)
+def render_hand(hand, size, progress=None):
+    """Labels and noiseless T1/T2 images (k, j, i) of one hand in its hand frame (x along +i).
+
+    ``size``: a preset name or an :class:`Acquisition` (voxel size, field of view, sequence parameters)."""
+    acquisition = as_acquisition(size)
+    shape = acquisition.shape
     f = SUPERSAMPLE
-    z_axis, y_axis, x_axis = _axes(shape, spacing, f)
-    lut_t1, lut_t2 = tissue_signals()
+    z_axis, y_axis, x_axis = _axes(shape, acquisition.spacing_kji, f)
+    lut_t1, lut_t2 = tissue_signals(acquisition.vibe, acquisition.space)
     labels = np.zeros(shape, np.uint8)
     t1 = np.zeros(shape, np.float32)
     t2 = np.zeros(shape, np.float32)
@@ -301,7 +309,7 @@ def tissue_texture(shape, spacing, rng, amplitude=TEXTURE_AMPLITUDE, scale_mm=1.
     """Mild smooth heterogeneity within tissues (multiplicative, mean 1), shared by both sequences of a hand."""
     from scipy import ndimage
 
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), scale_mm / spacing)
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), tuple(scale_mm / np.broadcast_to(spacing, (3,))))
     field *= amplitude / max(float(field.std()), 1e-6)
     return 1.0 + field
 
@@ -330,24 +338,170 @@ def _move_image(image, rotation, shift_mm, spacing):
     perm = [2, 1, 0]
     r = rotation[np.ix_(perm, perm)]
     centre = (np.asarray(image.shape) - 1) / 2.0
-    shift_vox = np.asarray(shift_mm)[perm] / spacing
+    shift_vox = np.asarray(shift_mm)[perm] / np.asarray(spacing, dtype=np.float64)
     # output(p) = input(R^-1 (p - c - t) + c)
     inverse = r.T
     offset = centre - inverse @ (centre + shift_vox)
     return ndimage.affine_transform(image, inverse, offset=offset, order=1, mode="constant", cval=0.0)
 
 
+# --- acquisition ---------------------------------------------------------------------------
+#: Ranges that :func:`random_acquisition` draws from (uniformly): voxel size (mm), Rician noise sigma
+#: (multiples of :data:`NOISE_SIGMA`), coil field amplitude, VIBE TR/TE (ms) and flip (degrees), SPACE TR/TE (ms),
+#: field of view (S, A, R in mm) and pose (rotation of the hand about its own x, y, z axes, degrees).
+#: The sequence ranges are those of 3 T musculoskeletal VIBE (3D spoiled gradient echo) and T2 SPACE protocols.
+RANDOM_RANGES = {
+    "voxel_mm": (0.5, 1.5),
+    "slice_factor": (1.0, 1.6),
+    "noise_factor": (0.5, 2.0),
+    "bias_amplitude": (0.05, 0.30),
+    "vibe_TR": (7.0, 15.0), "vibe_TE": (2.0, 6.0), "vibe_flip_deg": (6.0, 15.0),
+    "space_TR": (1000.0, 3000.0), "space_TE": (90.0, 150.0),
+    "fov_S": (260.0, 300.0), "fov_A": (48.0, 64.0), "fov_R": (125.0, 150.0),
+    "pose_deg": (4.0, 10.0, 15.0),
+}
+
+
+@dataclass
+class Acquisition:
+    """How a phantom is acquired: grid, noise, coil field, sequence parameters and the hand's pose.
+
+    ``voxel_mm`` is (R, A, S) = along (i, j, k), as :attr:`Volume.spacing`; ``fov_mm`` is (S, A, R);
+    ``pose_deg`` rotates the hand about its own x (radial), y (volar) and z (distal) axes, in that
+    order, around the centre of the field of view.  Both hands of a subject share one acquisition.
+    """
+
+    voxel_mm: tuple = (1.5, 1.5, 1.5)
+    noise_sigma: float = NOISE_SIGMA
+    bias_amplitude: float = BIAS_AMPLITUDE
+    vibe: dict = field(default_factory=lambda: dict(VIBE))
+    space: dict = field(default_factory=lambda: dict(SPACE))
+    fov_mm: tuple = FIELD_OF_VIEW_MM
+    pose_deg: tuple = (0.0, 0.0, 0.0)
+
+    def __post_init__(self):
+        self.voxel_mm = tuple(float(v) for v in np.broadcast_to(np.asarray(self.voxel_mm, dtype=np.float64), (3,)))
+        self.fov_mm = tuple(float(v) for v in self.fov_mm)
+        self.pose_deg = tuple(float(v) for v in self.pose_deg)
+        self.vibe, self.space = {**VIBE, **self.vibe}, {**SPACE, **self.space}
+        checks = [(all(0.2 <= v <= 5.0 for v in self.voxel_mm), f"voxel size {self.voxel_mm} mm: use 0.2 to 5 mm per axis"),
+                  (len(self.fov_mm) == 3 and all(10.0 <= v <= 600.0 for v in self.fov_mm), f"field of view {self.fov_mm} mm: use 10 to 600 mm per axis"),
+                  (len(self.pose_deg) == 3 and all(abs(v) <= 90 for v in self.pose_deg), f"pose {self.pose_deg}: use three angles within +-90 degrees"),
+                  (0.0 <= self.noise_sigma <= 500.0, f"noise sigma {self.noise_sigma}: use 0 to 500 (intensity units)"),
+                  (0.0 <= self.bias_amplitude <= 1.0, f"coil field amplitude {self.bias_amplitude}: use 0 to 1"),
+                  (0 < self.vibe["TE"] < self.vibe["TR"] and 0 < self.vibe["flip_deg"] < 90, f"VIBE {self.vibe}: need 0 < TE < TR and a flip in (0, 90) degrees"),
+                  (0 < self.space["TE"] < self.space["TR"], f"SPACE {self.space}: need 0 < TE < TR")]
+        for ok, message in checks:
+            if not ok:
+                raise T1ToT2Error(f"phantom acquisition: {message}")
+
+    @classmethod
+    def preset(cls, size: str) -> "Acquisition":
+        return cls(voxel_mm=(_check_size(size),) * 3)
+
+    @property
+    def spacing_kji(self) -> tuple:
+        return self.voxel_mm[::-1]
+
+    @property
+    def shape(self) -> tuple:
+        """Array shape (k, j, i) = (S, A, R)."""
+        return tuple(max(1, int(round(f / s))) for f, s in zip(self.fov_mm, self.spacing_kji))
+
+    def record(self) -> dict:
+        """The JSON record written to landmarks.json and the volumes' metadata."""
+        return {"voxel_mm_RAS": [round(v, 6) for v in self.voxel_mm], "shape_SAR": list(self.shape),
+                "noise_sigma": round(self.noise_sigma, 6), "bias_amplitude": round(self.bias_amplitude, 6),
+                "vibe": {k: round(float(v), 6) for k, v in self.vibe.items()}, "space": {k: round(float(v), 6) for k, v in self.space.items()},
+                "fov_mm_SAR": [round(v, 6) for v in self.fov_mm], "pose_deg_xyz": [round(v, 6) for v in self.pose_deg]}
+
+
+def as_acquisition(size) -> Acquisition:
+    return size if isinstance(size, Acquisition) else Acquisition.preset(size)
+
+
+def random_acquisition(seed: int, ranges: dict | None = None) -> Acquisition:
+    """A randomized acquisition, a pure function of ``seed`` (its own random stream, apart from the anatomy's).
+
+    Voxels: the in-plane size (R, S; the palm lies in the coronal plane) is drawn in ``voxel_mm``, the slice
+    thickness (A) is that times ``slice_factor``, clipped to the range.  Pose: uniform within
+    +-``pose_deg`` about x, y, z."""
+    r = {**RANDOM_RANGES, **(ranges or {})}
+    rng = np.random.default_rng([int(seed), 18])
+    draw = lambda key: float(rng.uniform(*r[key]))  # noqa: E731
+    lo, hi = r["voxel_mm"]
+    in_plane = draw("voxel_mm")
+    slice_mm = float(np.clip(in_plane * draw("slice_factor"), lo, hi))
+    noise = NOISE_SIGMA * draw("noise_factor")
+    bias = draw("bias_amplitude")
+    vibe = {"TR": draw("vibe_TR"), "TE": draw("vibe_TE"), "flip_deg": draw("vibe_flip_deg")}
+    space = {"TR": draw("space_TR"), "TE": draw("space_TE")}
+    fov = (draw("fov_S"), draw("fov_A"), draw("fov_R"))
+    pose = tuple(float(rng.uniform(-m, m)) for m in r["pose_deg"])
+    return Acquisition((in_plane, slice_mm, in_plane), noise, bias, vibe, space, fov, pose)
+
+
+def _posed(hand, acquisition: Acquisition):
+    """The hand rotated by the acquisition's pose about the centre of the field of view (hand frame)."""
+    if not any(acquisition.pose_deg):
+        return hand
+    from scipy.spatial.transform import Rotation
+
+    rotation = Rotation.from_euler("xyz", acquisition.pose_deg, degrees=True).as_matrix()
+    centre = np.array([0.0, 0.0, acquisition.fov_mm[0] / 2.0])
+    return hand.moved(lambda pts: (np.asarray(pts, float) - centre) @ rotation.T + centre)
+
+
 # --- public API --------------------------------------------------------------------------
-def _hands(seed):
+def _hands(seed, acquisition: Acquisition | None = None):
     from .anatomy import build_hand, draw_parameters, vary_parameters
 
     rng = np.random.default_rng(seed)
     left = draw_parameters(rng)
     right = vary_parameters(left, rng)
-    return {"left": build_hand(left), "right": build_hand(right)}, rng
+    hands = {"left": build_hand(left), "right": build_hand(right)}
+    if acquisition is not None:
+        hands = {side: _posed(hand, acquisition) for side, hand in hands.items()}
+    return hands, rng
 
 
-def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = False, progress: bool = False) -> dict:
+def resolve_acquisition(size: str = "small", seed: int = 0, randomize: bool = False, acquisition: Acquisition | None = None,
+                        **overrides) -> Acquisition:
+    """The acquisition a phantom is rendered with: ``acquisition`` if given, else the ``size`` preset or (with
+    ``randomize``) :func:`random_acquisition` of ``seed``; then ``overrides`` (Acquisition fields; None = keep)."""
+    _check_size(size)
+    base = acquisition or (random_acquisition(seed) if randomize else Acquisition.preset(size))
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    for key in ("vibe", "space"):
+        if key in chosen:
+            chosen[key] = {**getattr(base, key), **chosen[key]}
+    return replace(base, **chosen) if chosen else base
+
+
+def _render_side(hand, side, acquisition, rng, misregistration, progress):
+    """One hand's (labels, T1, T2, noise-free T2, misregistration record), in the hand's array orientation."""
+    spacing = acquisition.spacing_kji
+    labels, t1, t2 = render_hand(hand, acquisition, progress=progress)
+    texture = tissue_texture(t1.shape, spacing, rng)
+    t1, t2 = t1 * texture, t2 * texture
+    clean_t2 = t2.copy()  # what a perfect synthesis could reach: no coil field, no noise
+    t1 = t1 * bias_field(t1.shape, rng, acquisition.bias_amplitude)
+    t2 = t2 * bias_field(t2.shape, rng, acquisition.bias_amplitude)
+    motion = None
+    if misregistration:
+        rotation, shift, angles = random_rigid(rng)
+        t2 = _move_image(t2, rotation, shift, spacing)
+        clean_t2 = _move_image(clean_t2, rotation, shift, spacing)
+        motion = {"rotation_deg_xyz": angles.round(4).tolist(), "translation_mm_xyz": shift.round(4).tolist()}
+    t1 = rician(t1, acquisition.noise_sigma, rng)
+    t2 = rician(t2, acquisition.noise_sigma, rng)
+    if side == "right":  # the hand frame's x (radial) is -R for the right hand
+        labels, t1, t2, clean_t2 = labels[:, :, ::-1], t1[:, :, ::-1], t2[:, :, ::-1], clean_t2[:, :, ::-1]
+    return labels, t1, t2, clean_t2, motion
+
+
+def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = False, progress: bool = False,
+                 acquisition: Acquisition | None = None, randomize: bool = False) -> dict:
     """Simulate both hands: ``{left,right}_{t1,t2,t2_clean,labels}`` volumes, one geometry per hand.
 
     ``*_t2_clean`` is the T2 as rendered before the coil bias field and the Rician noise (same
@@ -357,35 +511,26 @@ def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = Fal
     ``misregistration`` the T2 images are rigidly moved (at most
     :data:`MISREGISTRATION`) against the T1 images and labels; the transform
     is recorded in each T2 volume's ``meta["misregistration"]``.
+
+    ``acquisition`` (or, with ``randomize``, :func:`random_acquisition` of ``seed``) replaces the ``size``
+    preset's voxel size, field of view, noise, coil field, sequence parameters and pose; it is recorded
+    in every volume's ``meta["acquisition"]``.
     """
-    spacing = _check_size(size)
-    hands, rng = _hands(seed)
+    acquisition = resolve_acquisition(size, seed, randomize, acquisition)
+    hands, rng = _hands(seed, acquisition)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=2 * grid_shape(size)[0], desc=f"phantom ({size})", unit="slice")
+        bar = tqdm(total=2 * acquisition.shape[0], desc=f"phantom ({size})", unit="slice")
     out = {}
     try:
         for side in ("left", "right"):
-            labels, t1, t2 = render_hand(hands[side], size, progress=bar.update if bar else None)
-            texture = tissue_texture(t1.shape, spacing, rng)
-            t1, t2 = t1 * texture, t2 * texture
-            clean_t2 = t2.copy()  # what a perfect synthesis could reach: no coil field, no noise
-            t1 = t1 * bias_field(t1.shape, rng)
-            t2 = t2 * bias_field(t2.shape, rng)
-            motion = None
-            if misregistration:
-                rotation, shift, angles = random_rigid(rng)
-                t2 = _move_image(t2, rotation, shift, spacing)
-                clean_t2 = _move_image(clean_t2, rotation, shift, spacing)
-                motion = {"rotation_deg_xyz": angles.round(4).tolist(), "translation_mm_xyz": shift.round(4).tolist()}
-            t1 = rician(t1, NOISE_SIGMA, rng)
-            t2 = rician(t2, NOISE_SIGMA, rng)
-            if side == "right":  # the hand frame's x (radial) is -R for the right hand
-                labels, t1, t2, clean_t2 = labels[:, :, ::-1], t1[:, :, ::-1], t2[:, :, ::-1], clean_t2[:, :, ::-1]
-            m = hand_geometry(size, side)
-            base = {"synthetic": True, "description": SYNTHETIC_NOTE, "phantom_seed": int(seed), "phantom_size": size, "hand": side}
+            labels, t1, t2, clean_t2, motion = _render_side(hands[side], side, acquisition, rng, misregistration,
+                                                            bar.update if bar else None)
+            m = hand_geometry(acquisition, side)
+            base = {"synthetic": True, "description": SYNTHETIC_NOTE, "phantom_seed": int(seed), "phantom_size": size, "hand": side,
+                    "acquisition": acquisition.record()}
             out[f"{side}_t1"] = Volume(np.ascontiguousarray(t1), m.copy(), {**base, "sequence": "T1 VIBE (simulated)"})
             t2_meta = {**base, "sequence": "T2 SPACE (simulated)"}
             if motion:
@@ -400,10 +545,11 @@ def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = Fal
     return out
 
 
-def landmarks(size: str = "small", seed: int = 0) -> dict:
-    """RAS points for the analyses, per hand: the thumb metacarpal profile line and occlusion-study points."""
+def landmarks(size: str = "small", seed: int = 0, acquisition: Acquisition | None = None) -> dict:
+    """RAS points for the analyses, per hand: the thumb metacarpal profile line and occlusion-study points
+    (moved with the hand when ``acquisition`` poses it)."""
     _check_size(size)
-    hands, _ = _hands(seed)
+    hands, _ = _hands(seed, acquisition)
     out = {}
     for side, hand in hands.items():
         marks = hand.landmarks
@@ -425,16 +571,18 @@ def _write_labelled(volume: Volume, path: Path, note: str) -> Path:
     return path
 
 
-def write_phantom(outdir, size: str = "small", seed: int = 0, misregistration: bool = False, progress: bool = False) -> dict:
+def write_phantom(outdir, size: str = "small", seed: int = 0, misregistration: bool = False, progress: bool = False,
+                  acquisition: Acquisition | None = None, randomize: bool = False) -> dict:
     """Write both hands' T1, T2 and label volumes (NIfTI) and ``landmarks.json`` to ``outdir``.
 
-    Each file is written atomically; the same arguments give byte-identical files.
+    Each file is written atomically; the same arguments give byte-identical files.  ``acquisition`` /
+    ``randomize`` as in :func:`make_phantom`; the acquisition is recorded in ``landmarks.json``.
     """
-    _check_size(size)
+    acquisition = resolve_acquisition(size, seed, randomize, acquisition)
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise T1ToT2Error(f"'{outdir}' is a file: give a folder for the phantom")
-    volumes = make_phantom(size, seed, misregistration, progress=progress)
+    volumes = make_phantom(size, seed, misregistration, progress=progress, acquisition=acquisition)
     paths = {}
     for name, volume in volumes.items():
         kind = name.split("_", 1)[1]
@@ -444,17 +592,20 @@ def write_phantom(outdir, size: str = "small", seed: int = 0, misregistration: b
             continue
         note = f"SYNTHETIC phantom {name} ({volume.meta.get('sequence', 'tissue labels')})"
         paths[name] = _write_labelled(volume, outdir / f"{name}.nii.gz", note if kind != "labels" else f"SYNTHETIC phantom {name}")
+    voxel = acquisition.voxel_mm
     info = {
         "synthetic": True,
         "description": SYNTHETIC_NOTE,
         "size": size,
-        "voxel_mm": SIZES[size],
+        "voxel_mm": voxel[0] if len(set(voxel)) == 1 else list(voxel),
         "seed": int(seed),
+        "randomized": bool(randomize),
+        "acquisition": acquisition.record(),
         "tissues": TISSUES,
         "tissue_properties": TISSUE_PROPERTIES,
-        "sequences": {"T1 VIBE": VIBE, "T2 SPACE": SPACE},
+        "sequences": {"T1 VIBE": acquisition.vibe, "T2 SPACE": acquisition.space},
         "misregistration": {side: volumes[f"{side}_t2"].meta.get("misregistration") for side in ("left", "right")},
-        "landmarks": landmarks(size, seed),
+        "landmarks": landmarks(size, seed, acquisition),
     }
     json_path = outdir / "landmarks.json"
     with atomic_path(json_path) as tmp:
@@ -463,3 +614,28 @@ def write_phantom(outdir, size: str = "small", seed: int = 0, misregistration: b
     return paths
 
 
+def write_subjects(outdir, subjects: int, size: str = "small", seed: int = 0, randomize: bool = False,
+                   misregistration: bool = False, progress: bool = False, **overrides) -> dict:
+    """Write ``subjects`` phantoms (seeds ``seed`` .. ``seed + subjects - 1``) into ``outdir/subject_SEED`` and a
+    ``pairs.csv`` (columns t1, t2: every hand of every subject) that ``t1tot2 train --pairs`` reads."""
+    import csv
+    import io
+
+    if int(subjects) < 1:
+        raise T1ToT2Error(f"--subjects {subjects} must be at least 1")
+    outdir = Path(outdir)
+    paths, rows = {}, []
+    for s in range(int(seed), int(seed) + int(subjects)):
+        acquisition = resolve_acquisition(size, s, randomize, None, **overrides)
+        folder = outdir / f"subject_{s:03d}"
+        written = write_phantom(folder, size, s, misregistration, progress, acquisition=acquisition)
+        paths.update({f"subject_{s:03d}/{k}": v for k, v in written.items()})
+        rows += [(f"{folder.name}/{side}_t1.nii.gz", f"{folder.name}/{side}_t2.nii.gz") for side in ("left", "right")]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(("t1", "t2"))
+    writer.writerows(rows)
+    with atomic_path(outdir / "pairs.csv") as tmp:
+        tmp.write_text(text.getvalue())
+    paths["pairs"] = outdir / "pairs.csv"
+    return paths
