@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..core.errors import T1ToT2Error
 from ..inference.onnx_engine import (
     OPSET,
     export_onnx,
-    load_onnx_model,
-    synthesize_volume_onnx,
     torch_available,
 )
-
-
-def run_synthesize_onnx(args, model_path) -> int:
-    """``t1tot2 synthesize`` on ONNX Runtime (called by cli.synthesize.run_synthesize for the onnx engine)."""
-    import sys
-    import time
-
-    from ..inference.synthesize import default_plane, write_synthetic_volume
-    from ..io.files import read_volume
-
-    started = time.time()
-    model = load_onnx_model(model_path)  # fails early, before the T1 is read, on a bad model file
-
-    def emit_json(event):
-        sys.stdout.write(json.dumps(event) + "\n")
-        sys.stdout.flush()
-
-    progress = emit_json if args.progress == "json" else None
-    plane = default_plane(model) if args.plane == "auto" else args.plane
-    try:
-        t1 = read_volume(args.t1, series_uid=getattr(args, "series_uid", None))
-        volume = synthesize_volume_onnx(model, t1, plane=plane, batch_size=args.batch, progress=progress)
-        path = write_synthetic_volume(volume, args.out)
-    except T1ToT2Error as exc:
-        if args.progress == "json":
-            emit_json({"event": "error", "message": str(exc)})
-        raise
-    if args.progress == "json":
-        emit_json({"event": "done", "output": str(path), "engine": "onnx", "seconds": round(time.time() - started, 2),
-                   "notes": [str(n) for n in volume.meta.get("notes") or []]})
-    else:
-        print(f"wrote {path} (ONNX Runtime, {time.time() - started:.1f} s)")
-    return 0
 
 
 # --- command line ----------------------------------------------------------------------------------

@@ -25,8 +25,11 @@ def register_cli(subparsers):
                    help="slice plane, or 'fuse' to average all three; auto (default): fuse for a model trained on all "
                         "three planes, else the plane it was trained on")
     p.add_argument("--series-uid", help="SeriesInstanceUID of the T1 when T1 is a DICOM folder with several series")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"),
+                   help="PyTorch: auto = CUDA, then MPS, then the CPU; ONNX Runtime: auto = its CUDA, DirectML or CoreML "
+                        "provider when built in, else the CPU (cuda and mps are refused where the provider is absent)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32 (default); bf16/fp16 run under torch.autocast (the ONNX engine runs fp32 only)")
     p.add_argument("--batch", type=int, default=8, help="slices per forward pass")
     p.add_argument("--batch-norm", default="slice", choices=BATCH_NORM_MODES,
                    help="batch-norm statistics: each slice's own (as the reference Pix2Pix test) or the running ones")
@@ -40,33 +43,15 @@ def register_cli(subparsers):
 
 
 def run_synthesize(args) -> int:
+    """Both engines: the model (``--engine``, :func:`resolve_engine`) is read first, so a bad model file fails
+    before the T1 is read; every option reaches the pipeline, and one an engine cannot honour is refused there."""
     from ..inference.onnx_engine import resolve_engine
-    from ..networks.modelfile import load_model
-    from .onnx import run_synthesize_onnx
+    from ..inference.pipeline import load_any
 
     engine, model_path = resolve_engine(getattr(args, "engine", "auto"), args.model)
-    if engine == "onnx":
-        return run_synthesize_onnx(args, model_path)
     started = time.time()
-    model = load_model(args.model)  # fails early, before the T1 is read, on a bad model file
-    bar = None
-
-    def emit_json(event):
-        sys.stdout.write(json.dumps(event) + "\n")
-        sys.stdout.flush()
-
-    def emit_bar(event):
-        nonlocal bar
-        from tqdm import tqdm
-
-        if event.get("event") != "slices":
-            return
-        if bar is None:
-            bar = tqdm(total=event["total"], unit="slice", desc="synthesize", file=sys.stderr)
-        bar.n = event["done"]
-        bar.refresh()
-
-    progress = {"json": emit_json, "bar": emit_bar, "none": None}[args.progress]
+    model = load_any(model_path)
+    progress, close = _progress_emitter(args.progress)
     plane = default_plane(model) if args.plane == "auto" else args.plane
     notes = []
     try:
@@ -75,16 +60,47 @@ def run_synthesize(args) -> int:
                                batch_norm=args.batch_norm, uncertainty_path=args.uncertainty, notes=notes)
     except T1ToT2Error as exc:
         if args.progress == "json":
-            emit_json({"event": "error", "message": str(exc)})
+            _emit_json({"event": "error", "message": str(exc)})
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        close()
     if args.progress == "json":
         # The notes (also on stderr as "note: ...") travel with the result, for the Slicer panel's status line.
-        emit_json({"event": "done", "output": str(path), "seconds": round(time.time() - started, 2), "notes": notes})
+        _emit_json({"event": "done", "output": str(path), "engine": engine, "seconds": round(time.time() - started, 2),
+                    "notes": [str(n) for n in notes]})
     else:
-        print(f"synthetic T2 written to {path}", file=sys.stderr)
+        print(f"synthetic T2 written to {path} ({'ONNX Runtime' if engine == 'onnx' else 'PyTorch'}, "
+              f"{time.time() - started:.1f} s)", file=sys.stderr)
         if args.uncertainty:
             print(f"its error map written to {args.uncertainty}", file=sys.stderr)
     return 0
+
+
+def _emit_json(event) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _progress_emitter(kind: str):
+    """(callback, close) for --progress: JSON lines, a tqdm bar per stage on stderr, or nothing."""
+    if kind == "json":
+        return _emit_json, lambda: None
+    if kind == "none":
+        return None, lambda: None
+    bars = {}
+
+    def emit_bar(event):
+        from tqdm import tqdm
+
+        stage = event.get("stage")
+        if stage is None or "total" not in event:
+            return
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            unit = "slice" if stage in ("slices", "prior") else "step"
+            bars[stage] = tqdm(total=event["total"], unit=unit, desc=stage, file=sys.stderr)
+        bars[stage].n = event["done"]
+        bars[stage].refresh()
+
+    return emit_bar, lambda: [bar.close() for bar in bars.values()]

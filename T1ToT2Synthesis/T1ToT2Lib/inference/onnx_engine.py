@@ -8,8 +8,8 @@ training summary, the synthetic-image notice) in the ONNX metadata.
 ``t1tot2 synthesize OUT.onnx T1 T2 --engine onnx`` (or ``auto``, which picks
 ONNX Runtime for an ``.onnx`` file, or when torch is absent and an exported
 ``.onnx`` sits beside the ``.safetensors``) then runs the same pipeline as the
-torch engine: normalisation by the T1's foreground scale, 2.5-D stacks,
-padding to the network's multiple, optional three-plane fusion, the T2 scale.
+torch engine (:mod:`T1ToT2Lib.inference.pipeline`) with an :class:`OnnxPredictor`:
+``--device`` picks the execution providers, fp32 only.
 Nothing here imports torch except :func:`export_onnx`.
 
 ONNX Runtime is a small install (CPU, CUDA or DirectML providers), which is why
@@ -19,16 +19,13 @@ the Slicer module can synthesize without the 2 GB PyTorch.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..core.atomic import atomic_path, json_default
-from .slices import foreground_scale, network_input, pad_to_multiple
 from ..core.errors import T1ToT2Error
-from ..core.volume import PLANES, Volume
 
 #: ONNX opset the exporter targets (ONNX Runtime 1.16 and later run it).
 OPSET = 17
@@ -82,14 +79,15 @@ def export_onnx(model_path, out_path, opset: int = OPSET, batch_norm: str = "sli
     """Write the model file's generator as ``out_path`` (.onnx) with its metadata; returns the path."""
     import torch
 
+    from ..networks import FITTED, uses_prior
     from ..networks.modelfile import load_model
-    from .synthesize import inference_generator
+    from .predict_torch import inference_generator
 
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".onnx":
         raise T1ToT2Error(f"cannot write '{out_path.name}': an ONNX model file must end in .onnx")
     loaded = load_model(model_path, device="cpu")
-    if loaded.config.get("arch") == "lookup":
+    if loaded.config.get("arch") in FITTED and not uses_prior(loaded.config):  # a table: nothing to trace
         raise T1ToT2Error("the look-up baseline is a table, not a network: synthesize it with the torch engine")
     generator = inference_generator(loaded.generator, batch_norm)
     side = max(loaded.multiple, 16)
@@ -158,13 +156,7 @@ def load_onnx_model(path, providers=None) -> OnnxModel:
         raise T1ToT2Error(f"ONNX model '{path}' does not exist: export one with 't1tot2 export-onnx MODEL OUT.onnx'")
     if not onnxruntime_available():
         raise T1ToT2Error("ONNX Runtime is not installed: pip install onnxruntime (or use --engine torch)")
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(path), providers=providers or default_providers())
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise T1ToT2Error(f"'{path.name}' is not a readable ONNX model ({first}): export it again") from None
+    session = _session(path, providers or default_providers())
     props = session.get_modelmeta().custom_metadata_map
     if props.get(FORMAT_KEY) != FORMAT or METADATA_KEY not in props:
         raise T1ToT2Error(f"'{path.name}' is an ONNX model but not one exported by T1ToT2: use 't1tot2 export-onnx'")
@@ -185,52 +177,92 @@ def load_onnx_model(path, providers=None) -> OnnxModel:
         path=path, name=f"{config.get('arch', 'model')} ({path.name})", prior=prior)
 
 
-def synthesize_volume_onnx(model, t1: Volume, plane: str = "axial", batch_size: int = 8, progress=None,
-                           cancel_event: threading.Event | None = None) -> Volume:
-    """The synthetic T2 of ``t1`` on exactly ``t1``'s grid, with ONNX Runtime (the torch engine's pipeline)."""
-    from .synthesize import PLANE_MODES, SynthesisCancelled, synthetic_description
+class OnnxPredictor:
+    """The ONNX Runtime predictor of the synthesis pipeline: an :class:`OnnxModel`'s session on the execution
+    providers that ``--device`` names (see :func:`providers_for_device`), float32 only."""
+
+    engine = "onnx"
+
+    def __init__(self, model: OnnxModel, providers: list):
+        self.model = model
+        self.session = model.session
+        if list(self.session.get_providers()) != list(providers):
+            self.session = _session(model.path, providers)
+        self._buffer = None
+
+    @classmethod
+    def for_model(cls, model: OnnxModel, device="auto", precision: str = "fp32", batch_norm: str = "slice") -> "OnnxPredictor":
+        from ..core.devices import check_precision
+
+        if check_precision(precision) not in ("fp32", "auto"):
+            raise T1ToT2Error(f"the ONNX engine runs in fp32 only, not {precision}: use --precision fp32, or --engine torch "
+                              "with the .safetensors model")
+        exported = str(model.metadata.get("onnx", {}).get("batch_norm", "slice"))
+        if batch_norm != exported:
+            raise T1ToT2Error(f"'{model.path.name if model.path else 'the ONNX model'}' was exported with batch-norm "
+                              f"'{exported}', not '{batch_norm}': use --batch-norm {exported}, or --engine torch")
+        requested = providers_for_device(device)
+        predictor = cls(model, requested)
+        if requested[0] != "CPUExecutionProvider" and str(device) != "auto" and requested[0] not in predictor.session.get_providers():
+            raise T1ToT2Error(f"ONNX Runtime could not start {requested[0]} for --device {device} (driver or libraries "
+                              "missing): use --device cpu (or auto)")
+        return predictor
+
+    @property
+    def where(self) -> str:
+        return str(self.session.get_providers()[0])
+
+    def allocate(self, batch: int, channels: int, height: int, width: int) -> np.ndarray:
+        self._buffer = np.empty((batch, channels, height, width), dtype=np.float32)
+        return self._buffer
+
+    def predict(self, n: int) -> np.ndarray:
+        inputs = {self.session.get_inputs()[0].name: self._buffer[:n]}
+        return self.session.run(None, inputs)[0][:, 0]
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        text = str(exc).lower()
+        on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
+        return not on_cpu and ("out of memory" in text or "failed to allocate memory" in text)
+
+    def on_cpu(self) -> "OnnxPredictor":
+        return OnnxPredictor(self.model, ["CPUExecutionProvider"])
+
+
+def providers_for_device(device="auto") -> list:
+    """ONNX Runtime execution providers for ``--device``: auto = :func:`default_providers`; cpu = the CPU; cuda[:N] =
+    CUDA (device N); mps = CoreML.  A device whose provider this ONNX Runtime lacks is refused in one line, as the
+    torch engine refuses a GPU it cannot see."""
+    import onnxruntime as ort
+
+    from ..core.devices import DEVICES
+
+    name = str(device or "auto").lower()
+    base, _, index = name.partition(":")
+    if base not in DEVICES:
+        raise T1ToT2Error(f"unknown device {name!r}: use one of {', '.join(DEVICES)}")
+    if base == "auto":
+        return default_providers()
+    if base == "cpu":
+        return ["CPUExecutionProvider"]
+    provider = {"cuda": "CUDAExecutionProvider", "mps": "CoreMLExecutionProvider"}[base]
+    if provider not in ort.get_available_providers():
+        hint = "pip install onnxruntime-gpu" if base == "cuda" else "an ONNX Runtime built with CoreML (macOS)"
+        label = "CUDA" if base == "cuda" else "MPS (CoreML)"
+        raise T1ToT2Error(f"{label} was requested but this ONNX Runtime has no {provider} ({hint}): use --device cpu (or auto)")
+    if base == "cuda" and index:
+        return [(provider, {"device_id": int(index)}), "CPUExecutionProvider"]
+    return [provider, "CPUExecutionProvider"]
+
+
+def _session(path, providers):
+    import onnxruntime as ort
 
     try:
-        from .preprocess import prepare_input
-    except ImportError:  # a library without input preprocessing (N4, voxel size) records none to repeat
-        def prepare_input(t1, loaded):
-            return None
-
-    if plane not in PLANE_MODES:
-        raise T1ToT2Error(f"unknown plane {plane!r}: use one of {', '.join(PLANE_MODES)}")
-    if int(batch_size) < 1:
-        raise T1ToT2Error(f"batch size {batch_size} must be at least 1")
-    loaded = model if isinstance(model, OnnxModel) else load_onnx_model(model)
-    prepared = prepare_input(t1, loaded)  # N4 and voxel size as the model was trained
-    if prepared is not None:
-        return prepared.restore(synthesize_volume_onnx(loaded, prepared.volume, plane, batch_size, progress, cancel_event))
-    planes = PLANES if plane == "fuse" else (plane,)
-    normalised = t1.array / np.float32(foreground_scale(t1.array, loaded.t1_percentile))
-    total = sum(t1.shape[t1.plane_axis(p)] for p in planes)
-    emit = progress or (lambda event: None)
-    prior = loaded.prior.predict_volume(normalised) if loaded.prior is not None else None
-    out = np.zeros(t1.shape, dtype=np.float32)
-    done = 0
-    for p in planes:
-        axis = t1.plane_axis(p)
-        slices = np.moveaxis(normalised, axis, 0)
-        prior_slices = None if prior is None else np.moveaxis(prior, axis, 0)
-        target = np.moveaxis(out, axis, 0)
-        for start in range(0, slices.shape[0], int(batch_size)):
-            if cancel_event is not None and cancel_event.is_set():
-                raise SynthesisCancelled("synthesis cancelled; nothing was written")
-            indices = np.arange(start, min(start + int(batch_size), slices.shape[0]))
-            stack = network_input(slices, indices, loaded.in_channels, prior_slices)
-            padded, crop = pad_to_multiple(np.ascontiguousarray(stack, dtype=np.float32), loaded.multiple)
-            target[indices] += crop.apply(loaded.predict(padded))
-            done += len(indices)
-            emit({"event": "slices", "done": done, "total": total})
-    if len(planes) > 1:
-        out /= np.float32(len(planes))
-    out *= np.float32(loaded.t2_scale)
-    np.maximum(out, 0.0, out=out)
-    return t1.with_array(out, synthetic=True, model=loaded.name, plane=plane, description=synthetic_description(loaded.name),
-                         engine="onnx")
+        return ort.InferenceSession(str(path), providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise T1ToT2Error(f"'{Path(path).name}' is not a readable ONNX model ({first}): export it again") from None
 
 
 # --- engine choice for `t1tot2 synthesize` -------------------------------------------------------
