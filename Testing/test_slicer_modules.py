@@ -215,23 +215,20 @@ def test_compare_metrics_profile_and_dicom_export(modules, tmp_path):
 def test_compare_button_lines_up_the_three_volumes_in_one_orientation(modules, tmp_path):
     """After Compare the three slice composite nodes hold T1, acquired and synthetic T2, in one orientation."""
     synthesis, _ = modules
-    widget = synthesis.T1ToT2SynthesisWidget()
-    widget.ui = slicer_module_shim.fake_ui(ROOT / "T1ToT2Synthesis" / "Resources" / "UI" / "T1ToT2Synthesis.ui")
-    widget.logic = synthesis.T1ToT2SynthesisLogic()
-    widget.setParameterNode(widget.logic.getParameterNode())
+    widget = _synthesis_widget(synthesis)
     p = widget._parameterNode
     t1 = small_t1(shape=(10, 20, 24))
     p.inputT1 = sc.node_from_volume(t1, "T1")
     p.acquiredT2 = sc.node_from_volume(t1.with_array(t1.array + 5), "T2")
     # A model trained on sagittal slices only: "auto" shows the sagittal plane.
     p.syntheticT2 = sc.create_or_update_synthetic_node(p.inputT1, t1.with_array(t1.array + 1), "m", model_planes=["sagittal"])
-    widget._updateButtons()
+    widget.panel.updateButtons()
     assert widget.ui.compareButton.enabled and not widget.ui.showErrorMapCheckBox.enabled  # no error map yet
     assert p.compareOrientation == "auto"
-    widget.onCompareButton()
-    composites = [sc._slice_composite_node(slicer.mrmlScene, v) for v in sc.COMPARE_VIEWS]
+    widget.panel.compare()
+    composites = [sc._slice_composite_node(slicer.mrmlScene, v) for v in sc.SLICER_COMPARE_VIEWS]
     assert [c.GetBackgroundVolumeID() for c in composites] == [p.inputT1.GetID(), p.acquiredT2.GetID(), p.syntheticT2.GetID()]
-    orientations = [slicer.mrmlScene.GetSingletonNode(v, "vtkMRMLSliceNode").GetOrientation() for v in sc.COMPARE_VIEWS]
+    orientations = [slicer.mrmlScene.GetSingletonNode(v, "vtkMRMLSliceNode").GetOrientation() for v in sc.SLICER_COMPARE_VIEWS]
     assert orientations == ["Sagittal"] * 3
     difference = slicer.mrmlScene.GetNodeByID(composites[2].GetForegroundVolumeID())
     np.testing.assert_allclose(slicer.util.arrayFromVolume(difference), -4.0, atol=1e-4)
@@ -241,10 +238,10 @@ def test_compare_button_lines_up_the_three_volumes_in_one_orientation(modules, t
     error = sc.node_from_volume(t1.with_array(np.abs(t1.array - 100)), "error map")
     p.syntheticT2.SetNodeReferenceID(sc.ERROR_MAP_REFERENCE_ROLE, error.GetID())
     p.showErrorMap = True
-    widget._updateButtons()
+    widget.panel.updateButtons()
     assert widget.ui.showErrorMapCheckBox.enabled
-    widget.onCompareButton()
-    assert [slicer.mrmlScene.GetSingletonNode(v, "vtkMRMLSliceNode").GetOrientation() for v in sc.COMPARE_VIEWS] == ["Axial"] * 3
+    widget.panel.compare()
+    assert [slicer.mrmlScene.GetSingletonNode(v, "vtkMRMLSliceNode").GetOrientation() for v in sc.SLICER_COMPARE_VIEWS] == ["Axial"] * 3
     assert composites[2].GetForegroundVolumeID() == error.GetID()
 
 
@@ -310,7 +307,8 @@ def test_sample_data_offers_the_phantom_with_labels_as_a_label_map(modules, monk
     asked = []
     logic_class = synthesis.T1ToT2SynthesisLogic
     monkeypatch.setattr(logic_class, "ensureDependencies",
-                        lambda self, askConfirmation=True, modelPath=None, needTorch=None: asked.append((askConfirmation, needTorch)) or True)
+                        lambda self, askConfirmation=True, modelPath=None, needTorch=None, status=None: asked.append((askConfirmation, needTorch)) or True,
+                        raising=False)
     composite = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # a slice view's layers
     parent = type("Parent", (), {})()
     synthesis.T1ToT2Synthesis(parent)
@@ -344,18 +342,29 @@ def test_sample_data_double_refuses_what_slicer_refuses():
         logic.registerCustomSampleDataSource(category="T", sampleName="s", sampleDescription="d", uris="u", fileNames="f")
 
 
-def test_devices_offered_are_the_plausible_ones(modules, monkeypatch):
-    synthesis, training = modules
+def test_devices_are_offered_by_hardware_not_by_operating_system(modules, monkeypatch):
+    """CUDA only where an NVIDIA driver is installed, MPS only on Apple silicon with macOS 12.3+ (issue 21 item 8);
+    the module files' load-time copies agree with the library on every faked machine."""
+    import os
     import platform
+    import shutil
 
-    from T1ToT2Lib.core.dependencies import plausible_devices
+    synthesis, training = modules
+    from T1ToT2Lib.core import dependencies
 
-    assert synthesis.DEVICE_CHOICES == training.DEVICE_CHOICES == plausible_devices(platform.system(), platform.machine())
-    for system, machine, expected in (("Linux", "x86_64", ["auto", "cuda", "cpu"]), ("Windows", "AMD64", ["auto", "cuda", "cpu"]),
-                                      ("Darwin", "arm64", ["auto", "mps", "cpu"]), ("Darwin", "x86_64", ["auto", "cpu"])):
+    assert synthesis.DEVICE_CHOICES == training.DEVICE_CHOICES == dependencies.this_machines_devices()
+    cases = [("Linux", "x86_64", False, "", ["auto", "cpu"]), ("Linux", "x86_64", True, "", ["auto", "cuda", "cpu"]),
+             ("Windows", "AMD64", False, "", ["auto", "cpu"]), ("Windows", "AMD64", True, "", ["auto", "cuda", "cpu"]),
+             ("Darwin", "arm64", False, "14.2", ["auto", "mps", "cpu"]), ("Darwin", "arm64", False, "11.7", ["auto", "cpu"]),
+             ("Darwin", "x86_64", False, "14.2", ["auto", "cpu"])]
+    for system, machine, nvidia, release, expected in cases:
         monkeypatch.setattr(platform, "system", lambda: system)
         monkeypatch.setattr(platform, "machine", lambda: machine)
-        assert synthesis._plausibleDevices() == training._plausibleDevices() == expected == plausible_devices(system, machine)
+        monkeypatch.setattr(platform, "mac_ver", lambda: (release, ("", "", ""), machine))
+        monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if nvidia and name == "nvidia-smi" else None)
+        monkeypatch.setattr(os.path, "exists", lambda path: False)
+        assert dependencies.offered_devices(system, machine, nvidia, release) == expected
+        assert synthesis._offeredDevices() == training._offeredDevices() == dependencies.this_machines_devices() == expected
 
 
 def test_finished_training_is_offered_to_the_synthesis_module(modules, tmp_path):
@@ -367,7 +376,7 @@ def test_finished_training_is_offered_to_the_synthesis_module(modules, tmp_path)
     job.run_to_end(timeout=60)
     with pytest.raises(T1ToT2Error, match="T2 grid differs: resample it"):
         logic.finishTrainingJob(job)
-    assert synthesis.T1ToT2SynthesisLogic.lastTrainedModel() is None
+    assert synthesis.T1ToT2SynthesisLogic().lastTrainedModel() is None
 
 
 def write_fake_model(path):
@@ -383,31 +392,27 @@ def write_fake_model(path):
 def test_training_panel_follows_a_job_to_the_end(modules, tmp_path, monkeypatch):
     """The Start button's flow: loss chart, progress, per-epoch table, model offered to Synthesis."""
     synthesis, training = modules
-    widget = training.T1ToT2TrainingWidget()
-    widget.ui = slicer_module_shim.fake_ui(ROOT / "T1ToT2Training" / "Resources" / "UI" / "T1ToT2Training.ui")
-    widget.logic = training.T1ToT2TrainingLogic()
-    widget._timer = slicer_module_shim.FakeTimer()
-    widget.setParameterNode(widget.logic.getParameterNode())
+    widget = _training_widget(training)
     assert not widget.ui.startButton.enabled  # nothing selected yet
 
     p = widget._parameterNode
     t1 = small_t1()
     p.trainT1, p.trainT2 = sc.node_from_volume(t1, "T1"), sc.node_from_volume(t1, "T2")
     p.outputModelPath = tmp_path / "model.safetensors"
-    widget._updateButtons()
+    widget.panel.updateButtons()
     assert widget.ui.startButton.enabled and not widget.ui.residualBlocksSpinBox.enabled  # the refiner has no ResNet blocks
     # The recommended refiner is the default, with its schedule; choosing another model proposes that model's epochs.
     from T1ToT2Lib.training.presets import RECOMMENDED
 
     assert p.modelType == RECOMMENDED["model"] and p.epochs == RECOMMENDED["training"]["epochs"]
     p.modelType = "pix2pix"
-    widget._updateButtons()  # what the parameter node's ModifiedEvent runs in Slicer
+    widget.panel.updateButtons()  # what the parameter node's ModifiedEvent runs in Slicer
     assert p.epochs == 15 and not widget.ui.residualBlocksSpinBox.enabled  # the paper's 15 epochs
     p.modelType = "unit"
-    widget._updateButtons()
+    widget.panel.updateButtons()
     assert widget.ui.residualBlocksSpinBox.enabled
     p.modelType = "pix2pix"
-    widget._updateButtons()
+    widget.panel.updateButtons()
     # Another parameter node (a reloaded scene) keeps its own model and epochs.
     other = training.T1ToT2TrainingParameterNode({"modelType": "unit", "epochs": 3})
     widget.setParameterNode(other)
@@ -438,19 +443,19 @@ print({json.dumps(json.dumps(events[-1]))}, flush=True)
         return job.start()
 
     monkeypatch.setattr(widget.logic, "startTrainingJob", fake_start)
-    widget.startTraining(resume=False)
-    assert widget._timer.active and widget.ui.cancelButton.visible and not widget.ui.startButton.enabled
+    widget.panel.startTraining(resume=False)
+    assert widget.panel.jobs.timer.active and widget.ui.cancelButton.visible and not widget.ui.startButton.enabled
     import time
 
     deadline = time.time() + 120
-    while widget._job is not None:
+    while widget.panel.jobs.job is not None:
         assert time.time() < deadline
-        widget.onTimer()
+        widget.panel.jobs.poll()
         time.sleep(0.02)
 
-    assert not widget._timer.active and not widget.ui.cancelButton.visible and widget.ui.startButton.enabled
+    assert not widget.panel.jobs.timer.active and not widget.ui.cancelButton.visible and widget.ui.startButton.enabled
     assert widget.ui.progressBar.value == 100
-    losses = sc.table_columns(widget._lossPlot.table_node)
+    losses = sc.table_columns(widget.panel.lossPlot.table_node)
     assert losses["Step"] == [1.0, 2.0, 3.0, 4.0] and losses["G_GAN"][0] == pytest.approx(0.5)
     table = sc.table_columns(p.validationTable)
     assert table["Epoch"] == [1.0, 2.0] and table["NRMSE"] == pytest.approx([0.2, 0.1])
@@ -459,7 +464,7 @@ print({json.dumps(json.dumps(events[-1]))}, flush=True)
     # The Synthesis panel picks the new model up when it is shown, once (a later choice is the user's).
     synthesis_logic = synthesis.T1ToT2SynthesisLogic()
     offered = synthesis_logic.getParameterNode()
-    assert synthesis.T1ToT2SynthesisLogic.lastTrainedModel() == p.outputModelPath
+    assert synthesis.T1ToT2SynthesisLogic().lastTrainedModel() == p.outputModelPath
     assert synthesis_logic.adoptLastTrainedModel(offered)
     assert offered.useBundledModel is False and Path(offered.modelPath) == p.outputModelPath
     offered.useBundledModel = True
@@ -468,17 +473,13 @@ print({json.dumps(json.dumps(events[-1]))}, flush=True)
 
 def test_synthesis_panel_runs_cancels_and_reports(modules, tmp_path, monkeypatch):
     synthesis, _ = modules
-    widget = synthesis.T1ToT2SynthesisWidget()
-    widget.ui = slicer_module_shim.fake_ui(ROOT / "T1ToT2Synthesis" / "Resources" / "UI" / "T1ToT2Synthesis.ui")
-    widget.logic = synthesis.T1ToT2SynthesisLogic()
-    widget._jobTimer = slicer_module_shim.FakeTimer()
-    widget.setParameterNode(widget.logic.getParameterNode())
+    widget = _synthesis_widget(synthesis)
     p = widget._parameterNode
     t1 = small_t1()
     p.inputT1 = sc.node_from_volume(t1, "T1")
     p.useBundledModel = False
     p.modelPath = write_fake_model(tmp_path / "model.safetensors")
-    widget._updateButtons()
+    widget.panel.updateButtons()
     assert widget.ui.synthesizeButton.enabled and not widget.ui.compareButton.enabled
 
     slow = fake_child("""
@@ -488,20 +489,20 @@ time.sleep(60)
 """, tmp_path)
     monkeypatch.setattr(widget.logic, "startSynthesisJob",
                         lambda *a, **k: BackgroundJob(slow).start())
-    widget.onSynthesizeButton()
+    widget.panel.synthesize()
     assert widget.ui.cancelButton.visible and not widget.ui.synthesizeButton.enabled
     import time
 
     deadline = time.time() + 120  # a hang guard, not a speed bound
     while widget.ui.progressBar.value != 25:
         assert time.time() < deadline
-        widget.onJobTimer()
+        widget.panel.jobs.poll()
         time.sleep(0.02)
-    widget.onCancelButton()
-    assert widget._job is not None  # the panel does not wait for the process: its timer notices the end
-    while widget._job is not None:
+    widget.panel.jobs.cancel()
+    assert widget.panel.jobs.job is not None  # the panel does not wait for the process: its timer notices the end
+    while widget.panel.jobs.job is not None:
         assert time.time() < deadline
-        widget.onJobTimer()
+        widget.panel.jobs.poll()
         time.sleep(0.02)
     assert "Cancelled" in widget.ui.statusLabel.text and p.syntheticT2 is None
     assert widget.ui.synthesizeButton.enabled and not widget.ui.cancelButton.visible
@@ -532,7 +533,7 @@ def test_training_job_then_background_synthesis_equals_in_process(modules, tmp_p
     assert model == p.outputModelPath and model.is_file()
     assert sc.table_columns(loss_plot.table_node)["Step"] == [1.0, 2.0]  # numbered over the run
     assert table.GetNumberOfRows() == 2
-    assert synthesis.T1ToT2SynthesisLogic.lastTrainedModel() == model
+    assert synthesis.T1ToT2SynthesisLogic().lastTrainedModel() == model
     offered = synthesis.T1ToT2SynthesisLogic().getParameterNode()
     assert synthesis.T1ToT2SynthesisLogic().adoptLastTrainedModel(offered)
     assert offered.useBundledModel is False and Path(offered.modelPath) == model
@@ -595,7 +596,7 @@ def test_missing_torch_is_installed_through_pytorchutils_when_present(modules, s
     sys.modules["PyTorchUtils"].PyTorchUtilsLogic = FakePyTorchUtilsLogic
     monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
     logic = synthesis.T1ToT2SynthesisLogic()
-    monkeypatch.setattr(logic, "missingRequirements", lambda: [])
+    monkeypatch.setattr(logic.library, "missingRequirements", lambda: [])
     assert logic.ensureDependencies(askConfirmation=True)
     assert requested == [(True, ">=2.1")]
     assert slicer_installers["pip"] == []
@@ -608,8 +609,8 @@ def test_without_pytorchutils_the_user_is_asked_and_slicer_packages_are_pinned(m
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import fails as if the extension were absent
     monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
     logic = synthesis.T1ToT2SynthesisLogic()
-    monkeypatch.setattr(logic, "cudaDriverVersion", staticmethod(lambda: None))
-    monkeypatch.setattr(logic, "missingRequirements", lambda: ["scikit-image>=0.21"])
+    monkeypatch.setattr(logic.library, "cudaDriverVersion", lambda: None)
+    monkeypatch.setattr(logic.library, "missingRequirements", lambda: ["scikit-image>=0.21"])
 
     slicer_installers["answer"] = False
     assert not logic.ensureDependencies(askConfirmation=True)
@@ -646,19 +647,18 @@ def platform_is_mac() -> bool:
 
 # --- panels: scene close, failures, reuse ---------------------------------------------------------
 def _training_widget(training):
+    """The module's widget set up over stand-in widgets and timer (what setup() does with the .ui and a QTimer)."""
     widget = training.T1ToT2TrainingWidget()
-    widget.ui = slicer_module_shim.fake_ui(ROOT / "T1ToT2Training" / "Resources" / "UI" / "T1ToT2Training.ui")
-    widget.logic = training.T1ToT2TrainingLogic()
-    widget._timer = slicer_module_shim.FakeTimer()
+    widget.setupPanel(slicer_module_shim.fake_ui(ROOT / "T1ToT2Training" / "Resources" / "UI" / "T1ToT2Training.ui"),
+                      slicer_module_shim.FakeTimer())
     widget.setParameterNode(widget.logic.getParameterNode())
     return widget
 
 
 def _synthesis_widget(synthesis):
     widget = synthesis.T1ToT2SynthesisWidget()
-    widget.ui = slicer_module_shim.fake_ui(ROOT / "T1ToT2Synthesis" / "Resources" / "UI" / "T1ToT2Synthesis.ui")
-    widget.logic = synthesis.T1ToT2SynthesisLogic()
-    widget._jobTimer = slicer_module_shim.FakeTimer()
+    widget.setupPanel(slicer_module_shim.fake_ui(ROOT / "T1ToT2Synthesis" / "Resources" / "UI" / "T1ToT2Synthesis.ui"),
+                      slicer_module_shim.FakeTimer())
     widget.setParameterNode(widget.logic.getParameterNode())
     return widget
 
@@ -677,8 +677,8 @@ def test_closing_the_scene_cancels_a_running_job(modules, tmp_path, which):
     widget = _training_widget(training) if which == "training" else _synthesis_widget(synthesis)
     job = BackgroundJob(fake_child(SLEEPER, tmp_path)).start()
     job.workDir = tmp_path / "work"
-    widget._job = job
-    (widget._timer if which == "training" else widget._jobTimer).start()
+    widget.panel.jobs.register("sleep", lambda job: None)
+    widget.panel.jobs.start(job, "sleep", "sleeping")
     import time
 
     deadline = time.time() + 60
@@ -687,8 +687,8 @@ def test_closing_the_scene_cancels_a_running_job(modules, tmp_path, which):
         time.sleep(0.02)
     child = psutil.Process(job.events[0]["pid"])
     widget.onSceneStartClose(None, None)
-    assert widget._job is None and widget._parameterNode is None
-    assert not (widget._timer if which == "training" else widget._jobTimer).active  # no polling into a closed scene
+    assert widget.panel.jobs.job is None and widget._parameterNode is None
+    assert not widget.panel.jobs.timer.active  # no polling into a closed scene
     assert not job.is_running and job.cancelled
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
 
@@ -707,13 +707,13 @@ raise SystemExit(2)
 """, tmp_path)
     job = BackgroundJob(failing).start()
     job.workDir, job.outputPath = tmp_path / "inputs", tmp_path / "model.safetensors"
-    widget._job, widget._jobKind = job, "train"
+    widget.panel.jobs.start(job, "train", "Training...")
     import time
 
     deadline = time.time() + 60
-    while widget._job is not None:
+    while widget.panel.jobs.job is not None:
         assert time.time() < deadline
-        widget.onTimer()
+        widget.panel.jobs.poll()
         time.sleep(0.02)
     ((text, kwargs),) = shown
     assert "add --align" in text and "log line 0" not in text  # the one-line error...
@@ -724,8 +724,7 @@ raise SystemExit(2)
 def test_training_status_shows_epoch_step_and_time_left(modules):
     _, training = modules
     widget = _training_widget(training)
-    widget._jobKind = "train"
-    widget._handleEvents([{"event": "start", "epochs": 15},
+    widget.panel._onTrainingEvents([{"event": "start", "epochs": 15},
                           {"event": "step", "epoch": 3, "step": 40, "steps": 290, "losses": {"G": 1.0}, "eta_s": 754}])
     assert widget.ui.statusLabel.text == "Epoch 3/15, step 40/290, about 13 min left"
     assert widget.ui.progressBar.value == int(100 * (2 + 40 / 290) / 15)
@@ -760,12 +759,12 @@ print(json.dumps({{"event": "done", "output": {str(out)!r}}}), flush=True)
     import time
 
     for run in range(2):
-        widget.onEvaluateButton()
-        assert widget._jobKind == "evaluate" and widget._job.is_running  # returned at once, the job still runs
+        widget.panel.evaluate()
+        assert widget.panel.jobs.kind == "evaluate" and widget.panel.jobs.job.is_running  # returned at once, the job still runs
         deadline = time.time() + 60
-        while widget._job is not None:
+        while widget.panel.jobs.job is not None:
             assert time.time() < deadline
-            widget.onTimer()
+            widget.panel.jobs.poll()
             time.sleep(0.02)
         assert "metrics table" in widget.ui.statusLabel.text
         if run == 0:
@@ -783,13 +782,13 @@ def test_line_profile_button_reuses_its_table_and_chart(modules):
     t1 = small_t1(shape=(10, 20, 24))
     p.inputT1 = sc.node_from_volume(t1, "T1")
     p.syntheticT2 = sc.create_or_update_synthetic_node(p.inputT1, t1.with_array(t1.array + 1), "m")
-    widget.onLineProfileButton()
-    first = widget._lineProfile
-    widget.onLineProfileButton()
-    assert widget._lineProfile.table_node is first.table_node and widget._lineProfile.chart_node is first.chart_node
+    widget.panel.profile()
+    first = widget.panel.lineProfile
+    widget.panel.profile()
+    assert widget.panel.lineProfile.table_node is first.table_node and widget.panel.lineProfile.chart_node is first.chart_node
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 1
-    widget._stopLineProfile()
+    widget.panel.stopLineProfile()
 
 
 def test_self_tests_skip_with_a_message_when_dependencies_are_missing(modules, monkeypatch):
@@ -814,7 +813,7 @@ def test_an_exported_onnx_model_needs_no_pytorch_install(modules, slicer_install
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
     monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
     logic = synthesis.T1ToT2SynthesisLogic()
-    monkeypatch.setattr(logic, "missingRequirements", lambda: [])
+    monkeypatch.setattr(logic.library, "missingRequirements", lambda: [])
     model = tmp_path / "model.safetensors"
     model.write_bytes(b"x")
     slicer_installers["answer"] = False  # a PyTorch prompt would be declined
@@ -856,9 +855,9 @@ def _run_training_widget_job(widget):
     import time
 
     deadline = time.time() + 300  # a hang guard, not a speed bound
-    while widget._job is not None:
+    while widget.panel.jobs.job is not None:
         assert time.time() < deadline
-        widget.onTimer()
+        widget.panel.jobs.poll()
         time.sleep(0.05)
 
 
@@ -884,7 +883,7 @@ def test_training_panel_asks_for_the_align_box_then_aligns_and_shows_the_pair(mo
     p = widget._parameterNode
     p.trainT1, p.trainT2 = sc.node_from_volume(t1, "VIBE"), sc.node_from_volume(moved, "SPACE")
     p.outputModelPath = tmp_path / "model.safetensors"
-    widget._updateButtons()
+    widget.panel.updateButtons()
     assert widget.ui.showAlignedButton.enabled and widget.ui.startButton.enabled
 
     # Unticked: one message naming the box exactly as the panel shows it, no traceback, no job.
@@ -893,11 +892,11 @@ def test_training_panel_asks_for_the_align_box_then_aligns_and_shows_the_pair(mo
     box_text = next(prop.find("string").text for prop in box.findall("property") if prop.get("name") == "text")
     assert box_text == "Align T2 to T1 (rigid registration)"
     assert p.alignT2 is False  # off by default
-    widget.startTraining(resume=False)
+    widget.panel.startTraining(resume=False)
     ((text, kwargs),) = shown
     assert f"tick '{box_text}'" in text and "'SPACE'" in text and "'VIBE'" in text and "\n" not in text
     assert "detailedText" not in kwargs and "Traceback" not in text
-    assert box_text in widget.ui.statusLabel.text and widget._job is None
+    assert box_text in widget.ui.statusLabel.text and widget.panel.jobs.job is None
 
     # Ticked: the job is started with --align, which the real command line accepts.
     p.alignT2 = True
@@ -908,8 +907,8 @@ def test_training_panel_asks_for_the_align_box_then_aligns_and_shows_the_pair(mo
 
     # Show aligned pair: the real `t1tot2 align` in the background, polled by the panel's timer.
     red = sc._slice_composite_node(slicer.mrmlScene, "Red")  # the headless scene has no views of its own
-    widget.onShowAlignedButton()
-    assert widget._jobKind == "align" and widget._timer.active and not widget.ui.showAlignedButton.enabled
+    widget.panel.showAligned()
+    assert widget.panel.jobs.kind == "align" and widget.panel.jobs.timer.active and not widget.ui.showAlignedButton.enabled
     _run_training_widget_job(widget)
     aligned = p.trainT2.GetNodeReference(sc.ALIGNED_REFERENCE_ROLE)
     assert aligned is not None and aligned.GetName() == "SPACE aligned to VIBE"
@@ -925,12 +924,12 @@ def test_training_panel_asks_for_the_align_box_then_aligns_and_shows_the_pair(mo
             in status)
     assert f"{report['rotation_deg_ras'][0]:+.3f}" in status and f"{report['translation_mm_ras'][2]:+.3f} mm" in status
     assert red.GetBackgroundVolumeID() == p.trainT1.GetID() and red.GetForegroundVolumeID() == aligned.GetID()
-    assert widget.ui.showAlignedButton.enabled and widget._jobKind is None
+    assert widget.ui.showAlignedButton.enabled and widget.panel.jobs.kind is None
 
     # A T2 already on the T1's grid needs no alignment: said, and no job.
     p.trainT2 = sc.node_from_volume(t2, "SPACE on the T1 grid")
-    widget.onShowAlignedButton()
-    assert widget._job is None and "already shares the T1's grid" in widget.ui.statusLabel.text
+    widget.panel.showAligned()
+    assert widget.panel.jobs.job is None and "already shares the T1's grid" in widget.ui.statusLabel.text
 
 
 @pytest.mark.slow
@@ -944,15 +943,15 @@ def test_synthesis_panel_shows_the_voxel_size_note_of_a_1mm_t1(modules, tmp_path
     assert np.allclose(fine.spacing, 1.0)
     p = widget._parameterNode
     p.inputT1, p.useBundledModel, p.plane, p.device = sc.node_from_volume(fine, "T1 1mm"), True, "coronal", "cpu"
-    widget._updateButtons()
-    widget.onSynthesizeButton()
+    widget.panel.updateButtons()
+    widget.panel.synthesize()
     assert slicer_installers["asked"] == []
     import time
 
     deadline = time.time() + 300  # a hang guard, not a speed bound
-    while widget._job is not None:
+    while widget.panel.jobs.job is not None:
         assert time.time() < deadline
-        widget.onJobTimer()
+        widget.panel.jobs.poll()
         time.sleep(0.05)
     node = p.syntheticT2
     assert node is not None, widget.ui.statusLabel.text

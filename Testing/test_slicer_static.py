@@ -293,8 +293,9 @@ def test_choice_parameters_default_to_one_of_their_choices(module):
             if isinstance(stmt, ast.AnnAssign) and "Choice(" in ast.unparse(stmt.annotation) and stmt.value is not None:
                 choice = re.search(r"Choice\((\w+)\)", ast.unparse(stmt.annotation)).group(1)
                 if choice == "DEVICE_CHOICES":  # depends on the platform: the default must be offered on every one
-                    offered = [dependencies.plausible_devices(system, machine) for system, machine in
-                               (("Linux", "x86_64"), ("Windows", "AMD64"), ("Darwin", "arm64"), ("Darwin", "x86_64"))]
+                    offered = [dependencies.offered_devices(system, machine, nvidia, release) for system, machine in
+                               (("Linux", "x86_64"), ("Windows", "AMD64"), ("Darwin", "arm64"), ("Darwin", "x86_64"))
+                               for nvidia in (False, True) for release in ("11.0", "14.2")]
                     assert all(ast.literal_eval(stmt.value) in devices for devices in offered)
                     checked += 1
                     continue

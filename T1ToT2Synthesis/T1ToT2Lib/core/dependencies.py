@@ -187,7 +187,8 @@ def cuda_driver_version():
     return parse_cuda_driver_version(output)
 
 
-def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=None, system=None, need_torch=True) -> bool:
+def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=None, system=None, need_torch=True,
+                     status=None) -> bool:
     """Make torch and the requirements importable in Slicer's Python; False if the user declined.
 
     ``util`` is ``slicer.util`` (``confirmOkCancelDisplay``, ``pip_install``).
@@ -197,7 +198,8 @@ def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=Non
     (a callable returning the missing requirement lines) and ``cuda_version``
     (a callable) default to this module's checks.  ``need_torch=False`` (synthesis
     with an exported ONNX model) installs only the small packages, ONNX Runtime
-    among them, and never PyTorch.
+    among them, and never PyTorch.  ``status(text)`` is told before each install starts: pip runs in
+    Slicer's process and keeps it busy for minutes, so the panel says so first.
     """
     import platform
     import tempfile
@@ -212,6 +214,7 @@ def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=Non
         except ImportError:
             PyTorchUtils = None
         if PyTorchUtils is not None:
+            _say(status, "Installing PyTorch through the PyTorch extension (Slicer is busy until it is done)...")
             torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
                 askConfirmation=ask_confirmation, torchVersionRequirement=TORCH_REQUIREMENT[len("torch"):])
             if torch is None:
@@ -220,6 +223,7 @@ def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=Non
             if ask_confirmation and not util.confirmOkCancelDisplay(
                     "T1 to T2 needs PyTorch, which is not installed. Install it now? This can take several minutes."):
                 return False
+            _say(status, "Installing PyTorch (several minutes; Slicer is busy until it is done)...")
             util.pip_install(torch_pip_arguments(system or platform.system(), cuda_version()))
     needed = missing()
     if needed:
@@ -228,18 +232,51 @@ def ensure_in_slicer(util, ask_confirmation=True, missing=None, cuda_version=Non
             return False
         constraints = Path(tempfile.mkdtemp(prefix="T1ToT2-")) / "constraints.txt"
         constraints.write_text("\n".join(protected_constraints(installing=needed)) + "\n")
+        _say(status, f"Installing {', '.join(needed)} (Slicer is busy until it is done)...")
         util.pip_install(requirements_pip_arguments(needed, constraints))
     return True
 
 
-def plausible_devices(system: str, machine: str) -> list:
-    """The device choices worth offering: CUDA on Linux and Windows, MPS on Apple-silicon macOS."""
+def _say(status, text) -> None:
+    if status is not None:
+        status(text)
+
+
+def nvidia_driver_present(system: str, which=None, exists=None) -> bool:
+    """Whether an NVIDIA driver is installed (what CUDA needs), without importing torch or running anything:
+    ``nvidia-smi`` on the PATH, the Linux driver's ``/proc/driver/nvidia/version``, or Windows' ``nvcuda.dll``."""
+    import os
+    import shutil
+
+    which, exists = which or shutil.which, exists or os.path.exists
+    if which("nvidia-smi"):
+        return True
+    if system == "Linux":
+        return exists("/proc/driver/nvidia/version")
+    if system == "Windows":
+        return exists(os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "nvcuda.dll"))
+    return False
+
+
+def offered_devices(system: str, machine: str, nvidia_driver: bool, mac_release: str = "") -> list:
+    """The device choices worth offering on this hardware: CUDA only with an NVIDIA driver (Linux, Windows),
+    MPS only on Apple silicon with macOS 12.3 or newer, then the CPU."""
     devices = ["auto"]
-    if system in ("Linux", "Windows"):
+    if nvidia_driver and system in ("Linux", "Windows"):
         devices.append("cuda")
     if system == "Darwin" and machine.lower() in ("arm64", "aarch64"):
-        devices.append("mps")
+        version = tuple(int(p) for p in re.findall(r"\d+", mac_release or "0")[:2])
+        if version >= (12, 3):
+            devices.append("mps")
     return devices + ["cpu"]
+
+
+def this_machines_devices() -> list:
+    """:func:`offered_devices` for the computer this runs on."""
+    import platform
+
+    system = platform.system()
+    return offered_devices(system, platform.machine(), nvidia_driver_present(system), platform.mac_ver()[0])
 
 
 def missing_dependencies() -> list:

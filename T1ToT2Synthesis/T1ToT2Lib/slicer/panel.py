@@ -13,6 +13,7 @@ import pathlib
 import shutil
 
 from . import jobs, scene
+from .settings import SynthesisSettings, TrainingSettings
 from ..io import files
 from ..core.errors import T1ToT2Error
 
@@ -82,9 +83,8 @@ def start_synthesis_job(t1_node, model_path, plane, device, precision, work_dir,
     t1_path = files.write_volume(scene.volume_from_node(t1_node), work_dir / "t1.nrrd")
     output = work_dir / "synthetic_t2.nrrd"
     error_map = work_dir / "synthetic_t2_error_map.nrrd"
-    argv = jobs.cli_command("synthesize", model_path, t1_path, output, "--plane", plane, "--device", device,
-                              "--precision", precision, "--uncertainty", error_map, "--progress", "json",
-                              python=python or jobs.python_executable())
+    settings = SynthesisSettings(pathlib.Path(model_path), plane=plane, device=device, precision=precision)
+    argv = jobs.cli_command(*settings.asArgList(t1_path, output, error_map), python=python or jobs.python_executable())
     job = jobs.BackgroundJob(argv, outputs=[output, error_map])
     job.modelPath = pathlib.Path(model_path)
     job.outputPath = output
@@ -131,11 +131,7 @@ def notes_text(node) -> str:
 
 # --- training job -------------------------------------------------------------------------------
 def chosen_planes(parameters) -> list:
-    chosen = [name for name, on in zip(PLANES, (parameters.planeAxial, parameters.planeCoronal,
-                                                parameters.planeSagittal)) if on]
-    if not chosen:
-        raise T1ToT2Error("no training plane is selected: tick at least one of axial, coronal, sagittal")
-    return chosen
+    return list(TrainingSettings.from_parameters(parameters).planes)
 
 
 def check_training_pairs(parameters) -> None:
@@ -157,18 +153,17 @@ def check_training_pairs(parameters) -> None:
 
 
 def default_epochs(model_type: str) -> int:
-    """The constant-rate epochs the Training panel proposes for a model: the recommended refiner's
-    schedule (as many decaying epochs follow), the paper's 15 for its GANs."""
-    from ..training.presets import training_defaults
-
-    return int(training_defaults(model_type)["epochs"])
+    """The constant-rate epochs the Training panel proposes for a model (the presets': the recommended
+    refiner's schedule, as many decaying epochs follow; the paper's 15 for its GANs)."""
+    return int(TrainingSettings.for_model(model_type).epochs)
 
 
 def train_arguments(parameters, work_dir, resume=False) -> list:
     """The ``t1tot2 train`` arguments for a Training parameter node (its volumes are written to ``work_dir``).
 
-    With ``alignT2`` the command gets ``--align`` (each T2 on its own grid is registered to its T1); without it,
-    a pair on two grids is refused here in one line (:func:`check_training_pairs`), before anything is written.
+    The command line itself comes from :class:`TrainingSettings`.  With ``alignT2`` the command gets ``--align``;
+    without it, a pair on two grids is refused here in one line (:func:`check_training_pairs`), before anything
+    is written.
     """
     p = parameters
     work_dir = pathlib.Path(work_dir)
@@ -178,34 +173,14 @@ def train_arguments(parameters, work_dir, resume=False) -> list:
     if not p.outputModelPath or str(p.outputModelPath) in ("", "."):
         raise T1ToT2Error("no output model file is chosen: pick where to save the .safetensors model")
     check_training_pairs(p)
+    settings = TrainingSettings.from_parameters(p)
     paths = {}
     for key, node in nodes.items():
         if node is not None:
             work_dir.mkdir(parents=True, exist_ok=True)
             paths[key] = files.write_volume(scene.volume_from_node(node), work_dir / f"{key}.nrrd")
-    out = pathlib.Path(p.outputModelPath)
-    args = ["train", "--t1", paths["trainT1"], "--t2", paths["trainT2"], "--model", p.modelType,
-            "--planes", ",".join(chosen_planes(p)), "--device", p.device, "--out", out,
-            "--checkpoint-dir", out.with_name(out.name.replace(".safetensors", "") + ".checkpoints"),
-            "--progress", "json"]
-    if p.modelType == "refiner":
-        # The recommended model trains with its own schedule (rate, batch, patches, 2.5-D input); the panel's
-        # GAN settings do not apply to it, only the epochs at constant rate (as many decaying ones follow).
-        args += ["--epochs", p.epochs, "--epochs-decay", p.epochs]
-    else:
-        args += ["--epochs", p.epochs, "--lr", repr(float(p.learningRate)), "--batch-size", p.batchSize,
-                 "--context", p.contextSlices, "--ngf", p.generatorWidth, "--upsample", p.upsampling]
-    if p.modelType in ("cyclegan", "unit"):
-        args += ["--n-blocks", p.residualBlocks]
-    if "validationT1" in paths and "validationT2" in paths:
-        args += ["--val-t1", paths["validationT1"], "--val-t2", paths["validationT2"]]
-    if p.maxStepsPerEpoch:
-        args += ["--max-steps-per-epoch", p.maxStepsPerEpoch]
-    if p.alignT2:
-        args.append("--align")
-    if resume:
-        args.append("--resume")
-    return [str(a) for a in args]
+    return settings.asArgList(paths["trainT1"], paths["trainT2"], p.outputModelPath, paths.get("validationT1"),
+                              paths.get("validationT2"), resume=resume)
 
 
 def start_training_job(parameters, work_dir, resume=False, python=None):
@@ -317,23 +292,70 @@ def record_event(event, loss_plot=None, validation_table=None) -> None:
 
 
 # --- evaluation on the validation pair ----------------------------------------------------------
-def evaluate_synthetic(synthetic_node, t1_node, t2_node, previous=None, orientation="auto") -> dict:
+def evaluate_synthetic(synthetic_node, t1_node, t2_node, previous=None, orientation="auto", views=scene.COMPARE_VIEWS,
+                       compute_metrics=True) -> dict:
     """Compare view, metrics table and line profile of a synthetic T2 against the acquired one.
 
     ``previous`` (the dict an earlier call returned) is reused: the same
     metrics table, profile line, profile table and chart, so evaluating after
-    every training run does not pile up nodes.  Returns {"synthetic",
-    "difference", "metrics", "line", "profile"}.
+    every training run does not pile up nodes; its nodes that left the scene
+    (Close Scene) are made anew.  ``compute_metrics=False`` leaves the metrics
+    to a background job (:func:`start_metrics_job`): "metrics" is then the
+    previous table or None.  Returns {"synthetic", "difference", "metrics", "line", "profile"}.
     """
-    from ..core import metrics
+    live_scene = synthetic_node.GetScene()
+    previous = {key: value for key, value in (previous or {}).items() if _in_scene(value, live_scene)}
+    shown = scene.show_comparison(t1_node, t2_node, synthetic_node, orientation=orientation, views=views)
+    table = previous.get("metrics")
+    if compute_metrics:
+        from ..core import metrics
 
-    previous = previous or {}
-    shown = scene.show_comparison(t1_node, t2_node, synthetic_node, orientation=orientation)
-    values = metrics.evaluate_volumes(scene.volume_from_node(synthetic_node), scene.volume_from_node(t2_node))
-    table = scene.metrics_table_node(values, name=f"{synthetic_node.GetName()} metrics", node=previous.get("metrics"))
-    line = previous.get("line")
-    if line is None or line.GetScene() is None:
-        line = scene.create_profile_line(synthetic_node)
+        values = metrics.evaluate_volumes(scene.volume_from_node(synthetic_node), scene.volume_from_node(t2_node))
+        table = scene.metrics_table_node(values, name=f"{synthetic_node.GetName()} metrics", node=table)
+    line = previous.get("line") or scene.create_profile_line(synthetic_node)
     profile = scene.line_profile(line, [t1_node, t2_node, synthetic_node], previous=previous.get("profile"))
     return {"synthetic": synthetic_node, "difference": shown["difference"], "metrics": table, "line": line,
             "profile": profile}
+
+
+def _in_scene(value, live_scene) -> bool:
+    """Whether a node (or a LineProfile's table and chart) still belongs to ``live_scene``."""
+    if isinstance(value, scene.LineProfile):
+        return all(n.GetScene() is live_scene for n in (value.table_node, value.chart_node, value.line_node))
+    return value is not None and hasattr(value, "GetScene") and value.GetScene() is live_scene
+
+
+# --- metrics in a background process ------------------------------------------------------------
+def start_metrics_job(synthetic_node, acquired_node, work_dir, synthetic_file=None, python=None):
+    """Start ``t1tot2 evaluate`` (NRMSE/PSNR/SSIM per plane) in a separate process; returns the running job.
+
+    The scoring runs in the child; here the volumes are only written (``synthetic_file``, a finished
+    synthesis job's output, is used as it is).  An acquired T2 on another grid is resampled onto the
+    synthetic's first, as the in-process evaluation does.  The metrics arrive in :attr:`jsonPath`.
+    """
+    work_dir = pathlib.Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if synthetic_file is None or not pathlib.Path(synthetic_file).is_file():
+        synthetic_file = files.write_volume(scene.volume_from_node(synthetic_node), work_dir / "synthetic_t2.nrrd")
+    acquired = scene.volume_from_node(acquired_node)
+    if not scene.nodes_share_grid(synthetic_node, acquired_node):
+        acquired = scene.resample_to(acquired, scene.volume_from_node(synthetic_node))
+    acquired_path = files.write_volume(acquired, work_dir / "acquired_t2.nrrd")
+    result = work_dir / "metrics.json"
+    argv = jobs.cli_command("evaluate", synthetic_file, acquired_path, "--json", result,
+                            python=python or jobs.python_executable())
+    job = jobs.BackgroundJob(argv, outputs=[result])
+    job.workDir, job.jsonPath = work_dir, result
+    return job.start()
+
+
+def finish_metrics_job(job, name="T1ToT2 metrics", table_node=None):
+    """The metrics table of a finished :func:`start_metrics_job` (``table_node`` reused); raises :class:`JobError`."""
+    import json
+
+    try:
+        _raise_if_failed(job, "metrics")
+        values = json.loads(pathlib.Path(job.jsonPath).read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(getattr(job, "workDir", "") or "", ignore_errors=True)
+    return scene.metrics_table_node(values, name=name, node=table_node)

@@ -42,7 +42,6 @@ ALIGNMENT_ATTRIBUTE = "T1ToT2.Alignment"
 ALIGNED_TO_ATTRIBUTE = "T1ToT2.AlignedTo"
 DIVERGING_COLOR_NAME = "T1ToT2 DivergingBlueWhiteRed"
 DISTANCE_COLUMN = "Distance (mm)"
-COMPARE_VIEWS = ("Red", "Yellow", "Green")
 
 _SERIES_COLORS = [
     (0.12, 0.47, 0.71),
@@ -520,19 +519,26 @@ def sample_node(node, points_world) -> np.ndarray:
     """Trilinear samples of a volume node at world points (NaN outside the volume).
 
     World -> IJK uses the inverse of the node's world geometry (parent
-    transform included), then ``scipy.ndimage.map_coordinates`` with order 1.
+    transform included), then ``scipy.ndimage.map_coordinates`` with order 1
+    on the block of voxels the points touch only, in the node's own type: a
+    drag of the line costs what the line crosses, not a float copy of the volume.
     """
     from scipy.ndimage import map_coordinates
 
     _check_scalar_volume(node)
     array = slicer.util.arrayFromVolume(node)
     world_to_ijk = np.linalg.inv(world_ijk_to_ras(node))
-    ijk = np.asarray(points_world) @ world_to_ijk[:3, :3].T + world_to_ijk[:3, 3]
-    values = map_coordinates(np.asarray(array, dtype=np.float32), ijk[:, ::-1].T, order=1, mode="nearest")
+    ijk = np.asarray(points_world, dtype=np.float64) @ world_to_ijk[:3, :3].T + world_to_ijk[:3, 3]
     shape = np.array(array.shape[::-1])  # i, j, k sizes
     outside = np.any((ijk < -0.5) | (ijk > shape - 0.5), axis=1)
-    values = values.astype(np.float64)
-    values[outside] = np.nan
+    values = np.full(len(ijk), np.nan)
+    if outside.all():
+        return values
+    kji = np.clip(ijk[~outside][:, ::-1], 0, np.array(array.shape) - 1)
+    low = np.floor(kji.min(axis=0)).astype(int)
+    high = np.minimum(np.floor(kji.max(axis=0)).astype(int) + 2, array.shape)
+    block = array[low[0]:high[0], low[1]:high[1], low[2]:high[2]]  # a view: nothing is copied yet
+    values[~outside] = map_coordinates(block, (kji - low).T, order=1, mode="nearest", output=np.float64)
     return values
 
 
@@ -622,7 +628,12 @@ def show_plot(chart_node, scene=None) -> bool:
     if layout is None:
         return False
     description = layout.GetCurrentLayoutDescription() or ""
-    if "vtkMRMLPlotViewNode" not in description:
+    if layout.GetViewArrangement() == COMPARE_LAYOUT_ID and "vtkMRMLPlotViewNode" not in description:
+        # The one-row comparison stays: the plot gets a row of its own below it.
+        views = tuple(v for v in _compare_views_in(description)) or SLICER_COMPARE_VIEWS
+        orientation = layout.GetAttribute(COMPARE_ORIENTATION_ATTRIBUTE) or "Coronal"
+        layout.SetLayoutDescription(COMPARE_LAYOUT_ID, compare_layout_xml(orientation, views, plot=True))
+    elif "vtkMRMLPlotViewNode" not in description:
         layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
     views = [scene.GetNthNodeByClass(n, "vtkMRMLPlotViewNode") for n in range(scene.GetNumberOfNodesByClass("vtkMRMLPlotViewNode"))]
     if not views:  # the application creates it with the layout; headless, make the one the layout names
@@ -652,15 +663,28 @@ class LossPlot:
     are not bookkeeping (step, epoch, time, lr...).
     """
 
-    def __init__(self, name="T1ToT2 training loss", scene=None, events=("step",)):
+    def __init__(self, name="T1ToT2 training loss", scene=None, events=("step",), table_node=None, chart_node=None):
         self.scene = _scene(scene)
         self.events = tuple(events)
         self.x_column = "Epoch" if self.events == ("epoch",) else "Step"
-        self.table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-        self.chart_node = _new_chart(self.scene, name, "Training loss", self.x_column, "Loss")
+        self.table_node = table_node or self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        self.chart_node = _new_chart(self.scene, name, "Training loss", self.x_column, "Loss", chart_node)
         self.name = name
         self.rows: list[dict] = []
         self.loss_names: list[str] = []
+
+    @classmethod
+    def reuse(cls, previous, resume=False, scene=None) -> "LossPlot":
+        """The training's loss plot: ``previous``'s table and chart when they are still in the scene (emptied
+        for a new run, kept for ``resume`` so the curve goes on), else new ones."""
+        scene = _scene(scene)
+        if previous is None or previous.table_node.GetScene() is not scene or previous.chart_node.GetScene() is not scene:
+            return cls(scene=scene)
+        if not resume:
+            previous.rows, previous.loss_names = [], []
+            previous.table_node.GetTable().Initialize()
+            previous.table_node.Modified()  # the chart's series find their columns again by name
+        return previous
 
     @staticmethod
     def _losses(event: dict) -> dict:
@@ -705,27 +729,72 @@ class LossPlot:
 
 
 # --- views -------------------------------------------------------------------
-#: The compare layout's views, left to right: T1, acquired T2, synthetic T2 (overlays on the last only).
+#: The web page's compare views, left to right: T1, acquired T2, synthetic T2 (overlays on the last only).
 COMPARE_VIEWS = ("Red", "Yellow", "Green")
+#: The Slicer modules' compare views: slice views of their own (singletontags of the compare layout), so that
+#: comparing never re-links or re-orients the user's Red, Yellow and Green views.
+SLICER_COMPARE_VIEWS = ("T1ToT2Compare1", "T1ToT2Compare2", "T1ToT2Compare3")
 _COMPARE_VIEW_COLORS = ("#F34A33", "#EFD64D", "#6DAD4A")
+_COMPARE_VIEW_LABELS = ("T1", "T2", "S")
 #: Layout id of the one-row compare layout (outside Slicer's built-in ids, which stop below 100).
 COMPARE_LAYOUT_ID = 5301
+#: On the layout node: the arrangement shown before the compare layout (restored by :func:`leave_comparison`).
+PREVIOUS_LAYOUT_ATTRIBUTE = "T1ToT2.PreviousLayout"
+COMPARE_ORIENTATION_ATTRIBUTE = "T1ToT2.CompareOrientation"
 ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
 #: Node reference role from a synthetic node to its error map (how far each voxel can be trusted), when one exists.
 ERROR_MAP_REFERENCE_ROLE = "T1ToT2.ErrorMap"
 OVERLAYS = ("difference", "error", "none")
 
 
-def compare_layout_xml(orientation="Coronal") -> str:
-    """Slicer layout XML: the three compare slice views side by side in one row, all in ``orientation``."""
+def compare_layout_xml(orientation="Coronal", views=SLICER_COMPARE_VIEWS, plot=False) -> str:
+    """Slicer layout XML: the three compare slice views side by side in one row, all in ``orientation``
+    (with ``plot``, a plot view in a second row for line profiles)."""
     orientation = compare_orientation(orientation)
     items = "".join(
         f'<item><view class="vtkMRMLSliceNode" singletontag="{view}">'
         f'<property name="orientation" action="default">{orientation}</property>'
-        f'<property name="viewlabel" action="default">{view[0]}</property>'
+        f'<property name="viewlabel" action="default">{label}</property>'
         f'<property name="viewcolor" action="default">{colour}</property></view></item>'
-        for view, colour in zip(COMPARE_VIEWS, _COMPARE_VIEW_COLORS))
-    return f'<layout type="horizontal">{items}</layout>'
+        for view, colour, label in zip(views, _COMPARE_VIEW_COLORS, _COMPARE_VIEW_LABELS))
+    row = f'<layout type="horizontal">{items}</layout>'
+    if not plot:
+        return row
+    plot_view = '<item><view class="vtkMRMLPlotViewNode" singletontag="PlotView1"></view></item>'
+    return f'<layout type="vertical" split="true"><item>{row}</item>{plot_view}</layout>'
+
+
+def _compare_views_in(description: str) -> list:
+    import re
+
+    return re.findall(r'class="vtkMRMLSliceNode" singletontag="([^"]+)"', description or "")
+
+
+def _show_compare_layout(scene, orientation, views) -> None:
+    """Register (or update) the compare layout and switch to it, remembering the user's arrangement."""
+    layout = _layout_node(scene)
+    if layout is None:
+        return
+    current = layout.GetViewArrangement()
+    keep_plot = current == COMPARE_LAYOUT_ID and "vtkMRMLPlotViewNode" in (layout.GetCurrentLayoutDescription() or "")
+    xml = compare_layout_xml(orientation, views, plot=keep_plot)
+    if not layout.SetLayoutDescription(COMPARE_LAYOUT_ID, xml):
+        layout.AddLayoutDescription(COMPARE_LAYOUT_ID, xml)
+    if current != COMPARE_LAYOUT_ID:
+        layout.SetAttribute(PREVIOUS_LAYOUT_ATTRIBUTE, str(current))
+    layout.SetAttribute(COMPARE_ORIENTATION_ATTRIBUTE, orientation)
+    layout.SetViewArrangement(COMPARE_LAYOUT_ID)
+
+
+def leave_comparison(scene=None) -> bool:
+    """Put back the layout the user had before the compare layout (the views themselves were never touched);
+    returns whether the layout changed."""
+    layout = _layout_node(_scene(scene))
+    if layout is None or layout.GetViewArrangement() != COMPARE_LAYOUT_ID:
+        return False
+    previous = layout.GetAttribute(PREVIOUS_LAYOUT_ATTRIBUTE)
+    layout.SetViewArrangement(int(previous) if previous else slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+    return True
 
 
 def compare_orientation(plane=None, synthetic_node=None) -> str:
@@ -811,14 +880,14 @@ def _referenced_volume_node(owner_node, role: str, name: str, volume: Volume, tr
 
 
 def show_comparison(t1_node, acquired_node, synthetic_node, orientation=None, overlay="difference", opacity=0.5,
-                    scene=None) -> dict:
+                    scene=None, views=COMPARE_VIEWS) -> dict:
     """T1 | acquired T2 | synthetic T2 in one row of linked slice views of one orientation.
 
     This is the Compare button, without Qt: it registers the one-row layout
     (:func:`compare_layout_xml`) in the scene's layout node and switches to it
     when the scene has one (the application then builds the views), puts the
     three volumes in the Red, Yellow and Green views (created when missing, as
-    in a headless scene), sets all three slice nodes to one orientation
+    in a headless scene; the Slicer modules pass :data:`SLICER_COMPARE_VIEWS`, views of their own), sets all three slice nodes to one orientation
     (:func:`compare_orientation`: the given plane, else the model's plane, else
     coronal) and links them.  ``overlay`` chooses the synthetic view's
     foreground: "difference" (G - I, made here, needs the acquired T2),
@@ -839,26 +908,19 @@ def show_comparison(t1_node, acquired_node, synthetic_node, orientation=None, ov
     error_map = error_map_node(synthetic_node)
     foreground = {"difference": difference, "error": error_map, "none": None}[overlay]
 
-    layout = _layout_node(scene)
-    if layout is not None:
-        xml = compare_layout_xml(orientation)
-        if layout.IsLayoutDescription(COMPARE_LAYOUT_ID):
-            layout.SetLayoutDescription(COMPARE_LAYOUT_ID, xml)
-        else:
-            layout.AddLayoutDescription(COMPARE_LAYOUT_ID, xml)
-        layout.SetViewArrangement(COMPARE_LAYOUT_ID)
+    _show_compare_layout(scene, orientation, views)
 
     backgrounds = (t1_node, acquired_node or synthetic_node, synthetic_node)
     composites, slice_nodes = [], []
-    for view, background in zip(COMPARE_VIEWS, backgrounds):
+    for view, background in zip(views, backgrounds):
         composite = _slice_composite_node(scene, view)
         # Unlink first, so that assigning one view's volumes is not broadcast to the others.
         composite.SetLinkedControl(False)
         composite.SetHotLinkedControl(False)
         composites.append(composite)
-    for view, composite, background in zip(COMPARE_VIEWS, composites, backgrounds):
+    for view, composite, background in zip(views, composites, backgrounds):
         composite.SetBackgroundVolumeID(background.GetID())
-        is_synthetic_view = view == COMPARE_VIEWS[-1]
+        is_synthetic_view = view == views[-1]
         shown = foreground if is_synthetic_view else None
         composite.SetForegroundVolumeID(shown.GetID() if shown is not None else None)
         composite.SetForegroundOpacity(opacity if shown is not None else 0.0)

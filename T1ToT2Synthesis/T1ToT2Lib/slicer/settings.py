@@ -1,0 +1,124 @@
+"""Typed settings of the two panels, each building its ``t1tot2`` command line (``asArgList``).
+
+One place turns what a panel shows into a command: the Training panel's
+parameter node becomes a :class:`TrainingSettings`, the Synthesis panel's a
+:class:`SynthesisSettings`.  The product's training defaults are read from
+:mod:`T1ToT2Lib.training.presets` (what ``t1tot2 train`` uses too), never
+copied: a new Training parameter node is filled from :meth:`TrainingSettings.for_model`.
+No Qt and no MRML here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from ..core.errors import T1ToT2Error
+from ..core.volume import PLANES
+from ..training.presets import RECOMMENDED, training_defaults
+
+#: Parameter-node attribute -> settings field, for the fields the panel shows.
+_PARAMETER_FIELDS = {"modelType": "model", "epochs": "epochs", "learningRate": "learning_rate",
+                     "batchSize": "batch_size", "contextSlices": "context", "generatorWidth": "generator_width",
+                     "residualBlocks": "residual_blocks", "upsampling": "upsampling",
+                     "maxStepsPerEpoch": "max_steps_per_epoch", "device": "device", "alignT2": "align"}
+#: Settings a model choice proposes (from the presets) in the Training panel.
+PROPOSED_FIELDS = ("epochs", "learning_rate", "batch_size", "context", "upsampling")
+
+
+@dataclasses.dataclass
+class TrainingSettings:
+    """What ``t1tot2 train`` is asked to do from the Training panel.
+
+    The refiner trains with its own schedule (rate, batch, patches, 2.5-D input from the presets): only its
+    constant-rate epochs are passed, with as many decaying ones.  The GANs get every panel setting.
+    """
+
+    model: str = RECOMMENDED["model"]
+    planes: tuple = tuple(PLANES)
+    #: None: the presets' value for ``model`` (filled in on creation).
+    epochs: int | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    context: int | None = None
+    upsampling: str | None = None
+    #: Network widths; None leaves them to the network's own defaults.
+    generator_width: int | None = None
+    residual_blocks: int | None = None
+    max_steps_per_epoch: int = 0
+    device: str = "auto"
+    align: bool = False
+
+    def __post_init__(self):
+        defaults = training_defaults(self.model)
+        preset = {"epochs": int(defaults["epochs"]), "learning_rate": float(defaults["lr"]),
+                  "batch_size": int(defaults["batch_size"]), "context": int(defaults["context"]),
+                  "upsampling": defaults["network"].get("upsample", "transpose")}
+        for field, value in preset.items():
+            if getattr(self, field) is None:
+                setattr(self, field, value)
+
+    @classmethod
+    def for_model(cls, model: str, **fields) -> "TrainingSettings":
+        """The presets' defaults for ``model`` (``t1tot2 train --model MODEL``'s), then ``fields``."""
+        return cls(model=model, **fields)
+
+    @classmethod
+    def from_parameters(cls, parameters) -> "TrainingSettings":
+        """The settings a Training parameter node (or any object with its attribute names) shows."""
+        fields = {field: getattr(parameters, name) for name, field in _PARAMETER_FIELDS.items()
+                  if hasattr(parameters, name)}
+        chosen = [plane for plane, on in zip(PLANES, (parameters.planeAxial, parameters.planeCoronal,
+                                                      parameters.planeSagittal)) if on]
+        if not chosen:
+            raise T1ToT2Error("no training plane is selected: tick at least one of axial, coronal, sagittal")
+        return cls(planes=tuple(chosen), **fields)
+
+    def propose_to(self, parameters) -> None:
+        """Write the model's proposed settings (:data:`PROPOSED_FIELDS`) into a Training parameter node."""
+        names = {field: name for name, field in _PARAMETER_FIELDS.items()}
+        for field in PROPOSED_FIELDS:
+            setattr(parameters, names[field], getattr(self, field))
+
+    def asArgList(self, t1, t2, out, val_t1=None, val_t2=None, resume=False) -> list:
+        """``t1tot2 train`` arguments for these settings and volume files (strings)."""
+        out = pathlib.Path(out)
+        args = ["train", "--t1", t1, "--t2", t2, "--model", self.model, "--planes", ",".join(self.planes),
+                "--device", self.device, "--out", out,
+                "--checkpoint-dir", out.with_name(out.name.replace(".safetensors", "") + ".checkpoints"),
+                "--progress", "json"]
+        if self.model == "refiner":
+            args += ["--epochs", self.epochs, "--epochs-decay", self.epochs]
+        else:
+            args += ["--epochs", self.epochs, "--lr", repr(float(self.learning_rate)), "--batch-size", self.batch_size,
+                     "--context", self.context, "--upsample", self.upsampling]
+            if self.generator_width:
+                args += ["--ngf", self.generator_width]
+        if self.model in ("cyclegan", "unit") and self.residual_blocks:
+            args += ["--n-blocks", self.residual_blocks]
+        if val_t1 is not None and val_t2 is not None:
+            args += ["--val-t1", val_t1, "--val-t2", val_t2]
+        if self.max_steps_per_epoch:
+            args += ["--max-steps-per-epoch", self.max_steps_per_epoch]
+        if self.align:
+            args.append("--align")
+        if resume:
+            args.append("--resume")
+        return [str(a) for a in args]
+
+
+@dataclasses.dataclass
+class SynthesisSettings:
+    """What ``t1tot2 synthesize`` is asked to do from the Synthesis panel (or the web page)."""
+
+    model_path: pathlib.Path
+    plane: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def asArgList(self, t1, output, error_map=None) -> list:
+        args = ["synthesize", self.model_path, t1, output, "--plane", self.plane, "--device", self.device,
+                "--precision", self.precision]
+        if error_map is not None:
+            args += ["--uncertainty", error_map]
+        return [str(a) for a in [*args, "--progress", "json"]]
