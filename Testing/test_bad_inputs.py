@@ -59,7 +59,24 @@ def assets(tmp_path_factory):
     write_volume(t1, root / "t1.nii.gz")
     write_volume(t2, root / "t2.nii.gz")
     save_lookup_model(root / "lookup.safetensors", t1, t2, bins=32)
+    _onnx_model(root)
     return root
+
+
+def _onnx_model(root):
+    """A small random Pix2Pix exported to ONNX: the good model of the ONNX engine's rows."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from T1ToT2Lib import networks
+    from T1ToT2Lib.inference.onnx_engine import export_onnx
+    from T1ToT2Lib.networks.modelfile import save_model
+
+    torch.manual_seed(0)
+    config = networks.default_config("pix2pix", ngf=4, ndf=4, depth=2)
+    path = save_model(root / "pix2pix.safetensors", networks.build_generator(config).state_dict(), {
+        "config": config, "planes": ["axial"], "in_channels": 1, "intensity": {"t1_percentile": 99.5, "t2_scale": 200.0}})
+    export_onnx(path, root / "pix2pix.onnx")
 
 
 # --------------------------------------------------------------------------- helpers that make bad files
@@ -143,8 +160,13 @@ class Case:
 
 
 def synth(model, t1, *options):
-    return lambda a, t: ["synthesize", str(model(a, t)), str(t1(a, t)), str(t / "out.nii.gz"), "--device", "cpu",
-                         "--engine", "torch", "--progress", "none", *options]
+    """A ``t1tot2 synthesize`` row; with the good model it also runs on the ONNX engine (its exported pix2pix)."""
+    def build(a, t, engine="torch"):
+        path = model(a, t) if engine == "torch" else a / "pix2pix.onnx"
+        return ["synthesize", str(path), str(t1(a, t)), str(t / "out.nii.gz"), "--device", "cpu",
+                "--engine", engine, "--progress", "none", *options]
+    build.both_engines = model is good_model
+    return build
 
 
 def good_model(a, t):
@@ -375,12 +397,24 @@ def _no_cuda(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    available = [p for p in onnxruntime.get_available_providers() if p != "CUDAExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case, assets, tmp_path, capsys, monkeypatch):
+#: Every row, and again on the ONNX engine each synthesize row whose model is the good one.
+ENGINE_CASES = [(case, engine) for case in CASES
+                for engine in (("torch", "onnx") if getattr(case.build, "both_engines", False) else ("torch",))]
+
+
+@pytest.mark.parametrize("case, engine", ENGINE_CASES,
+                         ids=[c.id if e == "torch" else f"{c.id}-onnx" for c, e in ENGINE_CASES])
+def test_bad_input(case, engine, assets, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a payload's relative path would land here
-    argv = case.build(assets, tmp_path)
+    argv = case.build(assets, tmp_path) if engine == "torch" else case.build(assets, tmp_path, engine=engine)
     before = {p for p in tmp_path.rglob("*")}
     try:
         code = main(argv)
