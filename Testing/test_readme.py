@@ -1,0 +1,43 @@
+"""What the README promises a Slicer user matches the project (issue 21, items 10-12)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def slicer_users_section() -> str:
+    return README.split("## For Slicer users", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_install_route_that_works_today_comes_first_and_names_real_folders():
+    section = slicer_users_section()
+    today = section.index("Additional module paths")
+    planned = section.index("Planned")
+    assert today < planned, "the route that works today must come before the planned Extensions Index route"
+    for folder in re.findall(r"add `(\w+)` and `(\w+)`", section)[0]:
+        assert (ROOT / folder / f"{folder}.py").is_file(), f"README names module folder {folder}, which is not here"
+    assert "not yet in the Extensions Index" in section
+
+
+def test_first_synthesis_with_the_bundled_model_is_not_said_to_install_pytorch():
+    section = slicer_users_section()
+    first = section.split("Nothing heavy is installed up front.", 1)[1].split("PyTorch (about", 1)[0]
+    assert "never PyTorch" in first and "ONNX Runtime" in first
+    assert (ROOT / "Resources" / "demo_model.onnx").is_file()  # the engine the first synthesis uses
+    requirements = (ROOT / "T1ToT2Synthesis" / "Resources" / "requirements.txt").read_text()
+    assert re.search(r"^onnxruntime", requirements, re.M) and not re.search(r"^torch", requirements, re.M)
+
+
+def test_the_licence_is_named_and_matches_the_licence_file_and_package():
+    assert "Apache License 2.0" in README
+    assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_screenshots_are_not_passed_off_as_the_application():
+    in_slicer = README.split("## In 3D Slicer", 1)[1].split("\n## ", 1)[0]
+    assert "not screenshots of the Slicer application" in in_slicer
