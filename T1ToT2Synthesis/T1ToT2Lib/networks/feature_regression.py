@@ -16,12 +16,13 @@ corrects (see :mod:`T1ToT2Lib.networks.refiner`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..core.errors import T1ToT2Error
-from .features import check_spec, feature_names, feature_slabs, feature_volume
+from .features import check_spec, feature_arrays, feature_names, feature_slabs, feature_volume, slab_size
 
 #: Tree fields stored in a model file, with their dtypes.
 _FIELDS = {"value": np.float64, "feature_idx": np.int64, "num_threshold": np.float64,
@@ -41,6 +42,9 @@ ERROR_FIT = {"max_leaf_nodes": 31, "learning_rate": 0.1, "loss": "absolute_error
 CONTEXT_SPEC = {"gaussian_scales": [1.0, 2.0, 4.0], "extreme_sizes": [3, 5], "texture_scales": [1.0],
                 "line_scales": [1.0, 2.0], "median_sizes": []}
 _ERROR_CHUNK = 1 << 20  # rows per error-tree call
+#: Rows per tree call in :meth:`FeatureRegressor.predict_volume` (a progress event after each), and the row
+#: count from which ``auto`` builds an ONNX Runtime session (about a second) rather than use scikit-learn's.
+_ROWS_CHUNK, _ONNX_ROWS = 1 << 17, 50_000
 #: Air is recognised by the local maximum over this cube (voxels): no tissue within 7 voxels.
 AIR_WINDOW = 15
 
@@ -58,6 +62,7 @@ class TreeEnsemble:
     offsets: np.ndarray  # (n_trees + 1,) start of each tree's nodes
     baseline: float
     n_features: int
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # built engines
 
     @classmethod
     def from_sklearn(cls, estimator) -> "TreeEnsemble":
@@ -105,53 +110,43 @@ class TreeEnsemble:
         return cls(fields, offsets, baseline, n_features)
 
     # --- prediction ---------------------------------------------------------------------------
-    def _sklearn_predictors(self):
-        try:
-            from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
-            from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
-        except ImportError:
-            return None
-        names = set(PREDICTOR_RECORD_DTYPE.names or ())
-        if not set(_FIELDS) <= names or {"is_categorical", "bitset_idx"} - names:
-            return None
-        predictors = []
-        empty = np.zeros((0, 8), dtype=np.uint32)
-        for start, stop in zip(self.offsets[:-1], self.offsets[1:]):
-            nodes = np.zeros(stop - start, dtype=PREDICTOR_RECORD_DTYPE)
-            for name in _FIELDS:
-                nodes[name] = self.fields[name][start:stop]
-            predictors.append(TreePredictor(nodes, empty, empty))
-        return predictors
+    def _engine(self, name: str):
+        """The cached evaluator of ``name`` (see :mod:`.tree_engines`), or None where it is unavailable."""
+        if name not in self._cache:
+            from . import tree_engines
+
+            try:
+                if name == "onnxruntime":
+                    self._cache[name] = tree_engines.OnnxTrees(self.fields, self.offsets, self.baseline, self.n_features)
+                else:
+                    self._cache[name] = tree_engines.sklearn_predictors(self.fields, self.offsets)
+            except ImportError:
+                self._cache[name] = None
+        return self._cache[name]
 
     def predict(self, X: np.ndarray, engine: str = "auto") -> np.ndarray:
-        """Sum of the trees' leaf values plus the baseline, for feature rows ``X`` (n, n_features)."""
-        X = np.ascontiguousarray(X, dtype=np.float64 if engine == "numpy" else np.float32)
+        """Sum of the trees' leaf values plus the baseline, for feature rows ``X`` (n, n_features).
+
+        ``engine``: one of :data:`.tree_engines.ENGINES`.  ``auto`` takes ONNX Runtime for large inputs (or once
+        its session is built), else scikit-learn's predictor, else the numpy walk.
+        """
+        from . import tree_engines
+
+        if engine not in tree_engines.ENGINES:
+            raise T1ToT2Error(f"unknown tree engine {engine!r}: use one of {', '.join(tree_engines.ENGINES)}")
+        X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise T1ToT2Error(f"feature rows have shape {X.shape}, the trees need {self.n_features} features")
-        predictors = self._sklearn_predictors() if engine in ("auto", "sklearn") else None
-        out = np.full(len(X), self.baseline, dtype=np.float64)
-        if predictors is not None:
-            import os
-
-            X64 = X.astype(np.float64)
-            known = np.zeros((0, 8), dtype=np.uint32)
-            f_idx_map = np.zeros(self.n_features, dtype=np.uint32)
-            threads = os.cpu_count() or 1
-            for predictor in predictors:
-                out += predictor.predict(X64, known, f_idx_map, threads)
-            return out
-        f = self.fields
-        for start in self.offsets[:-1]:
-            node = np.full(len(X), start, dtype=np.int64)
-            active = np.flatnonzero(f["is_leaf"][node] == 0)
-            while active.size:
-                n = node[active]
-                value = X[active, f["feature_idx"][n]]
-                left = np.where(np.isnan(value), f["missing_go_to_left"][n] == 1, value <= f["num_threshold"][n])
-                node[active] = start + np.where(left, f["left"][n], f["right"][n])
-                active = active[f["is_leaf"][node[active]] == 0]
-            out += f["value"][node]
-        return out
+        if engine == "auto":
+            big = len(X) >= _ONNX_ROWS or self._cache.get("onnxruntime") is not None
+            engine = "onnxruntime" if big and self._engine("onnxruntime") is not None else "sklearn"
+        if engine in ("onnxruntime", "sklearn") and self._engine(engine) is None:
+            engine = "numpy" if engine == "sklearn" else "sklearn"
+        if engine == "onnxruntime":
+            return self._engine(engine).predict(X)
+        if engine == "sklearn" and self._engine("sklearn") is not None:
+            return tree_engines.predict_sklearn(self._engine("sklearn"), X, self.baseline, self.n_features)
+        return tree_engines.predict_numpy(self.fields, self.offsets, X, self.baseline)
 
 
 @dataclass
@@ -251,11 +246,45 @@ class FeatureRegressor:
             out[tissue] = trees.predict(rows[tissue])
         return out
 
+    def _tissue_rows(self, arrays: list):
+        """Feature rows (n, n_features) of the voxels the trees are asked about, and their flat indices
+        (None: all voxels), from per-feature arrays: air voxels are never copied."""
+        pick = None if self.air is None else np.flatnonzero(arrays[self.air.feature].ravel() >= self.air.level)
+        rows = np.empty((arrays[0].size if pick is None else len(pick), len(arrays)), np.float32)
+        for f, array in enumerate(arrays):
+            rows[:, f] = array.ravel() if pick is None else array.ravel()[pick]
+        return rows, pick
+
+    def _predict_slab(self, x, k0: int, k1: int, first: np.ndarray, error: np.ndarray | None, tick) -> None:
+        """Slices ``k0..k1`` of ``first`` (and ``error``): features once, then the trees on tissue rows in chunks."""
+        started, span = time.perf_counter(), k1 - k0
+        rows, pick = self._tissue_rows(feature_arrays(x, self.spec, k0, k1, progress=lambda f: tick(k0 + 0.5 * f * span)))
+        self.timings["features_s"] += time.perf_counter() - started
+        estimate_out = first[k0:k1].reshape(-1)  # views: writing them writes the volumes
+        estimate_out[:] = self.air.value if self.air is not None else 0.0
+        error_out = None if error is None else error[k0:k1].reshape(-1)
+        if error_out is not None:
+            error_out[:] = self.air.error if self.air is not None else 0.0
+        for start in range(0, len(rows), _ROWS_CHUNK):
+            chunk = rows[start:start + _ROWS_CHUNK]
+            where = slice(start, start + len(chunk)) if pick is None else pick[start:start + len(chunk)]
+            started = time.perf_counter()
+            estimate = self.trees.predict(chunk)
+            estimate_out[where] = estimate
+            self.timings["trees_s"] += time.perf_counter() - started
+            if error_out is not None:
+                started = time.perf_counter()
+                error_out[where] = self.predict_error_rows(chunk, estimate)
+                self.timings["error_trees_s"] += time.perf_counter() - started
+            tick(k0 + span * (0.5 + 0.5 * (start + len(chunk)) / max(1, len(rows))))
+        tick(k1)
+
     def predict_volume(self, normalised_t1: np.ndarray, with_error: bool = False, progress=None):
         """Normalised T2 prediction on the same grid, computed slab by slab (bounded memory).
 
         With ``with_error`` also the predicted absolute error of that prediction (zeros without error trees).
-        ``progress(done, total)`` is called after each slab (slabs of all passes over the volume).
+        ``progress(done, total)`` is called as features and tree chunks finish, in slices of all passes over
+        the volume (``done`` may be fractional).  :attr:`timings` then holds the seconds spent in each part.
         """
         x = np.asarray(normalised_t1, dtype=np.float32)
         passes = 1 if self.context_trees is None else 2
@@ -263,13 +292,10 @@ class FeatureRegressor:
         first = np.empty(x.shape, np.float32)
         error = np.zeros(x.shape, np.float32) if with_error else None
         errors_now = with_error and self.error_trees is not None and self.context_trees is None
-        for k0, k1, block in feature_slabs(x, self.spec):
-            rows = block.reshape(-1, block.shape[-1])
-            estimate = self.predict_rows(rows)
-            first[k0:k1] = estimate.reshape(block.shape[:-1])
-            if errors_now:
-                error[k0:k1] = self.predict_error_rows(rows, estimate).reshape(block.shape[:-1])
-            tick(k1)
+        self.timings = {"features_s": 0.0, "trees_s": 0.0, "error_trees_s": 0.0}
+        slab = slab_size(x.shape, self.spec)
+        for k0 in range(0, x.shape[0], slab):
+            self._predict_slab(x, k0, min(x.shape[0], k0 + slab), first, error if errors_now else None, tick)
         out = first
         if self.context_trees is not None:
             out = np.empty(x.shape, np.float32)

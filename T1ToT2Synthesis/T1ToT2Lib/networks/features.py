@@ -12,8 +12,9 @@ they let a per-voxel regressor tell fat (dark on VIBE, bright on SPACE, next to 
 bone (dark on both, a shell around marrow), and they are the first stage of the recommended
 ``refiner`` network.  All filters are :mod:`scipy.ndimage`'s; scales are in voxels.
 
-Large volumes are filtered in slabs along the first array axis with a margin wide enough for the
-largest filter, so memory stays bounded (features of a 512x512x491 volume would need ~17 GB at once).
+Large volumes are filtered in slabs along the first array axis, each filter given only the margin it
+reads, so memory stays bounded (features of a 512x512x491 volume would need ~17 GB at once) and the
+small filters do not pay for the largest one's margin.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ DEFAULT_SPEC = {
 }
 #: Keys that model files written before they existed lack: such files used none of these features.
 _LATER_KEYS = ("line_scales", "median_sizes")
-_SLAB = 48  # output slices per slab
+#: Bytes of features per slab (bounded memory at any volume size), and the fewest slices in a slab.
+_SLAB_BYTES, _MIN_SLAB = 256 * 2**20, 4
 
 
 def check_spec(spec: dict | None) -> dict:
@@ -82,41 +84,77 @@ def _texture(x: np.ndarray, s: float) -> list:
     return [std, np.maximum.reduce(second), np.minimum.reduce(second)]
 
 
-def _feature_stack(x: np.ndarray, spec: dict) -> np.ndarray:
-    """The features of :func:`feature_names`, in that order; the filters run in parallel threads
-    (scipy.ndimage releases the GIL), about twice as fast on two cores."""
-    from concurrent.futures import ThreadPoolExecutor
+def _reach(sigma: float) -> int:
+    """Voxels a Gaussian of ``sigma`` reads on each side (scipy.ndimage truncates at 4 sigma)."""
+    return int(4.0 * float(sigma) + 0.5)
+
+
+def _tasks(spec: dict) -> list:
+    """``(reach, function)`` per group of features, in :func:`feature_names` order: ``function`` maps a
+    block of slices to its list of feature arrays, ``reach`` is how many slices it reads on each side
+    along the first axis, so each filter is given only the margin it needs."""
     from scipy import ndimage
 
-    tasks = [lambda: [x]]
+    tasks = [(0, lambda x: [x])]
     for s in spec["gaussian_scales"]:
-        tasks += [lambda s=s: [ndimage.gaussian_filter(x, s)], lambda s=s: [ndimage.gaussian_gradient_magnitude(x, s)],
-                  lambda s=s: [ndimage.gaussian_laplace(x, s)]]
+        tasks += [(_reach(s), lambda x, s=s: [ndimage.gaussian_filter(x, s)]),
+                  (_reach(s), lambda x, s=s: [ndimage.gaussian_gradient_magnitude(x, s)]),
+                  (_reach(s), lambda x, s=s: [ndimage.gaussian_laplace(x, s)])]
     for w in spec["extreme_sizes"]:
-        tasks += [lambda w=w: [ndimage.minimum_filter(x, int(w))], lambda w=w: [ndimage.maximum_filter(x, int(w))]]
-    tasks += [lambda s=s: _texture(x, s) for s in spec["texture_scales"]]
+        tasks += [(int(w) // 2, lambda x, w=w: [ndimage.minimum_filter(x, int(w))]),
+                  (int(w) // 2, lambda x, w=w: [ndimage.maximum_filter(x, int(w))])]
+    tasks += [(_reach(s), lambda x, s=s: _texture(x, s)) for s in spec["texture_scales"]]
     for s in spec["line_scales"]:
-        tasks += [lambda s=s: [ndimage.gaussian_filter(x, sigma) for sigma in ((s, 0, 0), (0, s, 0), (0, 0, s))]]
-    tasks += [lambda w=w: [ndimage.median_filter(x, int(w))] for w in spec["median_sizes"]]
+        tasks += [(_reach(s) if axis == 0 else 0, lambda x, sigma=sigma: [ndimage.gaussian_filter(x, sigma)])
+                  for axis, sigma in enumerate(((s, 0, 0), (0, s, 0), (0, 0, s)))]
+    tasks += [(int(w) // 2, lambda x, w=w: [ndimage.median_filter(x, int(w))]) for w in spec["median_sizes"]]
+    return tasks
+
+
+def feature_arrays(x: np.ndarray, spec: dict, k0: int, k1: int, progress=None) -> list:
+    """The features of slices ``k0..k1`` of ``x``: one contiguous float32 (k1-k0, j, i) array per feature name.
+
+    Each filter runs on those slices plus its own reach ("reflect" at the true volume ends, scipy's
+    default; real neighbours inside), in parallel threads (scipy.ndimage releases the GIL), largest
+    first.  ``progress(fraction)`` is called in this thread as filters finish.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    n = x.shape[0]
+    tasks = _tasks(check_spec(spec))
+
+    def run(task):
+        reach, function = task
+        lo, hi = max(0, k0 - reach), min(n, k1 + reach)
+        return [np.ascontiguousarray(a[k0 - lo: k1 - lo], dtype=np.float32) for a in function(x[lo:hi])]
+
+    results = [None] * len(tasks)
+    order = sorted(range(len(tasks)), key=lambda t: -tasks[t][0])
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        out = [array for group in pool.map(lambda task: task(), tasks) for array in group]
-    return np.stack(out, axis=-1).astype(np.float32, copy=False)
+        futures = {pool.submit(run, tasks[t]): t for t in order}
+        for finished, future in enumerate(as_completed(futures), 1):
+            results[futures[future]] = future.result()
+            if progress is not None:
+                progress(finished / len(tasks))
+    return [array for group in results for array in group]
 
 
-def feature_slabs(normalised: np.ndarray, spec: dict | None = None, slab: int = _SLAB):
+def slab_size(shape, spec: dict | None = None) -> int:
+    """Slices per slab: the slab's features take about :data:`_SLAB_BYTES`."""
+    per_slice = int(np.prod(shape[1:])) * len(feature_names(spec)) * 4
+    return int(max(_MIN_SLAB, min(shape[0], _SLAB_BYTES // max(1, per_slice))))
+
+
+def feature_slabs(normalised: np.ndarray, spec: dict | None = None, slab: int | None = None):
     """Yield ``(k0, k1, features)``: features (k1-k0, j, i, n_features) of slices k0..k1 of the volume."""
     spec = check_spec(spec)
     x = np.asarray(normalised, dtype=np.float32)
     if x.ndim != 3:
         raise T1ToT2Error(f"features need a 3-D volume, got {x.ndim} dimensions")
-    pad = margin(spec)
-    n = x.shape[0]
-    for k0 in range(0, n, slab):
-        k1 = min(n, k0 + slab)
-        lo, hi = max(0, k0 - pad), min(n, k1 + pad)
-        # "reflect" at the true volume ends (scipy's default), real neighbours inside.
-        block = _feature_stack(x[lo:hi], spec)
-        yield k0, k1, block[k0 - lo: k0 - lo + (k1 - k0)]
+    slab = slab_size(x.shape, spec) if slab is None else int(slab)
+    for k0 in range(0, x.shape[0], slab):
+        k1 = min(x.shape[0], k0 + slab)
+        yield k0, k1, np.stack(feature_arrays(x, spec, k0, k1), axis=-1)
 
 
 def feature_volume(normalised: np.ndarray, spec: dict | None = None) -> np.ndarray:

@@ -1,0 +1,31 @@
+"""The fast paths give the reference results (no timings here: the bench measures those)."""
+
+import numpy as np
+import pytest
+
+from T1ToT2Lib.networks.feature_regression import TreeEnsemble
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20_000, 6)).astype(np.float32)
+    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + np.abs(X[:, 3]) + 0.05 * rng.normal(size=len(X))
+    model = HistGradientBoostingRegressor(max_iter=60, max_leaf_nodes=63, early_stopping=False, random_state=0).fit(X, y)
+    # Rows that sit exactly on the training values, where float32 rounding of a threshold would flip a split.
+    test = np.concatenate([X[:30_000], rng.normal(size=(40_000, 6)).astype(np.float32)])
+    return model, test
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "numpy", "auto"])
+def test_fast_tree_engines_predict_what_scikit_learn_predicts(fitted, engine):
+    pytest.importorskip("onnxruntime")
+    model, X = fitted
+    stored = TreeEnsemble.from_sklearn(model)
+    trees = TreeEnsemble.from_tensors(stored.to_tensors("t"), "t", stored.metadata(), 6)  # as a model file holds them
+    expected = model.predict(X)
+    got = trees.predict(X, engine=engine)
+    # Same leaves everywhere: the only difference is the float32 sum of 60 leaf values.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
