@@ -125,7 +125,7 @@ def model_variant(assets, path, *, config=None, meta=None, tensors=None):
 def dicom_series(folder, shape=(5, 6, 7), series_description="T1", tags=None):
     from pydicom.uid import generate_uid
 
-    from T1ToT2Lib.io.dicom import write_dicom_series
+    from T1ToT2Lib.io.dicom_write import write_dicom_series
 
     vol = Volume.from_geometry(structured(shape) + 50.0, spacing=(0.8, 0.8, 1.5), origin=(1.0, 2.0, 3.0))
     base = dict(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), FrameOfReferenceUID=generate_uid(),
@@ -474,7 +474,7 @@ def test_dicom_tag_values_never_become_paths(assets, tmp_path):
     """A hostile SeriesDescription/PatientName in the reference series ends up as tag text only."""
     import pydicom
 
-    from T1ToT2Lib.io.dicom import export_dicom_series
+    from T1ToT2Lib.io.dicom_write import export_dicom_series
     from T1ToT2Lib.io.files import read_volume
 
     hostile = "../../" + MARKER_NAME + "; $(touch " + MARKER_NAME + ") `id`"

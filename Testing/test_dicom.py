@@ -13,7 +13,8 @@ from pydicom.uid import generate_uid
 
 from T1ToT2Lib import T1ToT2Error
 from T1ToT2Lib.cli import main
-from T1ToT2Lib.io.dicom import ANONYMOUS_PATIENT_NAME, export_dicom_series, list_dicom_series, read_dicom_series, write_dicom_series
+from T1ToT2Lib.io.dicom_read import list_dicom_series, read_dicom_series
+from T1ToT2Lib.io.dicom_write import ANONYMOUS_PATIENT_NAME, export_dicom_series, write_dicom_series
 from T1ToT2Lib.core.volume import Volume, volume_from_sitk
 from T1ToT2Lib.io.files import write_volume
 

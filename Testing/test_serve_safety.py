@@ -114,7 +114,7 @@ def test_a_bad_upload_is_one_clear_line(tmp_path, content):
 
 
 def _dicom_zip(tmp_path, volume, extra=()):
-    from T1ToT2Lib.io.dicom import export_dicom_series
+    from T1ToT2Lib.io.dicom_write import export_dicom_series
 
     files = export_dicom_series(volume, tmp_path / "series", model_name="test")
     path = tmp_path / "series.zip"

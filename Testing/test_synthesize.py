@@ -210,7 +210,7 @@ def test_cli_default_plane_fuses_a_model_trained_on_all_planes(model_path, obliq
 def test_cli_synthesizes_the_named_series_of_a_multi_series_dicom_folder(model_path, oblique_t1, tmp_path, capsys):
     import pydicom
 
-    from T1ToT2Lib.io.dicom import export_dicom_series
+    from T1ToT2Lib.io.dicom_write import export_dicom_series
 
     folder = tmp_path / "study"
     t1_files = export_dicom_series(oblique_t1, folder / "t1")

@@ -224,7 +224,7 @@ def test_cli_preset_sets_the_network_and_explicit_options_win(tmp_path, preset, 
 def test_cli_trains_on_named_series_of_one_dicom_folder(tmp_path):
     import pydicom
 
-    from T1ToT2Lib.io.dicom import export_dicom_series
+    from T1ToT2Lib.io.dicom_write import export_dicom_series
 
     t1, t2 = tiny_pair()
     uid_t1 = pydicom.dcmread(export_dicom_series(t1, tmp_path / "study" / "t1")[0]).SeriesInstanceUID

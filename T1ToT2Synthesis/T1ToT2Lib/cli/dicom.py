@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..io.dicom import (
+from ..io.dicom_write import (
     export_dicom_series,
 )
 

@@ -38,7 +38,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     if not path.exists():
         raise T1ToT2Error(f"'{path}' does not exist: check the path")
     if path.is_dir():
-        from .dicom import read_dicom_series
+        from .dicom_read import read_dicom_series
 
         return read_dicom_series(path, series_uid=series_uid)
     if not _extension(path):

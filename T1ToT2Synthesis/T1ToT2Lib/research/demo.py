@@ -35,17 +35,13 @@ def _check_outdir(out: Path) -> None:
 
 
 def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str = "small", seed: int = 0) -> dict:
-    from . import analysis, report
     from ..core import metrics
     from ..core.atomic import atomic_directory
-    from .bench import matmul_gflops
-    from .compare import ORACLE_NAME
-    from ..training.presets import RECOMMENDED
-    from ..io.dicom import export_dicom_series
-    from ..phantom.render import TISSUES, landmarks, write_phantom
     from ..inference.synthesize import synthesize_volume, write_synthetic_volume
-    from ..training.train import BarProgress, TrainConfig, train
-    from ..io.files import read_volume, write_volume
+    from ..io.dicom_write import export_dicom_series
+    from ..io.files import write_volume
+    from ..training.presets import RECOMMENDED
+    from .bench import matmul_gflops
 
     out = Path(out_dir)
     _check_outdir(out)
@@ -58,97 +54,30 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
         steps[name] = round(time.perf_counter() - started, 1)
 
     with atomic_directory(out, overwrite=True) as work:
-        _say(f"[1/6] phantom ({size}, seed {seed}): both hands, T1 VIBE, T2 SPACE (acquired and noise-free) and labels")
-        files = write_phantom(work / "phantom", size=size, seed=seed)
-        marks = landmarks(size, seed)
-        left_t1, left_t2 = read_volume(files["left_t1"]), read_volume(files["left_t2"])
-        right_t1, right_t2 = read_volume(files["right_t1"]), read_volume(files["right_t2"])
-        right_labels = read_volume(files["right_labels"])
-        mask = metrics.foreground_mask(right_labels)
+        data = _phantom(work, size, seed)
         step("phantom")
-
-        schedule = dict(RECOMMENDED["training"])
-        if epochs:
-            schedule["epochs"], schedule["epochs_decay"] = int(epochs), int(epochs)
-        n_epochs = schedule["epochs"] + schedule["epochs_decay"]
-        _say(f"[2/6] training the recommended network on the left hand: feature-regression prior, then {n_epochs} epochs "
-             "of the residual CNN on all three planes")
-        model_path = work / "model.safetensors"
-        config = TrainConfig(
-            t1=left_t1, t2=left_t2, out=model_path, model=RECOMMENDED["model"],
-            network={**RECOMMENDED["network"], **DEMO_TRAINING["network"]}, planes=tuple(RECOMMENDED["planes"]),
-            context=RECOMMENDED["context"], **schedule,
-            seed=seed, device=device, checkpoint_dir=work / "checkpoints", loss_csv=work / "losses.csv",
-        )
-        train(config, progress=BarProgress())
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        model_path, config, schedule = _train(work, data, epochs, device, seed)
         step("train")
 
         _say(f"[3/6] synthesizing the right hand's T2 and its error map (plane mode {RECOMMENDED['synthesis_plane']})")
-        synthetic, error_map = synthesize_volume(model_path, right_t1, plane=RECOMMENDED["synthesis_plane"], device=device,
-                                                 uncertainty=True)
+        synthetic, error_map = synthesize_volume(model_path, data["right_t1"], plane=RECOMMENDED["synthesis_plane"],
+                                                 device=device, uncertainty=True)
         write_synthetic_volume(synthetic, work / "right_synthetic_t2.nii.gz")
         write_volume(error_map, work / "right_synthetic_t2_error_map.nii.gz")
         step("synthesize")
 
-        _say("[4/6] evaluating against the right hand's acquired T2, beside the oracle and the two baselines")
-        left_fit_mask = read_volume(files["left_labels"]).array > 0
-        lookup_path = analysis.save_lookup_model(work / "lookup_baseline.safetensors", left_t1, left_t2, mask=left_fit_mask)
-        # The recommended model's own first stage, on its own: the trees fitted on the left hand and its rim of air.
-        from ..networks.modelfile import load_model
-
-        trees_path = analysis.save_feature_baseline(work / "feature_baseline.safetensors", left_t1, left_t2, seed=seed,
-                                                    regressor=load_model(model_path).prior)
-        oracle = read_volume(files["right_t2_clean"])
-        candidates = {
-            ORACLE_NAME: oracle,
-            "recommended": synthetic,
-            "feature-regression baseline": synthesize_volume(trees_path, right_t1, plane="axial", device=device),
-            "look-up baseline": synthesize_volume(lookup_path, right_t1, plane="axial", device=device),
-        }
-        results = {name: metrics.evaluate_volumes(v, right_t2, mask=mask) for name, v in candidates.items()}
-        tissue_names = {value: name for name, value in TISSUES.items()}
-        tissues = {name: metrics.tissue_table(v, right_t2, right_labels, names=tissue_names)
-                   for name, v in candidates.items() if name != ORACLE_NAME}
-        from scipy.stats import spearmanr
-
-        true_error = np.abs(synthetic.array - oracle.array)
-        trust = float(spearmanr(error_map.array[mask], true_error[mask]).statistic)
-        metrics.write_json({"metrics": results, "tissues": tissues, "error_map_spearman": trust}, work / "metrics.json")
-        metrics.write_csv([row for name, r in results.items() for row in metrics.csv_rows(r, label=name)],
-                          work / "metrics.csv")
-        metrics.write_csv([{"model": name, **row} for name, rows in tissues.items() for row in rows], work / "tissues.csv")
+        results, tissues, trust = _evaluate(work, data, model_path, synthetic, error_map, device, seed)
         step("evaluate")
 
         _say("[5/6] figures and report")
-        figures_dir = work / "figures"
-        difference = analysis.write_difference(synthetic, right_t2, figures_dir)
-        uncertainty = analysis.write_error_map(synthetic, error_map, np.abs(synthetic.array - right_t2.array), figures_dir)
-        polyline = analysis.landmark_points(marks, "right", "thumb_metacarpal_profile")
-        distances, profiles = analysis.line_profile(
-            {"T1 VIBE": right_t1, "acquired T2": right_t2, "synthetic T2": synthetic}, polyline)
-        profile = analysis.write_profiles(distances, profiles, figures_dir, title="Profile across the thumb metacarpal")
-        histograms = analysis.write_joint_histograms({"acquired T1 vs T2": (right_t1, right_t2),
-                                                      "T1 vs SYNTHETIC T2": (right_t1, synthetic)}, figures_dir,
-                                                     bins=96, mask=mask)
-        render = analysis.render_volume(synthetic, figures_dir / "render.png", title="SYNTHETIC T2 — right hand")
-        figures = [
-            ("|synthetic − acquired T2|, central axial slice", difference["png"]),
-            (f"Error map (how far the synthesis can be trusted) beside the real error; rank correlation with "
-             f"|synthetic − noise-free T2| inside the hand: {trust:.2f}", uncertainty),
-            ("Line profiles across the thumb metacarpal (normalised)", profile["png"]),
-            ("Joint T1–T2 histograms: acquired pair and synthetic pair", histograms["png"]),
-            ("The stacked SYNTHETIC T2 volume, false colour", render),
-        ]
-        report_path = report.write_report(
-            work, results, figures, title="T1ToT2 demo: synthetic T2 of the phantom's right hand",
-            settings={"data": f"phantom ({size}, seed {seed}): trained on the left hand, scored on the right",
-                      "model": f"recommended: feature-regression prior + residual CNN {json.dumps(config.network)}, "
-                               f"context {RECOMMENDED['context']}, {n_epochs} epochs, lr {schedule['lr']}",
-                      "oracle": "the phantom's noise-free T2 scored by the same code: the ceiling any synthesis can reach",
-                      "machine": f"float32 matrix multiply {rate:.0f} GFLOP/s",
-                      "times (s, cumulative)": json.dumps(steps)},
-            recommended="recommended", baseline="feature-regression baseline", tissues=tissues)
+        settings = {"data": f"phantom ({size}, seed {seed}): trained on the left hand, scored on the right",
+                    "model": f"recommended: feature-regression prior + residual CNN {json.dumps(config.network)}, "
+                             f"context {RECOMMENDED['context']}, {schedule['epochs'] + schedule['epochs_decay']} epochs, "
+                             f"lr {schedule['lr']}",
+                    "oracle": "the phantom's noise-free T2 scored by the same code: the ceiling any synthesis can reach",
+                    "machine": f"float32 matrix multiply {rate:.0f} GFLOP/s",
+                    "times (s, cumulative)": json.dumps(steps)}
+        report_path = _figures_and_report(work, data, synthetic, error_map, results, tissues, trust, settings)
         step("report")
 
         _say("[6/6] exporting the synthetic T2 as a DICOM series")
@@ -168,6 +97,115 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
             "report": report_path.name,
         }
         metrics.write_json(summary, work / MARKER)
+    _print_summary(out, results, tissues, trust, summary, rate)
+    return summary
+
+
+def _phantom(work: Path, size: str, seed: int) -> dict:
+    from ..core import metrics
+    from ..io.files import read_volume
+    from ..phantom.render import landmarks, write_phantom
+
+    _say(f"[1/6] phantom ({size}, seed {seed}): both hands, T1 VIBE, T2 SPACE (acquired and noise-free) and labels")
+    files = write_phantom(work / "phantom", size=size, seed=seed)
+    data = {name: read_volume(files[name]) for name in ("left_t1", "left_t2", "right_t1", "right_t2", "right_labels")}
+    data.update(files=files, marks=landmarks(size, seed), mask=metrics.foreground_mask(data["right_labels"]))
+    return data
+
+
+def _train(work: Path, data: dict, epochs, device, seed: int):
+    from ..training.presets import RECOMMENDED
+    from ..training.train import BarProgress, TrainConfig, train
+
+    schedule = dict(RECOMMENDED["training"])
+    if epochs:
+        schedule["epochs"], schedule["epochs_decay"] = int(epochs), int(epochs)
+    n_epochs = schedule["epochs"] + schedule["epochs_decay"]
+    _say(f"[2/6] training the recommended network on the left hand: feature-regression prior, then {n_epochs} epochs "
+         "of the residual CNN on all three planes")
+    model_path = work / "model.safetensors"
+    config = TrainConfig(
+        t1=data["left_t1"], t2=data["left_t2"], out=model_path, model=RECOMMENDED["model"],
+        network={**RECOMMENDED["network"], **DEMO_TRAINING["network"]}, planes=tuple(RECOMMENDED["planes"]),
+        context=RECOMMENDED["context"], **schedule,
+        seed=seed, device=device, checkpoint_dir=work / "checkpoints", loss_csv=work / "losses.csv",
+    )
+    train(config, progress=BarProgress())
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    return model_path, config, schedule
+
+
+def _evaluate(work: Path, data: dict, model_path, synthetic, error_map, device, seed: int):
+    """Metrics of the recommended model, the oracle and both baselines, per tissue, and the error map's worth."""
+    from scipy.stats import spearmanr
+
+    from ..core import metrics
+    from ..inference.synthesize import synthesize_volume
+    from ..io.files import read_volume
+    from ..networks.modelfile import load_model
+    from ..phantom.render import TISSUES
+    from . import analysis
+    from .compare import ORACLE_NAME
+
+    _say("[4/6] evaluating against the right hand's acquired T2, beside the oracle and the two baselines")
+    files, right_t1, right_t2, mask = data["files"], data["right_t1"], data["right_t2"], data["mask"]
+    left_fit_mask = read_volume(files["left_labels"]).array > 0
+    lookup_path = analysis.save_lookup_model(work / "lookup_baseline.safetensors", data["left_t1"], data["left_t2"],
+                                             mask=left_fit_mask)
+    # The recommended model's own first stage, on its own: the trees fitted on the left hand and its rim of air.
+    trees_path = analysis.save_feature_baseline(work / "feature_baseline.safetensors", data["left_t1"], data["left_t2"],
+                                                seed=seed, regressor=load_model(model_path).prior)
+    oracle = read_volume(files["right_t2_clean"])
+    candidates = {
+        ORACLE_NAME: oracle,
+        "recommended": synthetic,
+        "feature-regression baseline": synthesize_volume(trees_path, right_t1, plane="axial", device=device),
+        "look-up baseline": synthesize_volume(lookup_path, right_t1, plane="axial", device=device),
+    }
+    results = {name: metrics.evaluate_volumes(v, right_t2, mask=mask) for name, v in candidates.items()}
+    tissue_names = {value: name for name, value in TISSUES.items()}
+    tissues = {name: metrics.tissue_table(v, right_t2, data["right_labels"], names=tissue_names)
+               for name, v in candidates.items() if name != ORACLE_NAME}
+    true_error = np.abs(synthetic.array - oracle.array)
+    trust = float(spearmanr(error_map.array[mask], true_error[mask]).statistic)
+    metrics.write_json({"metrics": results, "tissues": tissues, "error_map_spearman": trust}, work / "metrics.json")
+    metrics.write_csv([row for name, r in results.items() for row in metrics.csv_rows(r, label=name)],
+                      work / "metrics.csv")
+    metrics.write_csv([{"model": name, **row} for name, rows in tissues.items() for row in rows], work / "tissues.csv")
+    return results, tissues, trust
+
+
+def _figures_and_report(work: Path, data: dict, synthetic, error_map, results, tissues, trust, settings) -> Path:
+    from . import analysis, report
+
+    right_t1, right_t2, mask = data["right_t1"], data["right_t2"], data["mask"]
+    figures_dir = work / "figures"
+    difference = analysis.write_difference(synthetic, right_t2, figures_dir)
+    uncertainty = analysis.write_error_map(synthetic, error_map, np.abs(synthetic.array - right_t2.array), figures_dir)
+    polyline = analysis.landmark_points(data["marks"], "right", "thumb_metacarpal_profile")
+    distances, profiles = analysis.line_profile(
+        {"T1 VIBE": right_t1, "acquired T2": right_t2, "synthetic T2": synthetic}, polyline)
+    profile = analysis.write_profiles(distances, profiles, figures_dir, title="Profile across the thumb metacarpal")
+    histograms = analysis.write_joint_histograms({"acquired T1 vs T2": (right_t1, right_t2),
+                                                  "T1 vs SYNTHETIC T2": (right_t1, synthetic)}, figures_dir,
+                                                 bins=96, mask=mask)
+    render = analysis.render_volume(synthetic, figures_dir / "render.png", title="SYNTHETIC T2 — right hand")
+    figures = [
+        ("|synthetic − acquired T2|, central axial slice", difference["png"]),
+        (f"Error map (how far the synthesis can be trusted) beside the real error; rank correlation with "
+         f"|synthetic − noise-free T2| inside the hand: {trust:.2f}", uncertainty),
+        ("Line profiles across the thumb metacarpal (normalised)", profile["png"]),
+        ("Joint T1–T2 histograms: acquired pair and synthetic pair", histograms["png"]),
+        ("The stacked SYNTHETIC T2 volume, false colour", render),
+    ]
+    return report.write_report(work, results, figures, title="T1ToT2 demo: synthetic T2 of the phantom's right hand",
+                               settings=settings, recommended="recommended", baseline="feature-regression baseline",
+                               tissues=tissues)
+
+
+def _print_summary(out: Path, results, tissues, trust, summary, rate) -> None:
+    from ..core import metrics
+
     print("\nT1ToT2 demo — right hand (never seen in training), metrics over all planes:")
     for name, r in results.items():
         print(f"\n== {name} ==\n{metrics.format_table(r)}")
@@ -175,6 +213,3 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
     print(f"\nerror map: Spearman rank correlation with |synthetic − noise-free T2| inside the hand = {trust:.3f}")
     print(f"\nwall time {summary['wall_s']} s at {rate:.0f} GFLOP/s (float32 matrix multiply on this machine); "
           f"outputs in {out}/ (open {out / 'index.html'})")
-    return summary
-
-
