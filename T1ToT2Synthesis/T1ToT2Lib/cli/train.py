@@ -23,9 +23,18 @@ from ..training.train import (
 
 
 def register_cli(subparsers):
-    p = subparsers.add_parser("train", help="train a T1 -> T2 model on a paired T1/T2 volume")
-    p.add_argument("--t1", required=True, help="T1 volume (NIfTI/NRRD/MHA file or DICOM folder)")
-    p.add_argument("--t2", required=True, help="T2 volume on the same grid as --t1")
+    p = subparsers.add_parser("train", help="train a T1 -> T2 model on paired T1/T2 volumes")
+    p.add_argument("--t1", action="append", help="T1 volume (NIfTI/NRRD/MHA file or DICOM folder); repeat with --t2 for several pairs")
+    p.add_argument("--t2", action="append", help="T2 volume on the same grid as its --t1 (same count and order as --t1)")
+    p.add_argument("--pairs", help="CSV of training pairs, columns t1,t2 (paths relative to the CSV; DICOM folders allowed); "
+                                   "pairs may lie on different grids: all are resampled to one voxel size")
+    p.add_argument("--phantom-subjects", type=int, default=0,
+                   help="render N phantom subjects on the fly and train on both hands of each (refiner; one more subject is "
+                        "held out and decides whether the CNN stage is kept)")
+    p.add_argument("--randomize", action="store_true", help="with --phantom-subjects: randomized acquisitions (voxel size, noise, coil field, sequence, pose)")
+    p.add_argument("--augment-copies", type=int, default=0,
+                   help="refiner: add N augmented copies of every training T1 (intensity gamma, coil field, noise, blur)")
+    p.add_argument("--voxel-mm", help="refiner with several pairs: the common voxel size (one value or I,J,K mm; default: the first T1's)")
     p.add_argument("--t1-series-uid", help="SeriesInstanceUID of the T1 when --t1 is a DICOM folder with several series")
     p.add_argument("--t2-series-uid", help="SeriesInstanceUID of the T2 when --t2 is a DICOM folder with several series")
     p.add_argument("--val-t1", help="validation T1 (scored after every epoch)")
@@ -68,6 +77,29 @@ def register_cli(subparsers):
     p.set_defaults(func=run_train)
 
 
+def _given_pairs(args) -> list:
+    """The (t1, t2) pairs of repeated --t1/--t2 and of --pairs (paths, or volumes read from a chosen DICOM series)."""
+    t1s, t2s = list(args.t1 or []), list(args.t2 or [])
+    if len(t1s) != len(t2s):
+        raise T1ToT2Error(f"{len(t1s)} --t1 but {len(t2s)} --t2: give one --t2 for every --t1, in the same order")
+    if (args.t1_series_uid or args.t2_series_uid) and len(t1s) != 1:
+        raise T1ToT2Error("--t1-series-uid/--t2-series-uid need exactly one --t1 and --t2")
+    pairs = list(zip(t1s, t2s))
+    if pairs and args.t1_series_uid:
+        pairs[0] = (read_volume(pairs[0][0], series_uid=args.t1_series_uid), pairs[0][1])
+    if pairs and args.t2_series_uid:
+        pairs[0] = (pairs[0][0], read_volume(pairs[0][1], series_uid=args.t2_series_uid))
+    if args.pairs:
+        from ..training.pairs import read_pairs_csv
+
+        pairs += read_pairs_csv(args.pairs)
+    if not pairs and not args.phantom_subjects:
+        raise T1ToT2Error("no training data: give --t1 and --t2, --pairs PAIRS.CSV or --phantom-subjects N")
+    if args.randomize and not args.phantom_subjects:
+        raise T1ToT2Error("--randomize applies to --phantom-subjects: add --phantom-subjects N or drop it")
+    return pairs
+
+
 def run_train(args) -> int:
     from ..training.presets import training_defaults
 
@@ -91,21 +123,31 @@ def run_train(args) -> int:
             raise T1ToT2Error(f"--{key.replace('_', '-')} {getattr(args, key)} must be at least {low}")
     if not (args.lr > 0 and np.isfinite(args.lr)):
         raise T1ToT2Error(f"--lr {args.lr} must be a positive number, e.g. 2e-4")
-    t1 = read_volume(args.t1, series_uid=args.t1_series_uid) if args.t1_series_uid else args.t1
-    t2 = read_volume(args.t2, series_uid=args.t2_series_uid) if args.t2_series_uid else args.t2
+    pairs = _given_pairs(args)
     if args.align:  # T2s on their own grid are registered and resampled onto their T1's (T1ToT2Lib.training.align)
         from ..training.align import aligned_pair
 
-        t1, t2 = aligned_pair(t1, t2)
+        pairs = [aligned_pair(t1, t2) for t1, t2 in pairs]
         if args.val_t1 and args.val_t2:
             args.val_t1, args.val_t2 = aligned_pair(args.val_t1, args.val_t2, what=("validation T1", "validation T2"))
     if args.n4:  # bias-field correction of every training volume (T1ToT2Lib.inference.preprocess)
         from ..inference.preprocess import n4_correct
 
-        t1, t2 = (n4_correct(v if isinstance(v, Volume) else read_volume(v)) for v in (t1, t2))
+        pairs = [tuple(n4_correct(v if isinstance(v, Volume) else read_volume(v)) for v in pair) for pair in pairs]
         if args.val_t1 and args.val_t2:
             args.val_t1, args.val_t2 = (n4_correct(v if isinstance(v, Volume) else read_volume(v)) for v in (args.val_t1, args.val_t2))
+    t1, t2 = pairs[0] if pairs else (None, None)
+    voxel = None
+    if args.voxel_mm:
+        try:
+            voxel = [float(v) for v in args.voxel_mm.split(",")]
+        except ValueError:
+            voxel = []
+        if len(voxel) not in (1, 3) or min(voxel) <= 0:
+            raise T1ToT2Error(f"--voxel-mm {args.voxel_mm!r} needs one or three positive numbers (mm)")
     config = TrainConfig(
+        pairs=tuple(pairs[1:]), phantom_subjects=args.phantom_subjects, randomize=args.randomize,
+        augment_copies=args.augment_copies, voxel_mm=voxel,
         t1=t1, t2=t2, val_t1=args.val_t1, val_t2=args.val_t2, out=args.out, model=args.model,
         network=overrides, planes=tuple(check_planes(args.planes)), epochs=args.epochs, epochs_decay=args.epochs_decay,
         lr=args.lr, betas=betas, batch_size=args.batch_size, context=args.context, device=args.device,

@@ -22,6 +22,7 @@ from ..inference.slices import (
 class Batch:
     plane: str
     indices: tuple  # slice indices along the plane's array axis
+    pair: int = 0  # which pair of a PairsDataset
 
 
 class SliceDataset:
@@ -126,6 +127,42 @@ class SliceDataset:
         a, _ = pad_to_multiple(np.ascontiguousarray(a, dtype=np.float32), self.multiple)
         b, _ = pad_to_multiple(np.ascontiguousarray(b, dtype=np.float32), self.multiple)
         return a, b
+
+
+class PairsDataset:
+    """Several :class:`SliceDataset` (one per training pair, each on its own grid) as one: an epoch's batches
+    are every pair's batches, shuffled together; a batch holds slices of one pair.
+
+    ``t1_scale`` / ``t2_scale`` (what the model file records) are the medians of the pairs' scales."""
+
+    def __init__(self, datasets: list):
+        if not datasets:
+            raise T1ToT2Error("no training pair given")
+        self.datasets = list(datasets)
+        self.t1_scale = float(np.median([d.t1_scale for d in self.datasets]))
+        self.t2_scale = float(np.median([d.t2_scale for d in self.datasets]))
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def epoch_batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list:
+        """As :meth:`SliceDataset.epoch_batches`, over all pairs; a pure function of its arguments."""
+        from dataclasses import replace
+
+        batches = []
+        for n, dataset in enumerate(self.datasets):
+            batches += [replace(b, pair=n) for b in dataset.epoch_batches(batch_size, int(seed) + 7919 * n, epoch)]
+        rng = np.random.default_rng([int(seed), int(epoch), len(self.datasets)])
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        if world_size > 1:
+            per_rank = len(batches) // world_size
+            if per_rank == 0:
+                raise T1ToT2Error(f"only {len(batches)} batches for {world_size} processes: use fewer processes or a smaller batch")
+            batches = batches[rank::world_size][:per_rank]
+        return batches
+
+    def arrays(self, batch: Batch, rng: np.random.Generator | None = None):
+        return self.datasets[batch.pair].arrays(batch, rng)
 
 
 def _object_patches(a: np.ndarray, b: np.ndarray, size: int, rng: np.random.Generator, level: float):

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core.atomic import atomic_path
 from ..inference.slices import DEFAULT_PERCENTILE, check_context
-from .data import SliceDataset, check_paired, check_planes
+from .data import PairsDataset, SliceDataset, check_paired, check_planes
 from ..core.errors import T1ToT2Error
 from ..core.volume import PLANES, Volume, check_image
 from ..io.files import read_volume
@@ -74,6 +74,12 @@ class TrainConfig:
     patch: int | None = None  # train on random patches of this size centred on the object (None: whole slices)
     prior_cross_fit: bool = True  # refiner: train on an out-of-fold prior (True) or the final trees' own prediction
     percentile: float = DEFAULT_PERCENTILE
+    pairs: tuple = ()  # further (t1, t2) pairs (paths or Volumes), each on its own grid; refiner only
+    phantom_subjects: int = 0  # phantom subjects rendered on the fly (both hands train; one more subject is held out)
+    randomize: bool = False  # phantom subjects with randomized acquisitions
+    phantom_ranges: dict | None = None  # overrides of T1ToT2Lib.phantom.render.RANDOM_RANGES
+    augment_copies: int = 0  # augmented copies of every pair's T1 (intensity, coil field, noise, blur)
+    voxel_mm: tuple | None = None  # common voxel size every pair is resampled to (default: the first T1's)
 
     @property
     def total_epochs(self) -> int:
@@ -287,6 +293,33 @@ class LossLog:
 
 
 # --- training --------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What one training run builds before its loop: device, data, model, optimisers."""
+
+    device: object
+    rank: int
+    world: int
+    distributed: bool
+    planes: list
+    context: int
+    net_config: dict = None
+    dataset: object = None
+    prior_model: object = None
+    model: object = None
+    optimizers: dict = None
+    phases: list = None
+    layout: object = None
+    train_module: object = None
+    pairs: list = None
+    validation: tuple = None
+    gate: tuple = None  # held-out (T1, T2) that decides whether the CNN stage is kept
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
 def train(config: TrainConfig, progress=None, cancel_event: threading.Event | None = None) -> Path:
     """Train a model as ``config`` says and write its model file; returns the model path.
 
@@ -296,11 +329,43 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
     """
     import torch
 
-    from .. import networks
-    from ..core.devices import autocast_context, check_precision, resolve_device
-
     emit = progress or (lambda event: None)
     started = time.time()
+    out = Path(config.out)
+    planes, context = _check_config(config)
+    pairs, validation, gate = _training_pairs(config, emit)
+    run = _setup_devices(config, planes, context)
+    run.pairs, run.validation, run.gate = pairs, validation, gate
+    if not run.is_main:
+        emit = lambda event: None  # noqa: E731 - only rank 0 reports
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    _build(run, config, emit)
+    checkpoint_path = config.resolved_checkpoint_dir() / CHECKPOINT_NAME
+    start_epoch, history = _resume(run, config, checkpoint_path)
+    log = LossLog(config.loss_csv if run.is_main else None, keep_before_epoch=start_epoch + 1 if config.resume else None)
+    try:
+        step_times = _loop(run, config, start_epoch, history, checkpoint_path, log, emit, cancel_event)
+        if run.is_main:
+            correction = _gate_correction(run, config, emit)
+            _write_model(run, config, history, step_times, started, correction)
+        _write_debug_hash(run.model, run.rank)
+        if run.distributed:
+            torch.distributed.barrier()
+    finally:
+        log.close()
+        if run.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    emit({"event": "done", "model": str(out), "seconds": round(time.time() - started, 2)})
+    return out
+
+
+def _check_config(config: TrainConfig) -> tuple:
+    """Refuse, in one line, settings no run can use; returns (planes, context)."""
+    from .. import networks
+    from ..core.devices import check_precision
+
     out = Path(config.out)
     if out.suffix != ".safetensors":
         raise T1ToT2Error(f"model output '{out.name}' must end in .safetensors: rename --out")
@@ -320,15 +385,49 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
         raise T1ToT2Error(f"batch size {config.batch_size} must be at least 1: use e.g. --batch-size 1")
     if config.max_steps_per_epoch is not None and int(config.max_steps_per_epoch) < 1:
         raise T1ToT2Error(f"max steps per epoch {config.max_steps_per_epoch} must be at least 1: raise it or leave it out")
-
-    t1, t2 = check_image(_load(config.t1, "T1"), "the T1"), check_image(_load(config.t2, "T2"), "the T2")
-    check_paired(t1, t2)
-    validation = None
     if (config.val_t1 is None) != (config.val_t2 is None):
         raise T1ToT2Error("validation needs both --val-t1 and --val-t2 (or neither)")
+    if int(config.phantom_subjects) < 0 or int(config.augment_copies) < 0:
+        raise T1ToT2Error("phantom subjects and augmented copies must be at least 0")
+    many = bool(config.pairs) or int(config.phantom_subjects) > 0 or int(config.augment_copies) > 0
+    if many and config.model != "refiner":
+        raise T1ToT2Error("several training pairs (--pairs, repeated --t1/--t2, --phantom-subjects, --augment-copies) train the refiner only: use --model refiner")
+    return planes, context
+
+
+def _training_pairs(config: TrainConfig, emit) -> tuple:
+    """(training pairs on one voxel size, validation pair or None, held-out gate pair or None)."""
+    from .pairs import augment_t1, checked_pairs, on_common_grid, phantom_pairs
+
+    given = ([(config.t1, config.t2)] if config.t1 is not None or config.t2 is not None else []) + list(config.pairs or ())
+    pairs = checked_pairs(given, _load) if given else []
+    gate = None
+    if int(config.phantom_subjects):
+        rendered = phantom_pairs(int(config.phantom_subjects) + 1, config.seed, config.randomize, config.phantom_ranges)
+        gate = rendered[-1][:2]  # the last subject's right hand never trains: it decides whether the CNN is kept
+        pairs += [p[:2] for p in rendered[:-2]]
+        emit({"event": "phantom", "subjects": int(config.phantom_subjects), "randomize": bool(config.randomize)})
+    if not pairs:
+        _load(None, "T1")
+    if int(config.augment_copies):
+        rng = np.random.default_rng([int(config.seed), 29])
+        pairs += [(augment_t1(t1, rng), t2) for _ in range(int(config.augment_copies)) for t1, t2 in list(pairs)]
+    pairs, voxel = on_common_grid(pairs, config.voxel_mm)
+    validation = None
     if config.val_t1 is not None:
-        validation = (check_image(_load(config.val_t1, "val T1"), "the validation T1"), check_image(_load(config.val_t2, "val T2"), "the validation T2"))
-        check_paired(*validation, what=("validation T1", "validation T2"))
+        validation = checked_pairs([(config.val_t1, config.val_t2)], lambda v, w: _load(v, "val " + w))[0]
+    if gate is not None:
+        gate = on_common_grid([gate], voxel)[0][0]
+    elif validation is not None and len(pairs) > 1:
+        gate = validation
+    return pairs, validation, gate
+
+
+def _setup_devices(config: TrainConfig, planes, context) -> _Run:
+    """Device, rank and world size (torchrun's environment; one process otherwise)."""
+    import torch
+
+    from ..core.devices import resolve_device
 
     rank, world, local_rank = _distributed()
     distributed = world > 1
@@ -344,160 +443,208 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     else:
         device = resolve_device(config.device)
-    is_main = rank == 0
-    if not is_main:
-        emit = lambda event: None  # noqa: E731 - only rank 0 reports
+    return _Run(device, rank, world, distributed, planes, context)
 
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
 
+def _build(run: _Run, config: TrainConfig, emit) -> None:
+    """The network config, the prior (refiner), the dataset, the model, its optimisers and DDP wrapper."""
+    import torch
+
+    from .. import networks
+
+    t1 = run.pairs[0][0]
     overrides = dict(config.network or {})
     if config.model == "pix2pix" and "depth" not in overrides:
         # The U-Net halves down to 1x1: as many levels as the largest slice side needs (9 at 512, as the paper).
-        overrides["depth"] = networks.depth_for_size(max(max(t1.shape[a] for a in range(3) if a != t1.plane_axis(p)) for p in planes))
-    net_config = networks.default_config(config.model, in_channels=context, **overrides)
-    multiple = int(networks.required_multiple(net_config))
-    prior_model, training_prior = None, None
-    if networks.uses_prior(net_config):
-        prior_model, training_prior = fit_prior(t1, t2, config, emit)
-    dataset = SliceDataset(t1, t2, planes, context=context, multiple=multiple, percentile=config.percentile,
-                           augment=config.augment, prior=training_prior, patch=config.patch)
+        overrides["depth"] = networks.depth_for_size(max(max(t1.shape[a] for a in range(3) if a != t1.plane_axis(p)) for p in run.planes))
+    run.net_config = networks.default_config(config.model, in_channels=run.context, **overrides)
+    multiple = int(networks.required_multiple(run.net_config))
+    priors = [None] * len(run.pairs)
+    if networks.uses_prior(run.net_config):
+        if len(run.pairs) == 1:
+            run.prior_model, priors[0] = fit_prior(*run.pairs[0], config, emit)
+        else:
+            from .prior import fit_prior_pairs
+
+            run.prior_model, priors = fit_prior_pairs(run.pairs, config.seed, config.percentile, config.prior_cross_fit, emit)
+    datasets = [SliceDataset(a, b, run.planes, context=run.context, multiple=multiple, percentile=config.percentile,
+                             augment=config.augment, prior=prior, patch=config.patch) for (a, b), prior in zip(run.pairs, priors)]
+    run.dataset = datasets[0] if len(datasets) == 1 else PairsDataset(datasets)
     # The refiner is plain full-resolution convolutions: in channels-last layout oneDNN runs its steps
     # about 1.6 times faster on the CPU (0.42 -> 0.26 s per batch of 16 patches of 48 pixels).
-    layout = torch.channels_last if net_config["arch"] == "refiner" else torch.contiguous_format
-    model = networks.build_model(net_config).to(device=device, memory_format=layout)
-    groups = model.parameter_groups()
-    optimizers = {
-        name: torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas))
-        for name, params in groups.items()
-        if params
-    }
+    run.layout = torch.channels_last if run.net_config["arch"] == "refiner" else torch.contiguous_format
+    run.model = networks.build_model(run.net_config).to(device=run.device, memory_format=run.layout)
+    run.optimizers = {name: torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas))
+                      for name, params in run.model.parameter_groups().items() if params}
     # Pix2Pix's reference steps D then G, CycleGAN's G then D; a model may state its order.
-    phases = [p for p in getattr(model, "phases", ("discriminator", "generator")) if p in optimizers]
-
-    checkpoint_path = config.resolved_checkpoint_dir() / CHECKPOINT_NAME
-    start_epoch, history = 0, {"epochs": []}
-    if config.resume:
-        if not checkpoint_path.exists():
-            raise T1ToT2Error(f"--resume found no checkpoint at '{checkpoint_path}': pass the --checkpoint-dir of the run to resume")
-        start_epoch, history = load_checkpoint(checkpoint_path, model, optimizers, config)
-        if start_epoch >= config.total_epochs:
-            raise T1ToT2Error(
-                f"the checkpoint already has {start_epoch} epoch(s), not fewer than --epochs {config.total_epochs}: raise --epochs to train on"
-            )
-
-    train_module = model
-    if distributed:
+    run.phases = [p for p in getattr(run.model, "phases", ("discriminator", "generator")) if p in run.optimizers]
+    run.train_module = run.model
+    if run.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_module = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        run.train_module = DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None, find_unused_parameters=True)
+
+
+def _resume(run: _Run, config: TrainConfig, checkpoint_path: Path) -> tuple:
+    """(epochs already done, loss history): from the checkpoint with ``config.resume``, else (0, empty)."""
+    if not config.resume:
+        return 0, {"epochs": []}
+    if not checkpoint_path.exists():
+        raise T1ToT2Error(f"--resume found no checkpoint at '{checkpoint_path}': pass the --checkpoint-dir of the run to resume")
+    start_epoch, history = load_checkpoint(checkpoint_path, run.model, run.optimizers, config)
+    if start_epoch >= config.total_epochs:
+        raise T1ToT2Error(
+            f"the checkpoint already has {start_epoch} epoch(s), not fewer than --epochs {config.total_epochs}: raise --epochs to train on"
         )
+    return start_epoch, history
 
-    def batches_of(epoch):
-        batches = dataset.epoch_batches(config.batch_size, config.seed, epoch, rank, world)
-        if config.max_steps_per_epoch:
-            batches = batches[: int(config.max_steps_per_epoch)]
-        return batches
 
-    steps_per_epoch = len(batches_of(start_epoch))
-    log = LossLog(config.loss_csv if is_main else None, keep_before_epoch=start_epoch + 1 if config.resume else None)
+def _batches_of(run: _Run, config: TrainConfig, epoch: int) -> list:
+    batches = run.dataset.epoch_batches(config.batch_size, config.seed, epoch, run.rank, run.world)
+    return batches[: int(config.max_steps_per_epoch)] if config.max_steps_per_epoch else batches
+
+
+def _loop(run: _Run, config: TrainConfig, start_epoch: int, history: dict, checkpoint_path: Path, log, emit, cancel_event) -> list:
+    """The epochs: steps, validation, a checkpoint after each; returns the step times."""
+    import torch
+
+    steps_per_epoch = len(_batches_of(run, config, start_epoch))
     emit({
-        "event": "start", "model": config.model, "planes": planes, "epochs": config.total_epochs,
-        "start_epoch": start_epoch + 1, "steps_per_epoch": steps_per_epoch, "slices": len(dataset),
-        "device": str(device), "precision": config.precision, "world_size": world, "config": net_config,
+        "event": "start", "model": config.model, "planes": run.planes, "epochs": config.total_epochs,
+        "start_epoch": start_epoch + 1, "steps_per_epoch": steps_per_epoch, "slices": len(run.dataset),
+        "device": str(run.device), "precision": config.precision, "world_size": run.world, "config": run.net_config,
+        "pairs": len(run.pairs),
     })
-
     step_times = []
-    remaining_steps = (config.total_epochs - start_epoch) * steps_per_epoch
-    try:
-        for epoch in range(start_epoch, config.total_epochs):
-            for group in (g for opt in optimizers.values() for g in opt.param_groups):
-                group["lr"] = config.learning_rate(epoch)
-            train_module.train()
-            batches = batches_of(epoch)
-            sums = {}
-            for step, batch in enumerate(batches):
-                if cancel_event is not None and cancel_event.is_set():
-                    kept = f"the checkpoint after epoch {epoch} is kept: continue with --resume" if epoch else "no epoch was complete, so nothing was kept: start again"
-                    raise TrainingCancelled(f"training cancelled during epoch {epoch + 1}; {kept}")
-                tick = time.perf_counter()
-                augment_rng = (np.random.default_rng([config.seed, epoch, step, rank])
-                               if config.augment or config.patch else None)
-                a, b = dataset.arrays(batch, augment_rng)
-                real_a = torch.from_numpy(a).to(device=device, memory_format=layout)
-                real_b = torch.from_numpy(b).to(device=device, memory_format=layout)
-                losses = {}
-                for phase in phases:
-                    with autocast_context(device, config.precision):
-                        loss, logs = train_module(phase, real_a, real_b)
-                    optimizers[phase].zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizers[phase].step()
-                    losses.update({k: float(v) for k, v in logs.items()})
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                step_times.append(time.perf_counter() - tick)
-                remaining_steps -= 1
-                log.write(epoch + 1, step + 1, losses)
-                recent = step_times[-20:]
-                emit({
-                    "event": "step", "epoch": epoch + 1, "step": step + 1, "steps": len(batches),
-                    "losses": losses, "eta_s": round(remaining_steps * sum(recent) / len(recent), 1),
-                })
-            if distributed:
-                _average_buffers(model, world)
-            mean_losses = {k: v / max(1, len(batches)) for k, v in sums.items()}
-            val_metrics = None
-            if is_main and validation is not None:
-                val_metrics = validate(model, net_config, validation, planes, dataset.t2_scale, config, device, prior_model)
-            history["epochs"].append({"epoch": epoch + 1, "losses": mean_losses, "val_metrics": val_metrics})
-            written = None
-            if is_main:
-                written = str(save_checkpoint(checkpoint_path, model, optimizers, epoch + 1, config, history))
-            if distributed:
-                torch.distributed.barrier()
-            emit({"event": "epoch", "epoch": epoch + 1, "losses": mean_losses, "val_metrics": val_metrics, "checkpoint": written})
-
-        if is_main:
-            from ..networks.modelfile import save_model
-            from ..inference.preprocess import preprocessing_record
-
-            last_val = next((e["val_metrics"] for e in reversed(history["epochs"]) if e["val_metrics"]), None)
-            metadata = {
-                "config": net_config,
-                "planes": planes,
-                "in_channels": str(context),
-                "intensity": {"t1_percentile": config.percentile, "t2_percentile": config.percentile, "t2_scale": dataset.t2_scale, "training_t1_scale": dataset.t1_scale},
-                "training": {
-                    "t1": _describe(t1), "t2": _describe(t2),
-                    "validation": [_describe(v) for v in validation] if validation else None,
-                    "slices": len(dataset), "epochs": config.epochs, "epochs_decay": config.epochs_decay,
-                    "lr": config.lr, "betas": list(config.betas), "batch_size": config.batch_size, "seed": config.seed,
-                    "device": str(device), "precision": config.precision, "world_size": world,
-                    "steps_per_epoch": steps_per_epoch, "augment": config.augment, "patch": config.patch,
-                    "seconds": round(time.time() - started, 1),
-                    "mean_step_seconds": round(float(np.mean(step_times)), 4) if step_times else None,
-                    "losses": history["epochs"][-1]["losses"] if history["epochs"] else None,
-                },
-                "validation_metrics": last_val or {},
-                "preprocessing": preprocessing_record(t1),  # voxel size and N4, repeated at synthesis (T1ToT2Lib.inference.preprocess)
-            }
-            weights = dict(model.generator.state_dict())
-            if prior_model is not None:
-                weights.update(prior_model.to_tensors("prior"))
-                metadata["prior"] = prior_model.metadata()
-            save_model(out, weights, metadata)
-        _write_debug_hash(model, rank)
-        if distributed:
+    remaining = [(config.total_epochs - start_epoch) * steps_per_epoch]
+    for epoch in range(start_epoch, config.total_epochs):
+        for group in (g for opt in run.optimizers.values() for g in opt.param_groups):
+            group["lr"] = config.learning_rate(epoch)
+        run.train_module.train()
+        batches = _batches_of(run, config, epoch)
+        sums = {}
+        for step, batch in enumerate(batches):
+            if cancel_event is not None and cancel_event.is_set():
+                kept = f"the checkpoint after epoch {epoch} is kept: continue with --resume" if epoch else "no epoch was complete, so nothing was kept: start again"
+                raise TrainingCancelled(f"training cancelled during epoch {epoch + 1}; {kept}")
+            losses = _step(run, config, epoch, step, batch, step_times)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            remaining[0] -= 1
+            log.write(epoch + 1, step + 1, losses)
+            recent = step_times[-20:]
+            emit({"event": "step", "epoch": epoch + 1, "step": step + 1, "steps": len(batches),
+                  "losses": losses, "eta_s": round(remaining[0] * sum(recent) / len(recent), 1)})
+        if run.distributed:
+            _average_buffers(run.model, run.world)
+        mean_losses = {k: v / max(1, len(batches)) for k, v in sums.items()}
+        val_metrics = None
+        if run.is_main and run.validation is not None:
+            val_metrics = validate(run.model, run.net_config, run.validation, run.planes, run.dataset.t2_scale, config,
+                                   run.device, run.prior_model)
+        history["epochs"].append({"epoch": epoch + 1, "losses": mean_losses, "val_metrics": val_metrics})
+        written = None
+        if run.is_main:
+            written = str(save_checkpoint(checkpoint_path, run.model, run.optimizers, epoch + 1, config, history))
+        if run.distributed:
             torch.distributed.barrier()
-    finally:
-        log.close()
-        if distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    emit({"event": "done", "model": str(out), "seconds": round(time.time() - started, 2)})
-    return out
+        emit({"event": "epoch", "epoch": epoch + 1, "losses": mean_losses, "val_metrics": val_metrics, "checkpoint": written})
+    return step_times
+
+
+def _step(run: _Run, config: TrainConfig, epoch: int, step: int, batch, step_times: list) -> dict:
+    """One optimisation step of every phase on ``batch``; returns its losses."""
+    import torch
+
+    from ..core.devices import autocast_context
+
+    tick = time.perf_counter()
+    augment_rng = np.random.default_rng([config.seed, epoch, step, run.rank]) if config.augment or config.patch else None
+    a, b = run.dataset.arrays(batch, augment_rng)
+    real_a = torch.from_numpy(a).to(device=run.device, memory_format=run.layout)
+    real_b = torch.from_numpy(b).to(device=run.device, memory_format=run.layout)
+    losses = {}
+    for phase in run.phases:
+        with autocast_context(run.device, config.precision):
+            loss, logs = run.train_module(phase, real_a, real_b)
+        run.optimizers[phase].zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizers[phase].step()
+        losses.update({k: float(v) for k, v in logs.items()})
+    step_times.append(time.perf_counter() - tick)
+    return losses
+
+
+def _gate_correction(run: _Run, config: TrainConfig, emit) -> dict | None:
+    """The refiner's CNN stage is kept only if it is not worse than its prior on the held-out pair (any of NRMSE,
+    PSNR, SSIM); otherwise its head is zeroed and the model *is* the prior.  None when there is no held-out pair."""
+    if run.gate is None or run.prior_model is None or not hasattr(run.model.generator, "reset_head"):
+        return None
+    record = correction_gate(run.model.generator, run.net_config, run.gate, run.planes, run.dataset.t2_scale, config,
+                             run.device, run.prior_model)
+    emit({"event": "gate", **record})
+    return record
+
+
+def correction_gate(generator, net_config, held_out, planes, t2_scale, config, device, prior) -> dict:
+    """Score ``generator`` (a refiner) and its prior alone on ``held_out``; zero its head unless it is at least as
+    good on every metric.  Returns {"kept", "refined", "prior"}."""
+    import copy
+
+    holder = type("Holder", (), {})()
+    holder.generator = generator
+    refined = validate(holder, net_config, held_out, planes, t2_scale, config, device, prior)
+    alone = type("Holder", (), {})()
+    alone.generator = copy.deepcopy(generator)
+    alone.generator.reset_head()
+    baseline = validate(alone, net_config, held_out, planes, t2_scale, config, device, prior)
+    kept = refined["psnr"] >= baseline["psnr"] and refined["ssim"] >= baseline["ssim"] and refined["nrmse"] <= baseline["nrmse"]
+    if not kept:
+        generator.reset_head()
+    return {"kept": bool(kept), "refined": refined, "prior": baseline}
+
+
+def _write_model(run: _Run, config: TrainConfig, history: dict, step_times: list, started: float, correction) -> None:
+    """The model file: generator (and prior) weights and the metadata synthesis and the card read."""
+    from ..inference.preprocess import preprocessing_record
+    from ..networks.modelfile import save_model
+
+    t1, t2 = run.pairs[0]
+    last_val = next((e["val_metrics"] for e in reversed(history["epochs"]) if e["val_metrics"]), None)
+    steps_per_epoch = len(_batches_of(run, config, 0))
+    metadata = {
+        "config": run.net_config,
+        "planes": run.planes,
+        "in_channels": str(run.context),
+        "intensity": {"t1_percentile": config.percentile, "t2_percentile": config.percentile, "t2_scale": run.dataset.t2_scale,
+                      "training_t1_scale": run.dataset.t1_scale},
+        "training": {
+            "t1": _describe(t1), "t2": _describe(t2),
+            "validation": [_describe(v) for v in run.validation] if run.validation else None,
+            "slices": len(run.dataset), "epochs": config.epochs, "epochs_decay": config.epochs_decay,
+            "lr": config.lr, "betas": list(config.betas), "batch_size": config.batch_size, "seed": config.seed,
+            "device": str(run.device), "precision": config.precision, "world_size": run.world,
+            "steps_per_epoch": steps_per_epoch, "augment": config.augment, "patch": config.patch,
+            "seconds": round(time.time() - started, 1),
+            "mean_step_seconds": round(float(np.mean(step_times)), 4) if step_times else None,
+            "losses": history["epochs"][-1]["losses"] if history["epochs"] else None,
+        },
+        "validation_metrics": last_val or {},
+        "preprocessing": preprocessing_record(t1),  # voxel size and N4, repeated at synthesis (T1ToT2Lib.inference.preprocess)
+    }
+    if len(run.pairs) > 1 or config.phantom_subjects:
+        metadata["training"]["pairs"] = [_describe(a) | {"meta": {k: a.meta[k] for k in ("acquisition", "resampled_from_mm", "augmented") if k in a.meta}}
+                                         for a, _ in run.pairs]
+        metadata["training"]["phantom_subjects"] = int(config.phantom_subjects)
+        metadata["training"]["randomize"] = bool(config.randomize)
+    if correction is not None:
+        metadata["correction"] = correction
+    weights = dict(run.model.generator.state_dict())
+    if run.prior_model is not None:
+        weights.update(run.prior_model.to_tensors("prior"))
+        metadata["prior"] = run.prior_model.metadata()
+    save_model(Path(config.out), weights, metadata)
 
 
 def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit):

@@ -1,0 +1,96 @@
+"""The refiner's prior (boosted trees on T1 features) fitted on several pairs, with bounded memory.
+
+Each pair's features are computed once to draw its share of the training voxels and are then dropped;
+predictions are made slab by slab (:meth:`FeatureRegressor.predict_volume`), so memory grows with the
+sampled voxels, not with the number or size of the pairs.  The CNN's training prior is out-of-fold *by
+pair*: pairs alternate between two folds and each fold is predicted by trees fitted on the other, so the
+network learns the errors the trees make on another subject (on one pair, the halves of the volume are
+the folds, as :func:`~T1ToT2Lib.networks.feature_regression.fit_feature_regressor` does).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..core.errors import T1ToT2Error
+
+
+def normalised_pair(t1, t2, percentile: float):
+    """(t1 / its foreground scale, t2 / its foreground scale, object mask dilated by two voxels)."""
+    from scipy import ndimage
+
+    from ..inference.slices import foreground_scale, foreground_threshold
+
+    t1n = t1.array / np.float32(foreground_scale(t1.array, percentile))
+    t2n = t2.array / np.float32(foreground_scale(t2.array, percentile))
+    mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)),
+                                   iterations=2)
+    return t1n, t2n, mask
+
+
+def _sampled_rows(pairs, spec, max_samples: int, seed: int, percentile: float):
+    """Per pair: (feature rows, T2 values) of up to ``max_samples / len(pairs)`` object voxels, and the air rule's inputs."""
+    from ..networks.feature_regression import feature_volume, find_air, training_samples
+
+    per_pair = max(1000, int(max_samples) // len(pairs))
+    rows, airs = [], []
+    for n, (t1, t2) in enumerate(pairs):
+        t1n, t2n, mask = normalised_pair(t1, t2, percentile)
+        features = feature_volume(t1n, spec)
+        X = features.reshape(-1, features.shape[-1])
+        y = t2n.ravel()
+        take = training_samples(mask, per_pair, seed + 101 * n)
+        rows.append((X[take], y[take]))
+        air = find_air(X, y, mask, spec)
+        if air is not None:
+            airs.append(air)
+        del features, X
+    return rows, airs
+
+
+def _pooled_air(airs):
+    """One air rule for all pairs: the lowest level (never calls a pair's tissue air), median value and error."""
+    from ..networks.feature_regression import Air
+
+    if not airs:
+        return None
+    return Air(airs[0].feature, float(min(a.level for a in airs)), float(np.median([a.value for a in airs])),
+               float(np.median([a.error for a in airs])))
+
+
+def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool = True, emit=None, spec=None, fit=None):
+    """Trees fitted on the voxels of all ``pairs``; returns (regressor, [training prior of each pair]).
+
+    With ``cross_fit`` each pair's prior comes from trees that never saw it (two folds of alternating pairs)."""
+    from ..networks.feature_regression import DEFAULT_FIT, ERROR_FIT, FeatureRegressor, _fit_trees
+    from ..networks.features import check_spec
+
+    if len(pairs) < 2:
+        raise T1ToT2Error("fit_prior_pairs needs at least two pairs: fit one pair with fit_feature_regressor")
+    emit = emit or (lambda event: None)
+    tick = time.perf_counter()
+    spec = check_spec(spec)
+    fit = {**DEFAULT_FIT, **(fit or {})}
+    rows, airs = _sampled_rows(pairs, spec, fit["max_samples"], seed, percentile)
+    X = np.concatenate([r[0] for r in rows])
+    y = np.concatenate([r[1] for r in rows])
+    regressor = FeatureRegressor(spec, _fit_trees(X, y, seed, fit), air=_pooled_air(airs))
+    estimate = regressor.predict_rows(X)
+    error_fit = {**fit, **ERROR_FIT, "max_iter": max(20, int(fit["max_iter"]) // 2)}
+    regressor.error_trees = _fit_trees(np.column_stack([X, estimate]).astype(np.float32), np.abs(y - estimate), seed, error_fit)
+    fold_of = np.arange(len(pairs)) % 2
+    predictors = {}
+    for fold in (0, 1):
+        if cross_fit:
+            other = [r for r, f in zip(rows, fold_of) if f != fold]
+            trees = _fit_trees(np.concatenate([r[0] for r in other]), np.concatenate([r[1] for r in other]), seed, fit)
+            predictors[fold] = FeatureRegressor(spec, trees, air=regressor.air)
+        else:
+            predictors[fold] = regressor
+    priors = [predictors[f].predict_volume(normalised_pair(t1, t2, percentile)[0]).astype(np.float32)
+              for (t1, t2), f in zip(pairs, fold_of)]
+    emit({"event": "prior", "kind": "feature_regression", "pairs": len(pairs), "voxels": int(len(y)),
+          "trees": regressor.trees.metadata()["n_trees"], "seconds": round(time.perf_counter() - tick, 1)})
+    return regressor, priors
