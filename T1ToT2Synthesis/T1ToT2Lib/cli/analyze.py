@@ -89,6 +89,16 @@ def register_cli(subparsers):
     oc.add_argument("-o", "--out", required=True, help="output folder")
     oc.set_defaults(func=_run_occlusion)
 
+    rb = sub.add_parser("robustness", help="score a model over phantom variants (seeds, voxel sizes, noise, pose, sequence) against each oracle")
+    rb.add_argument("model", help="model file (.safetensors)")
+    rb.add_argument("-o", "--out", required=True, help="output folder (robustness.json, .txt, .png)")
+    rb.add_argument("--resolutions", default="0.6,1.0,1.5", help="voxel sizes of the resolution rows in mm (default 0.6,1.0,1.5)")
+    rb.add_argument("--seeds", default="1,2", help="other phantom subjects (default 1,2)")
+    rb.add_argument("--only", help="comma-separated variant names to run (default all)")
+    rb.add_argument("--retrain", action="store_true", help="also train the recommended recipe on each variant's left hand and score it (slow)")
+    rb.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    rb.set_defaults(func=_run_robustness)
+
     r = sub.add_parser("render", help="false-colour rendering of a synthetic volume (orthogonal slices + MIP)")
     r.add_argument("volume")
     r.add_argument("-o", "--out", required=True, help="output PNG")
@@ -159,4 +169,26 @@ def _run_render(args):
     volume = _read(args.volume)
     path = render_volume(volume, args.out)
     print(f"wrote {path}")
+    return 0
+
+
+def _run_robustness(args):
+    from ..core.errors import T1ToT2Error
+    from ..research.robustness import one_line, robustness_matrix, table, write_robustness
+
+    try:
+        resolutions = [float(v) for v in args.resolutions.split(",") if v.strip()]
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        raise T1ToT2Error("--resolutions takes numbers (mm) and --seeds integers, comma-separated") from None
+    if any(not 0.2 <= v <= 5.0 for v in resolutions):
+        raise T1ToT2Error(f"--resolutions {args.resolutions!r}: use voxel sizes from 0.2 to 5 mm")
+    only = [v.strip() for v in args.only.split(",")] if args.only else None
+    progress = lambda row: print(f"  {row['variant']}: {row['model']['psnr']:.2f} dB (oracle {row['oracle']['psnr']:.2f})", flush=True)  # noqa: E731
+    result = robustness_matrix(args.model, resolutions=resolutions, seeds=seeds, device=args.device, retrain=args.retrain,
+                               work_dir=args.out, only=only, progress=progress)
+    paths = write_robustness(result, args.out)
+    print(table(result))
+    print(one_line(result))
+    print(f"wrote {paths['json']}, {paths['table']} and {paths['figure']}")
     return 0
