@@ -68,6 +68,8 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
 
         results, tissues, trust = _evaluate(work, data, model_path, synthetic, error_map, device, seed)
         step("evaluate")
+        robustness = _robustness_line(work, model_path, device, size)
+        step("robustness")
 
         _say("[5/6] figures and report")
         settings = {"data": f"phantom ({size}, seed {seed}): trained on the left hand, scored on the right",
@@ -95,6 +97,7 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
                       "error_map": "right_synthetic_t2_error_map.nii.gz", "report": "index.html",
                       "dicom": f"dicom_synthetic_t2 ({len(dicom_files)} files)", "phantom": "phantom/"},
             "report": report_path.name,
+            "robustness": robustness,
         }
         metrics.write_json(summary, work / MARKER)
     _print_summary(out, results, tissues, trust, summary, rate)
@@ -203,6 +206,21 @@ def _figures_and_report(work: Path, data: dict, synthetic, error_map, results, t
                                tissues=tissues)
 
 
+#: The one robustness row the demo scores (``t1tot2 analyze robustness`` runs the whole matrix): the demo's own grid
+#: and anatomy with 1.5 times the noise, against that acquisition's oracle.
+DEMO_ROBUSTNESS_VARIANT = "noise x1.5"
+
+
+def _robustness_line(work: Path, model_path, device, size: str) -> str:
+    from ..phantom.render import Acquisition
+    from .robustness import one_line, robustness_matrix, write_robustness
+
+    _say(f"[4/6] robustness: the model on the phantom with another acquisition ({DEMO_ROBUSTNESS_VARIANT})")
+    result = robustness_matrix(model_path, base=Acquisition.preset(size), device=device, only=[DEMO_ROBUSTNESS_VARIANT])
+    write_robustness(result, work / "robustness")
+    return one_line(result)
+
+
 def _print_summary(out: Path, results, tissues, trust, summary, rate) -> None:
     from ..core import metrics
 
@@ -210,6 +228,8 @@ def _print_summary(out: Path, results, tissues, trust, summary, rate) -> None:
     for name, r in results.items():
         print(f"\n== {name} ==\n{metrics.format_table(r)}")
     print(f"\n== per tissue, recommended ==\n{metrics.format_tissue_table(tissues['recommended'])}")
+    if summary.get("robustness"):
+        print(f"\n{summary['robustness']} (all rows: t1tot2 analyze robustness MODEL)")
     print(f"\nerror map: Spearman rank correlation with |synthetic − noise-free T2| inside the hand = {trust:.3f}")
     print(f"\nwall time {summary['wall_s']} s at {rate:.0f} GFLOP/s (float32 matrix multiply on this machine); "
           f"outputs in {out}/ (open {out / 'index.html'})")

@@ -131,7 +131,7 @@ def table(result: dict) -> str:
 def one_line(result: dict) -> str:
     """The summary the demo prints."""
     worst = max(result["rows"], key=lambda r: r["gap_db"])
-    return (f"robustness: {len(result['rows'])} phantom variants, model {min(r['model']['psnr'] for r in result['rows']):.1f}-"
+    return (f"robustness: {len(result['rows'])} phantom variant(s), model {min(r['model']['psnr'] for r in result['rows']):.1f}-"
             f"{max(r['model']['psnr'] for r in result['rows']):.1f} dB, largest gap to the oracle {worst['gap_db']:.1f} dB "
             f"({worst['variant']})")
 

@@ -22,6 +22,15 @@ RECOMMENDED = {
 }
 
 
+#: The robust recipe (domain randomization): the recommended refiner trained on the given pair plus
+#: ``phantom_subjects`` phantom subjects rendered with randomized acquisitions (voxel 0.6-1.5 mm, noise, coil
+#: field, sequence, pose), every pair resampled to ``voxel_mm``; one more subject is held out and the CNN stage is
+#: kept only if it does not make the prior worse there.  ``max_steps_per_epoch`` keeps the CNN's cost that of
+#: one pair.  TrainConfig fields, applied over :data:`RECOMMENDED`'s.
+ROBUST = {"phantom_subjects": 2, "randomize": True, "phantom_ranges": {"voxel_mm": (0.6, 1.5)}, "voxel_mm": (1.5, 1.5, 1.5),
+          "max_steps_per_epoch": 40}
+
+
 #: The best Pix2Pix of the first round (resize-convolution up-sampling, instance normalisation,
 #: 2.5-D input, fusion of the three planes): ``t1tot2 train --model pix2pix`` still defaults to it.
 PIX2PIX_IMPROVED = {

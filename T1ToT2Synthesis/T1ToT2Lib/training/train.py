@@ -39,6 +39,9 @@ from ..io.files import read_volume
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "t1tot2-checkpoint"
+#: Phantom subjects rendered for training start at this seed (plus the run's seed), away from the seeds the demo and
+#: the robustness matrix score (0, 1, 2...), so no training subject shares their anatomy.
+PHANTOM_SEED_OFFSET = 1000
 #: When set, every rank writes a hash of its final generator weights into this folder (used by the DDP test).
 DEBUG_HASH_ENV = "T1TOT2_DEBUG_WEIGHT_HASH_DIR"
 
@@ -403,7 +406,8 @@ def _training_pairs(config: TrainConfig, emit) -> tuple:
     pairs = checked_pairs(given, _load) if given else []
     gate = None
     if int(config.phantom_subjects):
-        rendered = phantom_pairs(int(config.phantom_subjects) + 1, config.seed, config.randomize, config.phantom_ranges)
+        rendered = phantom_pairs(int(config.phantom_subjects) + 1, PHANTOM_SEED_OFFSET + int(config.seed), config.randomize,
+                                 config.phantom_ranges)
         gate = rendered[-1][:2]  # the last subject's right hand never trains: it decides whether the CNN is kept
         pairs += [p[:2] for p in rendered[:-2]]
         emit({"event": "phantom", "subjects": int(config.phantom_subjects), "randomize": bool(config.randomize)})
