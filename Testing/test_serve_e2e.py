@@ -65,7 +65,7 @@ def server(tmp_path_factory, phantom):
     log = open(root / "serve.log", "w+")
     env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW=os.environ.get("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "T1ToT2Lib.web", "serve", "--port", "0", "--data", str(data), "--upload-limit", "3M",
+        [sys.executable, "-m", "T1ToT2Lib.cli", "serve", "--port", "0", "--data", str(data), "--upload-limit", "3M",
          "--model", str(ROOT / "Resources" / "demo_model.safetensors"), "--device", "cpu", "--idle-timeout", "120"],
         stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
     line = process.stdout.readline()
@@ -121,6 +121,30 @@ def view_pixels(page, index) -> np.ndarray:
     return pixels[int(0.1 * h):int(0.85 * h), int(0.15 * w):int(0.95 * w)]  # not the frame, icons, label, slider
 
 
+def changed_view(page, index, reference, threshold=2.0, timeout=30.0) -> np.ndarray:
+    """Wait until view ``index`` differs from ``reference`` by more than ``threshold`` grey levels on average."""
+    end = time.monotonic() + timeout
+    while True:
+        pixels = view_pixels(page, index)
+        if pixels.shape != reference.shape or np.abs(pixels - reference).mean() > threshold or time.monotonic() > end:
+            return pixels
+        page.wait_for_timeout(250)
+
+
+def shown_view(page, index, spread=10.0, timeout=60.0) -> np.ndarray:
+    """Wait until view ``index`` shows something (grey-level standard deviation over ``spread``)."""
+    end = time.monotonic() + timeout
+    while True:
+        pixels = view_pixels(page, index)
+        if pixels.std() > spread or time.monotonic() > end:
+            return pixels
+        page.wait_for_timeout(250)
+
+
+def differs(a, b, threshold=2.0) -> bool:
+    return a.shape != b.shape or np.abs(a - b).mean() > threshold
+
+
 def settle(page, seconds=1.5):
     """Let the streamed views catch up with the scene."""
     page.wait_for_timeout(int(seconds * 1000))
@@ -148,6 +172,7 @@ def test_browser_journey(browser, server, tmp_path):
 
     page.click("#load-phantom")
     wait_state(page, "s.get('loaded').t1 && s.get('loaded').t2")
+    t1, t2 = shown_view(page, 0), shown_view(page, 1)
     settle(page)
     t1, t2, empty = (view_pixels(page, i) for i in range(3))
     assert t1.std() > 10 and t2.std() > 10, "the T1 and acquired T2 views are blank"
@@ -166,8 +191,8 @@ def test_browser_journey(browser, server, tmp_path):
         wait_state(page, "!s.get('job_running')", timeout=900_000)
     assert state(page, "message_type") == "success", state(page, "message")
     assert state(page, "loaded")["synthetic"] and state(page, "loaded")["error_map"]
-    settle(page, 2.5)
-
+    shown_view(page, 2), shown_view(page, 3, 3.0)
+    settle(page)
     t1, t2, synthetic = (view_pixels(page, i) for i in range(3))
     for name, pixels in (("T1", t1), ("acquired T2", t2), ("synthetic T2", synthetic)):
         assert pixels.std() > 10, f"the {name} view is blank"
@@ -188,12 +213,42 @@ def test_browser_journey(browser, server, tmp_path):
     page.mouse.wheel(0, -400)
     settle(page, 1.0)
 
+    assert state(page, "overlay") == "none"
+    page.click("#overlay-difference")
+    wait_state(page, "s.get('overlay') === 'difference'")
+    difference = changed_view(page, 2, synthetic)
+    assert differs(difference, synthetic), "the difference overlay changed nothing"
+    page.click("#overlay-error")
+    wait_state(page, "s.get('overlay') === 'error'")
+    error_overlay = changed_view(page, 2, difference)
+    settle(page)
+    error_overlay = view_pixels(page, 2)
+    change = np.abs(error_overlay - synthetic).mean()
+    assert change > 2, "the error map overlay changed nothing"
+    # The T1 view only differs by the stream's compression noise.
+    assert np.abs(view_pixels(page, 0) - t1).mean() < max(4.0, change / 3), "an overlay reached the T1 view"
+    shoot(page, "web_04_error_map.png", shots)
+
+    # Orientation for all three views at once, and one window/level for both T2 views.
+    page.click("#orientation button:has-text('Axial')")
+    wait_state(page, "s.get('orientation') === 'Axial'")
+    axial = [changed_view(page, i, before) for i, before in enumerate((t1, t2, error_overlay))]
+    assert all(differs(a, b) for a, b in zip(axial, (t1, t2, error_overlay))), "the orientation changed no view"
+    page.click("#orientation button:has-text('Coronal')")
+    wait_state(page, "s.get('orientation') === 'Coronal'")
+    page.click("#overlay-none")
+    wait_state(page, "s.get('overlay') === 'none'")
+    changed_view(page, 0, axial[0])
+    settle(page)
+    wide = view_pixels(page, 1), view_pixels(page, 2)
+    window = state(page, "t2_window")
+    page.evaluate(f"window.trame.state.set('t2_window', {window / 4})")
+    narrow = changed_view(page, 1, wide[0]), changed_view(page, 2, wide[1])
+    assert differs(narrow[0], wide[0]) and differs(narrow[1], wide[1]), "the T2 window changed neither T2 view"
+    page.evaluate(f"window.trame.state.set('t2_window', {window})")
     page.click("#overlay-error")
     wait_state(page, "s.get('overlay') === 'error'")
     settle(page)
-    t1_again, error_overlay = view_pixels(page, 0), view_pixels(page, 2)
-    assert np.abs(error_overlay - synthetic).mean() > 2, "the error map overlay changed nothing"
-    shoot(page, "web_04_error_map.png", shots)
 
     # A line with two clicks on the T1 view: across the hand, below the middle.
     page.click("#place-line")
@@ -214,6 +269,16 @@ def test_browser_journey(browser, server, tmp_path):
     synthetic_profile = np.asarray(profile["synthetic T2"], dtype=float)
     acquired_profile = np.asarray(profile["acquired T2"], dtype=float)
     assert np.nanstd(synthetic_profile) > 10 and np.corrcoef(synthetic_profile, acquired_profile)[0, 1] > 0.5
+    # Dragging the second end half-way back shortens the line: the profile follows.
+    page.mouse.move(box["x"] + box["width"] * 0.75, y + 10)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(box["x"] + box["width"] * (0.75 - 0.025 * step), y + 10)
+        page.wait_for_timeout(50)
+    page.mouse.up()
+    wait_state(page, f"s.get('profile')['Distance (mm)'][199] < {0.8 * distances[-1]}", timeout=60_000)
+    shorter = np.asarray(state(page, "profile")["Distance (mm)"], dtype=float)
+    assert 0.3 * distances[-1] < shorter[-1] < 0.8 * distances[-1]
     with page.expect_download() as download:
         page.click("#profile-csv")
     rows = list(csv.reader(open(download.value.path())))

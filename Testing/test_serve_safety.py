@@ -14,7 +14,7 @@ import pytest
 
 from T1ToT2Lib.core.volume import Volume
 from T1ToT2Lib.io.files import write_volume
-from T1ToT2Lib.web import _size, register_cli
+from T1ToT2Lib.cli.serve import parse_size, register_cli
 from T1ToT2Lib.web.safety import (WebInputError, extract_dicom_zip, list_data_files, read_uploaded_volume,
                                   receive_upload, resolve_in_folder, safe_upload_name, sniff_kind)
 
@@ -164,4 +164,4 @@ def test_serve_binds_loopback_unless_told(tmp_path):
     args = parser.parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.port == 8080 and args.upload_limit == 512 * 1024 ** 2
     assert parser.parse_args(["serve", "--upload-limit", "2G"]).upload_limit == 2 * 1024 ** 3
-    assert _size("800k") == 800 * 1024 and _size("123") == 123
+    assert parse_size("800k") == 800 * 1024 and parse_size("123") == 123

@@ -124,12 +124,11 @@ class Launcher:
         token = secrets.token_urlsafe(24)
         work_dir = self.work_root / token
         work_dir.mkdir(mode=0o700)
-        argv = [self.python, "-m", "T1ToT2Lib.web.page", "--work", str(work_dir), "--upload-limit",
-                str(self.upload_limit), "--device", self.device]
-        if self.data_dir:
-            argv += ["--data", str(self.data_dir)]
-        if self.model_path:
-            argv += ["--model", str(self.model_path)]
+        settings = {"work": str(work_dir), "upload_limit": self.upload_limit, "device": self.device,
+                    "idle": max(int(self.idle_timeout), 1),
+                    "data": str(self.data_dir) if self.data_dir else None,
+                    "model": str(self.model_path) if self.model_path else None}
+        argv = [self.python, "-m", "T1ToT2Lib.web.page", json.dumps(settings)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
         process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, env=env,

@@ -1,9 +1,9 @@
 """One browser session's page: a trame-slicer application over a :class:`~T1ToT2Lib.web.session.Session`.
 
-Run as its own process by the launcher (``python -m T1ToT2Lib.web.page``):
+Run as its own process by the launcher (``python -m T1ToT2Lib.web.page SETTINGS_JSON``):
 it listens on a loopback port, prints ``{"event": "ready", "port": N}`` on
-stdout once it serves, and ends when its launcher tells it to (or its page
-has been gone for ``--idle`` seconds).  Besides trame's websocket it serves:
+stdout once it serves, and ends when its launcher tells it to (or when no page
+has been connected for the settings' ``idle`` seconds).  Besides trame's websocket it serves:
 
 * ``POST upload?role=t1|t2&name=...``: the file's bytes, streamed to disk and stopped at the upload limit;
 * ``GET download/synthetic_t2_dicom.zip``, ``download/synthetic_t2.nii.gz``, ``download/profile.csv``.
@@ -16,7 +16,6 @@ and the page says only that it failed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
@@ -79,26 +78,22 @@ def profile_svg(data: dict | None) -> str:
     from ..slicer.scene import DISTANCE_COLUMN
 
     distances = np.asarray(data[DISTANCE_COLUMN], dtype=float)
-    with matplotlib.rc_context({"path.simplify": False, "svg.fonttype": "none"}):  # every sample drawn
-        return _profile_svg(plt, np, distances, data, DISTANCE_COLUMN)
-
-
-def _profile_svg(plt, np, distances, data, distance_column):
-    fig, ax = plt.subplots(figsize=(4.6, 2.8), dpi=100)
-    for name, values in data.items():
-        if name == distance_column:
-            continue
-        y = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-        (line,) = ax.plot(distances, y, label=name, color=PROFILE_COLORS.get(name), linewidth=1.5)
-        line.set_gid(f"profile-{name.replace(' ', '-')}")
-    ax.set_xlabel("distance (mm)")
-    ax.set_ylabel("intensity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
     out = io.StringIO()
-    fig.savefig(out, format="svg")
-    plt.close(fig)
+    with matplotlib.rc_context({"path.simplify": False, "svg.fonttype": "none"}):  # every sample is drawn
+        fig, ax = plt.subplots(figsize=(4.6, 2.8), dpi=100)
+        for name, values in data.items():
+            if name == DISTANCE_COLUMN:
+                continue
+            y = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+            (line,) = ax.plot(distances, y, label=name, color=PROFILE_COLORS.get(name), linewidth=1.5)
+            line.set_gid(f"profile-{name.replace(' ', '-')}")
+        ax.set_xlabel("distance (mm)")
+        ax.set_ylabel("intensity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+        fig.tight_layout()
+        fig.savefig(out, format="svg")
+        plt.close(fig)
     text = out.getvalue()
     return text[text.find("<svg"):]
 
@@ -106,7 +101,7 @@ def _profile_svg(plt, np, distances, data, distance_column):
 class Page:
     """The trame server, its state and UI, wired to one :class:`Session`."""
 
-    def __init__(self, server, session, idle_timeout: float = 0.0):
+    def __init__(self, server, session):
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager
         from trame_slicer.rca_view import register_rca_factories
@@ -115,10 +110,10 @@ class Page:
         self.state = server.state
         self.ctrl = server.controller
         self.session = session
-        self.idle_timeout = idle_timeout
         self._poll_task = None
         self._profile_last = 0.0
         self._profile_pending = False
+        self._t2_range = (0.0, 1.0)
         server.enable_module(trame_slicer_module)
         register_rca_factories(session.app.view_manager, server)
         self.layout_manager = LayoutManager(session.scene, session.app.view_manager, server)
@@ -158,9 +153,8 @@ class Page:
         s.job_text = ""
         s.orientation = self.session.orientation
         s.overlay = self.session.overlay
-        s.t2_window = 1.0
-        s.t2_level = 0.5
-        s.t2_range = [0.0, 1.0]
+        s.t2_window = 100.0  # per cent of the T2 range (fixed slider bounds: the sliders never clamp a value)
+        s.t2_level = 50.0
         s.placing_line = False
         s.profile = None
         s.profile_svg = ""
@@ -183,11 +177,12 @@ class Page:
         summary = self.session.summary()
         self.state.loaded = {k: summary[k] for k in ("t1", "t2", "synthetic", "error_map")}
         self.state.downloads_ready = summary["synthetic"] is not None
-        low, high = self.session.t2_window_range()
-        self.state.t2_range = [low, max(high, low + 1e-6)]
+        low, high = self._t2_range = self.session.t2_window_range()
         wl = self.session.t2_window_level()
         if wl is not None:
-            self.state.t2_window, self.state.t2_level = wl
+            span = max(high - low, 1e-6)
+            self.state.t2_window = round(100 * wl[0] / span, 2)
+            self.state.t2_level = round(100 * (wl[1] - low) / span, 2)
         self._render()
 
     def _render(self):
@@ -306,8 +301,10 @@ class Page:
             self._fail(exc, "Changing the overlay")
 
     def _on_window_level(self, t2_window, t2_level, **_):
+        low, high = getattr(self, "_t2_range", (0.0, 1.0))
+        span = max(high - low, 1e-6)
         try:
-            self.session.set_window_level(float(t2_window), float(t2_level))
+            self.session.set_window_level(max(float(t2_window), 0.1) / 100 * span, low + float(t2_level) / 100 * span)
             self._render()
         except (TypeError, ValueError):
             pass
@@ -364,6 +361,9 @@ class Page:
                 self._fail(exc, "The line profile")
             return
         with self.state:
+            if self.state.placing_line and data is not None:
+                length = data[next(iter(data))][-1]
+                self.say(f"Line profile over {length:.1f} mm; drag an end to move the line.", "success")
             self.state.placing_line = False
             self.state.profile = data
             self.state.profile_svg = profile_svg(data)
@@ -452,7 +452,7 @@ class Page:
             client.Style(".t1t2-label{position:absolute;top:4px;right:8px;z-index:2;font:600 13px sans-serif;"
                          "padding:1px 6px;border-radius:3px;background:rgba(0,0,0,.55);pointer-events:none}"
                          ".t1t2-svg svg{width:100%;height:auto;background:#fff;border-radius:4px}"
-                         ".t1t2-table td,.t1t2-table th{font-size:12px;padding:2px 6px!important}")
+                         ".t1t2-table td,.t1t2-table th{font-size:11px;padding:1px 4px!important;white-space:nowrap}")
             with v.VAppBar(density="compact"):
                 v.VAppBarTitle(TITLE)
                 v.VChip(SYNTHETIC_BANNER, color="amber", size="small", variant="outlined", classes="mr-4")
@@ -521,10 +521,10 @@ class Page:
                        disabled=("!loaded.t2",))
                 v.VBtn("error map", value="error", size="small", id="overlay-error", disabled=("!loaded.error_map",))
             html.Div("T2 window / level (acquired and synthetic)", classes="text-caption mt-2")
-            v.VSlider(v_model=("t2_window",), min=0, max=("t2_range[1] - t2_range[0]",), density="compact",
-                      hide_details=True, label="W", id="t2-window")
-            v.VSlider(v_model=("t2_level",), min=("t2_range[0]",), max=("t2_range[1]",), density="compact",
-                      hide_details=True, label="L", id="t2-level")
+            v.VSlider(v_model=("t2_window",), min=0.1, max=150, density="compact", hide_details=True, label="W",
+                      id="t2-window", disabled=("!loaded.t2 && !loaded.synthetic",))
+            v.VSlider(v_model=("t2_level",), min=0, max=100, density="compact", hide_details=True, label="L",
+                      id="t2-level", disabled=("!loaded.t2 && !loaded.synthetic",))
 
     def _results(self, v, html):
         with html.Div(classes="pa-3"):
@@ -572,30 +572,25 @@ def build(work_dir, data_dir=None, model_path=None, upload_limit=DEFAULT_UPLOAD_
     return Page(server, session)
 
 
-def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m T1ToT2Lib.web.page", description="one browser session (the launcher starts it)")
-    p.add_argument("--work", required=True)
-    p.add_argument("--data")
-    p.add_argument("--model")
-    p.add_argument("--upload-limit", type=int, default=DEFAULT_UPLOAD_LIMIT)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--port", type=int, default=0)
-    return p.parse_args(argv)
-
-
 def main(argv=None) -> int:
-    args = _parse(argv)
+    """The session process: ``python -m T1ToT2Lib.web.page '{"work": DIR, "data": ..., "model": ...,
+    "upload_limit": N, "device": ..., "idle": S}'`` (one JSON argument, written by the launcher)."""
+    settings = json.loads((sys.argv[1:] if argv is None else argv)[0])
+    import vtk
+
+    vtk.vtkObject.GlobalWarningDisplayOff()  # VTK 9.6's deprecation notices on every view would drown the log
     logging.basicConfig(level=logging.WARNING, format="t1tot2 serve (session): %(message)s", stream=sys.stderr)
     LOG.setLevel(logging.INFO)
-    page = build(args.work, data_dir=args.data, model_path=args.model, upload_limit=args.upload_limit,
-                 device=args.device)
+    page = build(settings["work"], data_dir=settings.get("data"), model_path=settings.get("model"),
+                 upload_limit=int(settings.get("upload_limit", DEFAULT_UPLOAD_LIMIT)),
+                 device=settings.get("device", "auto"))
     server = page.server
 
     def ready(**_):
         print(json.dumps({"event": "ready", "port": server.port}), flush=True)
 
     server.controller.on_server_ready.add(ready)
-    server.start(port=args.port, host="127.0.0.1", open_browser=False, show_connection_info=False,
+    server.start(port=int(settings.get("port", 0)), host="127.0.0.1", timeout=int(settings.get("idle", 600)), open_browser=False, show_connection_info=False,
                  disable_logging=True, backend="aiohttp")
     page.session.close()
     return 0

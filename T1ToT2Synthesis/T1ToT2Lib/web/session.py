@@ -41,7 +41,9 @@ METRICS_EXPLANATION = (
     "scan but do not say how far a model is from the best possible. The synthetic T2 is computed, not acquired: "
     "research only, not for diagnosis."
 )
-ORACLE_ROW = "oracle (phantom's noise-free T2)"
+ORACLE_ROW = "oracle (noise-free T2)"
+#: The error map's colours when shown over the synthetic T2 (black-red-yellow-white).
+ERROR_MAP_COLORS = "vtkMRMLPETProceduralColorNodePET-Heat"
 
 
 def _round(value, digits):
@@ -209,6 +211,8 @@ class Session:
         finally:
             self._remove_job_files()
         self.metrics = None
+        self._style_results()
+        self.overlay = "none"  # the synthetic T2 itself first; the overlays are a click away
         self.show()
         self.show_3d()
         notes = panel.notes_text(self.synthetic_node)
@@ -266,13 +270,29 @@ class Session:
             overlay = "none"
         shown = scene.show_comparison(self.t1_node, self.t2_node, self.synthetic_node, orientation=self.orientation,
                                       overlay=overlay)
-        error_map = shown.get("error_map")
-        if error_map is not None and error_map.GetDisplayNode() is not None:
-            error_map.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
-                                                               if self.scene.GetNodeByID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
-                                                               else "vtkMRMLColorTableNodeRainbow")
         self.fit_views()
         return shown
+
+    def _style_results(self):
+        """The synthetic T2 in the acquired T2's grey scale; the error map as heat on its less trusted half."""
+        import slicer
+
+        if self.t2_node is not None and self.t2_node.GetDisplayNode() is not None:
+            display = self.t2_node.GetDisplayNode()
+            self.set_window_level(display.GetWindow(), display.GetLevel(), roles=("synthetic",))
+        error_map = scene.error_map_node(self.synthetic_node)
+        if error_map is None or error_map.GetDisplayNode() is None:
+            return
+        values = slicer.util.arrayFromVolume(error_map)
+        low, high = (float(v) for v in np.percentile(values, [50, 99.5]))
+        display = error_map.GetDisplayNode()
+        display.SetAndObserveColorNodeID(ERROR_MAP_COLORS)
+        display.AutoWindowLevelOff()
+        bottom = low - 0.6 * (high - low)  # the threshold falls on red, not on the colour table's black
+        display.SetWindowLevel(max(high - bottom, 1e-6), (high + bottom) / 2)
+        display.SetLowerThreshold(low)
+        display.SetUpperThreshold(float(values.max()) + 1)
+        display.ApplyThresholdOn()  # below the median: transparent, the synthetic T2 shows through
 
     def fit_views(self):
         for view in self.app.view_manager.get_slice_views():
@@ -433,7 +453,7 @@ class Session:
 
     def write_export(self, kind: str, snapshot: dict) -> Path:
         """Write ``kind`` ("dicom": a zip of the DICOM series, "nifti": .nii.gz) under ``exports/``; atomic."""
-        from ..io.dicom import export_dicom_series
+        from ..io.dicom_write import export_dicom_series
         from ..inference.synthesize import write_synthetic_volume
 
         exports = self.work_dir / "exports"
