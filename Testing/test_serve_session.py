@@ -86,3 +86,33 @@ def test_data_folder_choices_stay_inside(tmp_path, phantom):
     assert session.summary()["t1"] == "T1: t1.nii.gz"
     with pytest.raises(WebInputError, match="unknown role"):
         session.load_data_file("labels", "t1.nii.gz")
+
+
+def test_a_session_whose_page_is_gone_ends_and_its_folder_is_deleted(tmp_path):
+    """The launcher ends an idle session: its process (and any child) stops and its working folder goes."""
+    import asyncio
+
+    from T1ToT2Lib.web.launcher import Launcher
+
+    async def scenario():
+        launcher = Launcher(model_path=MODEL, idle_timeout=1.0, work_root=tmp_path / "sessions", device="cpu")
+        await launcher._startup(None)
+        try:
+            first = await launcher.start_session()
+            second = await launcher.start_session()
+            await asyncio.wait_for(asyncio.gather(first.ready.wait(), second.ready.wait()), 240)
+            assert first.failed is None and first.port != second.port and first.work_dir != second.work_dir
+            (first.work_dir / "inputs").mkdir(exist_ok=True)
+            second.connections = 1  # a page is connected to the second one
+            for _ in range(240):
+                if first.token not in launcher.sessions:
+                    break
+                await asyncio.sleep(0.25)
+            assert first.token not in launcher.sessions and first.process.returncode is not None
+            assert not first.work_dir.exists()
+            assert second.token in launcher.sessions and second.process.returncode is None
+        finally:
+            await launcher._cleanup(None)
+        assert launcher.sessions == {} and second.process.returncode is not None and not second.work_dir.exists()
+
+    asyncio.run(scenario())

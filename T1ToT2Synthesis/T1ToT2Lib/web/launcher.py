@@ -152,6 +152,7 @@ class Launcher:
                     event = json.loads(text)
                     if event.get("event") == "ready":
                         session.port = int(event["port"])
+                        session.last_seen = time.monotonic()  # idle from now on, not from its start
                         session.ready.set()
         await session.process.wait()
         if not session.ready.is_set():
@@ -182,7 +183,8 @@ class Launcher:
             await asyncio.sleep(min(5.0, max(self.idle_timeout / 4, 0.2)))
             now = time.monotonic()
             for token, session in list(self.sessions.items()):
-                if session.connections == 0 and now - session.last_seen > self.idle_timeout:
+                idle = session.ready.is_set() and session.connections == 0
+                if idle and now - session.last_seen > self.idle_timeout:
                     await self.end_session(token)
 
     # --- the relay -----------------------------------------------------------------------------------------

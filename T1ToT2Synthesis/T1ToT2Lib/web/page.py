@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -590,6 +591,12 @@ def main(argv=None) -> int:
         print(json.dumps({"event": "ready", "port": server.port}), flush=True)
 
     server.controller.on_server_ready.add(ready)
+
+    def stop(_signum, _frame):  # the launcher ends the session: no synthesis child may outlive it
+        page.session.close()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     server.start(port=int(settings.get("port", 0)), host="127.0.0.1", timeout=int(settings.get("idle", 600)), open_browser=False, show_connection_info=False,
                  disable_logging=True, backend="aiohttp")
     page.session.close()

@@ -44,6 +44,8 @@ METRICS_EXPLANATION = (
 ORACLE_ROW = "oracle (noise-free T2)"
 #: The error map's colours when shown over the synthetic T2 (black-red-yellow-white).
 ERROR_MAP_COLORS = "vtkMRMLPETProceduralColorNodePET-Heat"
+#: The error map overlay shows the voxels above this percentile of the error map inside the object.
+ERROR_MAP_SHOWN = 70
 
 
 def _round(value, digits):
@@ -150,11 +152,7 @@ class Session:
         finally:
             shutil.rmtree(unpack, ignore_errors=True)
         label = Path(display_name or Path(path).name).name
-        if role == "t2" and self.t1_node is not None:
-            t1 = scene.volume_from_node(self.t1_node)
-            if volume.shape != t1.shape or not volume.same_geometry(t1, tol=1e-3):
-                # Shown as it is; the metrics and the difference map resample it onto the T1's grid.
-                pass
+        # A T2 on another grid is shown as it is; the metrics and the difference map resample it onto the synthetic's.
         node = self._set_volume(role, volume, f"{'T1' if role == 't1' else 'T2'}: {label}")
         self.show()
         return node
@@ -274,7 +272,8 @@ class Session:
         return shown
 
     def _style_results(self):
-        """The synthetic T2 in the acquired T2's grey scale; the error map as heat on its less trusted half."""
+        """The synthetic T2 in the acquired T2's grey scale; the error map as heat over the least trusted 30% of the
+        object (the T1's Otsu foreground), transparent elsewhere."""
         import slicer
 
         if self.t2_node is not None and self.t2_node.GetDisplayNode() is not None:
@@ -283,8 +282,12 @@ class Session:
         error_map = scene.error_map_node(self.synthetic_node)
         if error_map is None or error_map.GetDisplayNode() is None:
             return
+        from ..inference.slices import foreground_threshold
+
         values = slicer.util.arrayFromVolume(error_map)
-        low, high = (float(v) for v in np.percentile(values, [50, 99.5]))
+        t1 = slicer.util.arrayFromVolume(self.t1_node)
+        inside = values[t1 > foreground_threshold(t1)] if t1.shape == values.shape else values.ravel()
+        low, high = (float(v) for v in np.percentile(inside if inside.size else values, [ERROR_MAP_SHOWN, 99.5]))
         display = error_map.GetDisplayNode()
         display.SetAndObserveColorNodeID(ERROR_MAP_COLORS)
         display.AutoWindowLevelOff()
@@ -292,7 +295,7 @@ class Session:
         display.SetWindowLevel(max(high - bottom, 1e-6), (high + bottom) / 2)
         display.SetLowerThreshold(low)
         display.SetUpperThreshold(float(values.max()) + 1)
-        display.ApplyThresholdOn()  # below the median: transparent, the synthetic T2 shows through
+        display.ApplyThresholdOn()  # the better trusted voxels: transparent, the synthetic T2 shows through
 
     def fit_views(self):
         for view in self.app.view_manager.get_slice_views():
