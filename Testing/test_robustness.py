@@ -26,7 +26,7 @@ def test_matrix_has_every_row_scored_against_its_oracle(tiny_model):
     result = R.robustness_matrix(tiny_model, base=BASE, resolutions=(2.0, 3.0, 4.0), seeds=(1, 2), device="cpu")
     names = [r["variant"] for r in result["rows"]]
     assert names == ["demo configuration", "seed 1", "seed 2", "2 mm", "4 mm", "noise x0.5", "noise x1.5",
-                     "oblique pose", "other sequence"]
+                     "oblique pose", "other VIBE", "other SPACE"]
     for row in result["rows"]:
         for who in ("model", "oracle"):
             assert all(np.isfinite(row[who][k]) for k in ("psnr", "ssim", "nrmse")), row
@@ -35,7 +35,9 @@ def test_matrix_has_every_row_scored_against_its_oracle(tiny_model):
     # Each variant is rendered as named: its recorded acquisition says so.
     assert by["2 mm"]["acquisition"]["voxel_mm_RAS"] == [2.0, 2.0, 2.0]
     assert by["oblique pose"]["acquisition"]["pose_deg_xyz"] == list(R.OBLIQUE_POSE)
-    assert by["other sequence"]["acquisition"]["vibe"]["TE"] == R.OTHER_SEQUENCE["vibe"]["TE"]
+    assert by["other VIBE"]["acquisition"]["vibe"]["TE"] == R.OTHER_SEQUENCE["vibe"]["TE"]
+    assert by["other VIBE"]["acquisition"]["space"] == by["demo configuration"]["acquisition"]["space"]
+    assert by["other SPACE"]["acquisition"]["space"]["TE"] == R.OTHER_SEQUENCE["space"]["TE"]
     # Physics: the noise-free T2 is closer to a less noisy acquisition.
     assert by["noise x0.5"]["oracle"]["psnr"] > by["demo configuration"]["oracle"]["psnr"] > by["noise x1.5"]["oracle"]["psnr"]
     assert result["worst_gap_db"] == max(r["gap_db"] for r in result["rows"])

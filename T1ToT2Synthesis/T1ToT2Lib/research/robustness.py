@@ -23,7 +23,7 @@ NOISE_FACTORS = (0.5, 1.5)
 RESOLUTIONS = (0.6, 1.0, 1.5)
 OTHER_SEEDS = (1, 2)
 OBLIQUE_POSE = (0.0, 20.0, 25.0)
-#: Another protocol: shorter VIBE (TR 9 ms, TE 3 ms, flip 12 degrees), SPACE TR 2500 ms, TE 100 ms.
+#: Other protocols: a shorter VIBE (TR 9 ms, TE 3 ms, flip 12 degrees); a SPACE at TR 2500 ms, TE 100 ms.
 OTHER_SEQUENCE = {"vibe": {"TR": 9.0, "TE": 3.0, "flip_deg": 12.0}, "space": {"TR": 2500.0, "TE": 100.0}}
 
 
@@ -39,11 +39,12 @@ def variants(base=None, resolutions=RESOLUTIONS, seeds=OTHER_SEEDS) -> list:
     rows += [(f"{v:g} mm", 0, replace(base, voxel_mm=(float(v),) * 3)) for v in resolutions if (float(v),) * 3 != base.voxel_mm]
     rows += [(f"noise x{f:g}", 0, replace(base, noise_sigma=base.noise_sigma * f if base.noise_sigma else NOISE_SIGMA * f))
              for f in NOISE_FACTORS]
-    # The turned hand needs a wider field of view (A and R) to stay inside it.
-    fov = (base.fov_mm[0], max(base.fov_mm[1], 72.0), max(base.fov_mm[2], 170.0))
+    # The turned hand needs a wider field of view (A and R) to stay inside it (at 72 mm in A the palm was still cut).
+    fov = (base.fov_mm[0], max(base.fov_mm[1], 100.0), max(base.fov_mm[2], 180.0))
     rows.append(("oblique pose", 0, replace(base, pose_deg=OBLIQUE_POSE, fov_mm=fov)))
-    rows.append(("other sequence", 0, replace(base, vibe={**base.vibe, **OTHER_SEQUENCE["vibe"]},
-                                              space={**base.space, **OTHER_SEQUENCE["space"]})))
+    # Another VIBE changes only the input; another SPACE changes the target itself (a T1-only model cannot know it).
+    rows.append(("other VIBE", 0, replace(base, vibe={**base.vibe, **OTHER_SEQUENCE["vibe"]})))
+    rows.append(("other SPACE", 0, replace(base, space={**base.space, **OTHER_SEQUENCE["space"]})))
     return rows
 
 
