@@ -187,6 +187,12 @@ def test_browser_journey(browser, server, tmp_path):
         if state(page, "job_running"):
             shoot(page, "web_02_synthesizing.png", shots)
             assert "%" in state(page, "job_text")
+            # The page answers while the job runs: another orientation is drawn before the job ends.
+            page.click("#orientation button:has-text('Sagittal')")
+            sagittal = changed_view(page, 0, t1)
+            assert differs(sagittal, t1) and (state(page, "job_running") or state(page, "loaded")["synthetic"])
+            page.click("#orientation button:has-text('Coronal')")
+            changed_view(page, 0, sagittal)
     finally:
         wait_state(page, "!s.get('job_running')", timeout=900_000)
     assert state(page, "message_type") == "success", state(page, "message")

@@ -30,7 +30,8 @@ from pathlib import Path
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
 from ..core.errors import T1ToT2Error  # noqa: E402
-from .safety import DEFAULT_UPLOAD_LIMIT, WebInputError, check_declared_size, human_size, list_data_files, receive_upload, safe_upload_name
+from .safety import (DEFAULT_UPLOAD_LIMIT, WebInputError, check_declared_size, human_size, list_data_files,  # noqa: E402
+                     receive_upload, safe_upload_name)
 
 LOG = logging.getLogger("t1tot2.web")
 TITLE = "T1ToT2 — synthetic T2 in the browser"
@@ -233,8 +234,10 @@ class Page:
         with self.state:
             self.state.busy_text = f"Reading {name}…"
         try:
+            path = self.session.data_file_path(name)
+            volume = await asyncio.get_running_loop().run_in_executor(None, self.session.read_file, role, path, name)
             with self.state:
-                self.session.load_data_file(role, name)
+                self.session.show_volume(role, volume, name)
                 self._after_load(f"Loaded '{name}' as the {'T1' if role == 't1' else 'acquired T2'}.")
         except Exception as exc:  # noqa: BLE001
             with self.state:
@@ -374,8 +377,10 @@ class Page:
         with self.state:
             self.state.busy_text = "Scoring the synthetic T2 against the acquired T2…"
         try:
+            inputs = self.session.metrics_inputs()
+            metrics = await asyncio.get_running_loop().run_in_executor(None, self.session.score, inputs)
+            self.session.metrics = metrics
             with self.state:
-                metrics = self.session.compute_metrics()
                 self.state.metrics_rows = metrics["rows"]
                 self.state.metrics_explanation = metrics["explanation"]
         except Exception as exc:  # noqa: BLE001
@@ -406,8 +411,9 @@ class Page:
             await receive_upload(request.content.iter_chunked(1 << 20), path, self.session.upload_limit)
             with self.state:
                 self.state.busy_text = f"Reading {shown}…"
+            volume = await asyncio.get_running_loop().run_in_executor(None, self.session.read_file, role, path, shown)
             with self.state:
-                self.session.load_file(role, path, display_name=shown)
+                self.session.show_volume(role, volume, shown)
                 self._after_load(f"Loaded '{shown}' as the {'T1' if role == 't1' else 'acquired T2'}.")
                 self.state.busy_text = ""
             return web.json_response({"ok": True})

@@ -136,22 +136,33 @@ class Session:
 
     def load_data_file(self, role: str, name: str):
         """Load ``name`` (relative to the data folder, as listed) as the T1 or the acquired T2."""
+        return self.load_file(role, self.data_file_path(name), display_name=name)
+
+    def data_file_path(self, name: str) -> Path:
+        """The file ``name`` of the data folder (never outside it: :func:`resolve_in_folder`)."""
         path = resolve_in_folder(self.data_dir, name)
         if path.is_dir():
             raise WebInputError(f"'{name}' is a folder: pick a file (zip a DICOM series)")
-        return self.load_file(role, path, display_name=name)
+        return path
 
     def load_file(self, role: str, path, display_name: str | None = None):
         """Load a file (an upload already on disk, or a data-folder file) as the T1 (``role="t1"``) or T2."""
+        return self.show_volume(role, self.read_file(role, path, display_name), display_name or Path(path).name)
+
+    def read_file(self, role: str, path, display_name: str | None = None):
+        """The volume in a file, without touching the scene (the page calls this off its event loop)."""
         if role not in ("t1", "t2"):
             raise WebInputError(f"unknown role {role!r}: load a T1 or a T2")
         self._uploads += 1
         unpack = self.work_dir / "inputs" / f"{self._uploads:03d}"
         try:
-            volume = read_uploaded_volume(path, unpack, limit=self.upload_limit, display_name=display_name)
+            return read_uploaded_volume(path, unpack, limit=self.upload_limit, display_name=display_name)
         finally:
             shutil.rmtree(unpack, ignore_errors=True)
-        label = Path(display_name or Path(path).name).name
+
+    def show_volume(self, role: str, volume, display_name: str):
+        """Put a volume read by :meth:`read_file` into the scene as the T1 or the acquired T2, and show it."""
+        label = Path(display_name).name
         # A T2 on another grid is shown as it is; the metrics and the difference map resample it onto the synthetic's.
         node = self._set_volume(role, volume, f"{'T1' if role == 't1' else 'T2'}: {label}")
         self.show()
@@ -405,26 +416,37 @@ class Session:
     # --- metrics -----------------------------------------------------------------------------------
     def compute_metrics(self) -> dict:
         """NRMSE/PSNR/SSIM per plane and over all planes inside the object; rows for the page's table."""
-        from ..inference.slices import foreground_threshold
-        from ..core.metrics import evaluate_volumes, foreground_mask
+        self.metrics = self.score(self.metrics_inputs())
+        return self.metrics
 
+    def metrics_inputs(self) -> dict:
+        """Copies of what the metrics need, taken from the scene (on the page's thread)."""
         if self.synthetic_node is None:
             raise WebInputError("no synthetic T2 yet: click Synthesize T2 first")
         if self.t2_node is None:
             raise WebInputError("no acquired T2: load one to score the synthetic T2 against it")
-        synthetic = scene.volume_from_node(self.synthetic_node)
-        acquired = scene.resample_to(scene.volume_from_node(self.t2_node), synthetic)
-        mask = self.mask
+        return {"synthetic": scene.volume_from_node(self.synthetic_node), "acquired": scene.volume_from_node(self.t2_node),
+                "mask": self.mask, "oracle": self.oracle}
+
+    @classmethod
+    def score(cls, inputs: dict) -> dict:
+        """The metrics of :meth:`metrics_inputs` (no scene: the page runs this off its event loop)."""
+        from ..core.metrics import evaluate_volumes, foreground_mask
+        from ..inference.slices import foreground_threshold
+
+        synthetic = inputs["synthetic"]
+        acquired = scene.resample_to(inputs["acquired"], synthetic)
+        mask = inputs["mask"]
         if mask is None or mask.shape != synthetic.shape:
             mask = foreground_mask(acquired.array > foreground_threshold(acquired.array))
         rows = []
         result = evaluate_volumes(synthetic, acquired, mask=mask)
-        rows += self._metric_rows("synthetic T2", result)
-        if self.oracle is not None and self.oracle.shape == synthetic.shape:
-            oracle = evaluate_volumes(synthetic.with_array(self.oracle.array), acquired, mask=mask)
-            rows += self._metric_rows(ORACLE_ROW, oracle, planes=False)
-        self.metrics = {"rows": rows, "explanation": METRICS_EXPLANATION, "result": result}
-        return self.metrics
+        rows += cls._metric_rows("synthetic T2", result)
+        oracle = inputs["oracle"]
+        if oracle is not None and oracle.shape == synthetic.shape:
+            scored = evaluate_volumes(synthetic.with_array(oracle.array), acquired, mask=mask)
+            rows += cls._metric_rows(ORACLE_ROW, scored, planes=False)
+        return {"rows": rows, "explanation": METRICS_EXPLANATION, "result": result}
 
     @staticmethod
     def _metric_rows(name, result, planes=True):
