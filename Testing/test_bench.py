@@ -116,3 +116,12 @@ def test_bench_fast_and_naive_synthesis_agree():
     naive = bench.naive_synthesis(generator, volume, np.zeros_like(volume))
     fast = bench.fast_synthesis(generator, volume, np.zeros_like(volume), required_multiple(config), torch.device("cpu"), "fp32", 2)
     np.testing.assert_allclose(fast, naive, atol=1e-5, rtol=1e-5)
+
+
+def test_smoke_bench_trains_and_runs_the_recommended_model_in_fresh_processes(smoke):
+    for key in bench.PRODUCT_KEYS:
+        assert isinstance(smoke[key], float) and smoke[key] > 0, key
+    assert smoke["product_synthesis_gflop_s_product"] == pytest.approx(smoke["product_synthesis_s"] * smoke["matmul_gflops_fp32"])
+    synthesis = smoke["product"]["synthesis"]
+    assert {"features", "trees", "error map (error trees)", "CNN axial", "CNN coronal", "CNN sagittal", "writing"} <= set(synthesis["stages_s"])
+    assert synthesis["peak_rss_gb"] > synthesis["rss_after_imports_gb"] > 0

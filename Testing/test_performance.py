@@ -29,3 +29,17 @@ def test_fast_tree_engines_predict_what_scikit_learn_predicts(fitted, engine):
     got = trees.predict(X, engine=engine)
     # Same leaves everywhere: the only difference is the float32 sum of 60 leaf values.
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_peak_memory_of_a_fresh_child_is_its_own_and_not_its_parents():
+    """A child that allocates 400 MiB reports 400 MiB above its start (within 10%), although this parent
+    holds 600 MiB more: getrusage's ru_maxrss would report the parent's high-water mark through exec."""
+    from T1ToT2Lib.research.product_bench import run_child
+
+    parent = np.ones(600 * 2**20 // 8)
+    parent[::512] += 1.0
+    child = run_child("allocate", {"mib": 400})
+    grown = child["peak_rss_gb"] - child["rss_after_imports_gb"]
+    assert abs(grown - 400 / 1024) <= 0.1 * 400 / 1024, child
+    assert child["peak_rss_gb"] < 0.5 + 400 / 1024  # an interpreter with numpy, not the parent's 600 MiB on top
+    del parent

@@ -26,11 +26,12 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from .product_bench import peak_rss_gb, run_child
 
 
 #: smoke: seconds (CI); quick: 256 only, a few minutes; full: 256 and 512, the issue's figures
@@ -52,6 +53,10 @@ TRAIN_512_ARCHS = ("pix2pix",)
 #: Top-level keys every bench JSON has (issue 10).
 SUMMARY_KEYS = ("matmul_gflops_fp32", "matmul_gflops_bf16", "synthesis_fraction_of_ceiling", "synthesis_speedup_vs_naive",
                 "bf16_psnr_delta_db", "train_speedup_vs_naive", "synthesis_volume_peak_rss_gb")
+#: The product's keys (issue 19): the recommended model on a phantom hand, trained and run in fresh processes;
+#: "gflop_s_product" = seconds x the float32 matmul rate of the same run, comparable across days.
+PRODUCT_KEYS = ("product_synthesis_s", "product_synthesis_peak_rss_gb", "product_synthesis_gflop_s_product",
+                "product_train_s", "product_train_peak_rss_gb", "product_train_gflop_s_product")
 _TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -87,19 +92,6 @@ def _sync(device):
 def _cpu_times():
     times = os.times()  # user and system CPU of this process, on every platform
     return times.user, times.system
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident memory in GiB (Linux/macOS ``getrusage``, Windows ``peak_wset``)."""
-    try:
-        import resource  # POSIX only: imported here so the library imports on Windows
-    except ImportError:
-        import psutil
-
-        info = psutil.Process().memory_info()
-        return getattr(info, "peak_wset", info.rss) / 2**30
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB on Linux
 
 
 def _time(fn, device, repeats):
@@ -403,17 +395,16 @@ def _volume_child(spec: dict) -> dict:
 def bench_volume(device, cfg, precision, emit, threads=0):
     spec = {"shape": list(cfg["volume_shape"]), "ngf": cfg["volume_ngf"], "precision": precision,
             "batch": cfg["batch"], "device": str(device), "threads": threads}
-    emit(f"volume {spec['shape']} in a child process")
-    result = subprocess.run([sys.executable, "-m", "T1ToT2Lib.research.bench", "--volume-child", json.dumps(spec)],
-                            capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["child failed"])[-1]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    emit(f"volume {spec['shape']} in a fresh process")
+    return run_child("volume", spec)
 
 
 # --- the whole run ------------------------------------------------------------------------------
-def run_benchmarks(preset="full", device="auto", precisions=None, train=True, volume=True, progress=None, threads=0):
-    """Everything the bench measures: a dict with the summary keys (:data:`SUMMARY_KEYS`) and the details."""
+def run_benchmarks(preset="full", device="auto", precisions=None, train=True, volume=True, progress=None, threads=0,
+                   product=True, work="bench_work", product_size=None):
+    """Everything the bench measures: a dict with the summary keys (:data:`SUMMARY_KEYS`, :data:`PRODUCT_KEYS`)
+    and the details.  ``product``: train and run the recommended model on the phantom hand of ``product_size``
+    (default: the preset's) in fresh processes, the phantom cached in ``work``."""
     import torch
 
     from ..core.devices import auto_precision, resolve_device
@@ -432,6 +423,11 @@ def run_benchmarks(preset="full", device="auto", precisions=None, train=True, vo
     quality = bf16_quality(dev, cfg, emit)
     training = bench_training(dev, cfg, precisions, ceilings, default, emit) if train else []
     vol = bench_volume(dev, cfg, default, emit, threads) if volume else None
+    products = None
+    if product:
+        from .product_bench import run_product
+
+        products = run_product(work, preset, product_size, device=str(dev), precision=default, emit=emit)
 
     def pick(rows, **match):
         found = [r for r in rows if all(r.get(k) == v for k, v in match.items()) and "skipped" not in r]
@@ -448,6 +444,7 @@ def run_benchmarks(preset="full", device="auto", precisions=None, train=True, vo
         "bf16_psnr_delta_db": quality["delta_db"],
         "train_speedup_vs_naive": train_default["speedup_vs_naive"] if train_default else None,
         "synthesis_volume_peak_rss_gb": (vol or {}).get("peak_rss_gb"),
+        **product_summary(products, ceilings["fp32"]["gflops"]),
         "default_precision": default,
         "summary_case": {"synthesis": f"U-Net {top}x{top} {default}", "train": f"pix2pix {max(cfg['train_sizes'])} {default}"},
         "ceilings": ceilings,
@@ -455,6 +452,7 @@ def run_benchmarks(preset="full", device="auto", precisions=None, train=True, vo
         "bf16_quality": quality,
         "training": training,
         "volume": vol,
+        "product": products,
         "info": {"preset": preset, **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                  "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
                  "cpu_capability": getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: None)(),
@@ -463,6 +461,35 @@ def run_benchmarks(preset="full", device="auto", precisions=None, train=True, vo
                  "seconds": time.perf_counter() - started},
     }
     return result
+
+
+def product_summary(products, gflops: float) -> dict:
+    """The :data:`PRODUCT_KEYS` (None where not measured)."""
+    out = dict.fromkeys(PRODUCT_KEYS)
+    for stage in ("synthesis", "train"):
+        run = (products or {}).get(stage) or {}
+        if "seconds" in run:
+            out[f"product_{stage}_s"] = run["seconds"]
+            out[f"product_{stage}_peak_rss_gb"] = run["peak_rss_gb"]
+            out[f"product_{stage}_gflop_s_product"] = run["seconds"] * gflops
+    return out
+
+
+def _product_lines(products, result) -> list:
+    if not products:
+        return []
+    lines = [f"product: recommended refiner, {products['size']} phantom hand ({products.get('phantom')})"
+             + (" (training cut to 1 epoch of 2 steps, 10 trees per fit)" if products.get("quick_training") else "")]
+    for stage in ("train", "synthesis"):
+        run = products.get(stage) or {}
+        if "error" in run:
+            lines.append(f"  {stage}: failed ({run['error']})")
+            continue
+        parts = ", ".join(f"{name} {_f(value, '.1f')}" for name, value in run["stages_s"].items())
+        lines.append(f"  {stage} {run['seconds']:.1f} s = {result[f'product_{stage}_gflop_s_product']:,.0f} s x GFLOP/s, "
+                     f"peak RSS {run['peak_rss_gb']:.2f} GB (after imports {run['rss_after_imports_gb']:.2f}), CPU {run['cpu_s']:.0f} s")
+        lines.append(f"    stages (s): {parts}" + (f"; trees by {run['tree_engine']}" if run.get("tree_engine") else ""))
+    return lines
 
 
 def _f(value, fmt):
@@ -502,13 +529,21 @@ def format_table(result) -> str:
                      f"user {v['user_cpu_s']:.1f} s, system {v['system_cpu_s']:.1f} s")
     elif v:
         lines.append(f"volume: failed ({v['error']})")
-    lines.append("summary: " + ", ".join(f"{k} {_f(result[k], '.3f')}" for k in SUMMARY_KEYS)
+    lines += _product_lines(result.get("product"), result)
+    lines.append("summary: " + ", ".join(f"{k} {_f(result[k], '.3f')}" for k in SUMMARY_KEYS + PRODUCT_KEYS)
                  + f" (default precision {result['default_precision']})")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # the child process of bench_volume
-    if len(sys.argv) == 3 and sys.argv[1] == "--volume-child":
-        print(json.dumps(_volume_child(json.loads(sys.argv[2]))))
+def _child_tasks() -> dict:
+    from . import product_bench
+
+    return {"volume": _volume_child, "allocate": product_bench.allocate_child, "product_synthesis": product_bench.synthesis_child,
+            "product_train": product_bench.train_child}
+
+
+if __name__ == "__main__":  # the fresh process of run_child: python -m T1ToT2Lib.research.bench --child TASK SPEC
+    if len(sys.argv) == 4 and sys.argv[1] == "--child" and sys.argv[2] in _child_tasks():
+        print(json.dumps(_child_tasks()[sys.argv[2]](json.loads(sys.argv[3]))))
         sys.exit(0)
-    sys.exit("usage: python -m T1ToT2Lib.research.bench --volume-child SPEC")
+    sys.exit("usage: python -m T1ToT2Lib.research.bench --child volume|allocate|product_synthesis|product_train SPEC")
