@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .page import RELAY_HEADER, RELAY_KEY_ENV
 from .safety import DEFAULT_UPLOAD_LIMIT, WebInputError, check_declared_size
 
 LOG = logging.getLogger("t1tot2.serve")
@@ -46,6 +47,7 @@ class SessionProcess:
     token: str
     work_dir: Path
     process: asyncio.subprocess.Process
+    relay_key: str = ""
     port: int | None = None
     connections: int = 0
     last_seen: float = field(default_factory=time.monotonic)
@@ -129,11 +131,12 @@ class Launcher:
                     "data": str(self.data_dir) if self.data_dir else None,
                     "model": str(self.model_path) if self.model_path else None}
         argv = [self.python, "-m", "T1ToT2Lib.web.page", json.dumps(settings)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        relay_key = secrets.token_urlsafe(24)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{RELAY_KEY_ENV: relay_key})
         env.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
         process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, env=env,
                                                        stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
-        session = SessionProcess(token, work_dir, process)
+        session = SessionProcess(token, work_dir, process, relay_key=relay_key)
         self.sessions[token] = session
         asyncio.ensure_future(self._watch(session))
         LOG.info("session %s… started (pid %d)", token[:6], process.pid)
@@ -225,7 +228,9 @@ class Launcher:
                 check_declared_size(request.content_length, self.upload_limit)
             except WebInputError as exc:
                 return web.json_response({"error": str(exc)}, status=413)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in _HOP_HEADERS and k.lower() != RELAY_HEADER.lower()}
+        headers[RELAY_HEADER] = session.relay_key
         data = request.content if request.body_exists else None
         async with self._client.request(request.method, url, headers=headers, data=data,
                                         allow_redirects=False) as upstream:
@@ -248,7 +253,8 @@ class Launcher:
         await downstream.prepare(request)
         session.connections += 1
         try:
-            async with self._client.ws_connect(url, max_msg_size=0, autoping=True) as upstream:
+            async with self._client.ws_connect(url, max_msg_size=0, autoping=True,
+                                               headers={RELAY_HEADER: session.relay_key}) as upstream:
                 async def pump(source, sink):
                     async for message in source:
                         if message.type == aiohttp.WSMsgType.TEXT:

@@ -25,7 +25,6 @@ import signal
 import sys
 import time
 import traceback
-from pathlib import Path
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
@@ -39,6 +38,10 @@ SYNTHETIC_BANNER = "Synthetic T2 images are computed, not acquired: research onl
 DOWNLOADS = {"synthetic_t2_dicom.zip": "dicom", "synthetic_t2.nii.gz": "nifti", "profile.csv": "csv"}
 VIEW_COLORS = {"Red": "#F34A33", "Yellow": "#EFD64D", "Green": "#6DAD4A"}
 VIEW_TITLES = {"Red": "T1", "Yellow": "acquired T2", "Green": "synthetic T2"}
+#: The header the launcher's relay adds to every request it passes to a session process, and the environment
+#: variable that hands the session its value (not its argv: other users could read that in the process list).
+RELAY_HEADER = "X-T1ToT2-Relay"
+RELAY_KEY_ENV = "T1TOT2_RELAY_KEY"
 PROFILE_COLORS = {"T1": "#1f77b4", "acquired T2": "#ff7f0e", "synthetic T2": "#2ca02c"}
 
 _UPLOAD_JS = """
@@ -103,7 +106,7 @@ def profile_svg(data: dict | None) -> str:
 class Page:
     """The trame server, its state and UI, wired to one :class:`Session`."""
 
-    def __init__(self, server, session):
+    def __init__(self, server, session, relay_key: str | None = None):
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager
         from trame_slicer.rca_view import register_rca_factories
@@ -112,6 +115,7 @@ class Page:
         self.state = server.state
         self.ctrl = server.controller
         self.session = session
+        self.relay_key = relay_key  # requests must carry it: only the launcher's relay reaches this process
         self._poll_task = None
         self._profile_last = 0.0
         self._profile_pending = False
@@ -393,6 +397,8 @@ class Page:
     # --- HTTP routes: uploads and downloads --------------------------------------------------------
     def _bind_routes(self, wslink_server):
         app = wslink_server.app
+        if self.relay_key:
+            app.middlewares.append(_relay_only(self.relay_key))
         app.router.add_post("/upload", self._http_upload)
         app.router.add_get("/download/{name}", self._http_download)
 
@@ -568,7 +574,24 @@ class Page:
 
 
 # --- the child process ---------------------------------------------------------------------------------
-def build(work_dir, data_dir=None, model_path=None, upload_limit=DEFAULT_UPLOAD_LIMIT, device="auto", name=None):
+def _relay_only(key: str):
+    """aiohttp middleware: refuse (403) every request without the launcher's relay header, so another user of this
+    computer cannot reach a session by its loopback port, around its token."""
+    import hmac
+
+    from aiohttp import web
+
+    @web.middleware
+    async def check(request, handler):
+        if not hmac.compare_digest(request.headers.get(RELAY_HEADER, ""), key):
+            return web.Response(status=403, text="open the session through t1tot2 serve's address")
+        return await handler(request)
+
+    return check
+
+
+def build(work_dir, data_dir=None, model_path=None, upload_limit=DEFAULT_UPLOAD_LIMIT, device="auto", name=None,
+          relay_key=None):
     """A trame server with a :class:`Page` over a fresh :class:`Session` (one per process)."""
     from trame.app import get_server
 
@@ -576,7 +599,7 @@ def build(work_dir, data_dir=None, model_path=None, upload_limit=DEFAULT_UPLOAD_
 
     server = get_server(name or f"t1tot2-{os.getpid()}", client_type="vue3")
     session = Session(work_dir, data_dir=data_dir, model_path=model_path, upload_limit=upload_limit, device=device)
-    return Page(server, session)
+    return Page(server, session, relay_key=relay_key)
 
 
 def main(argv=None) -> int:
@@ -590,7 +613,7 @@ def main(argv=None) -> int:
     LOG.setLevel(logging.INFO)
     page = build(settings["work"], data_dir=settings.get("data"), model_path=settings.get("model"),
                  upload_limit=int(settings.get("upload_limit", DEFAULT_UPLOAD_LIMIT)),
-                 device=settings.get("device", "auto"))
+                 device=settings.get("device", "auto"), relay_key=os.environ.pop(RELAY_KEY_ENV, None))
     server = page.server
 
     def ready(**_):
