@@ -25,7 +25,7 @@ import random
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +102,13 @@ class TrainConfig:
     def fingerprint(self) -> dict:
         """Settings a resumed run must share with the run that wrote the checkpoint."""
         keys = ("model", "network", "planes", "lr", "betas", "batch_size", "context", "seed", "epochs", "epochs_decay", "max_steps_per_epoch", "augment", "patch", "percentile")
-        values = asdict(self)
-        return json.loads(json.dumps({k: values[k] for k in keys}, default=list))
+        # The data settings of several pairs count only when set, so checkpoints written before they existed still resume.
+        many = ("phantom_subjects", "randomize", "phantom_ranges", "augment_copies", "voxel_mm")
+        values = {k: getattr(self, k) for k in keys}  # not asdict: it would deep-copy every training volume
+        values.update({k: getattr(self, k) for k in many if getattr(self, k)})
+        if self.pairs:
+            values["pairs"] = len(self.pairs)
+        return json.loads(json.dumps(values, default=list))
 
 
 # --- helpers ---------------------------------------------------------------------------
