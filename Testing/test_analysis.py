@@ -175,6 +175,32 @@ def test_occlusion_of_a_box_filter_model_converges_at_the_filter_width():
         analysis.occlusion_study(model, t1, t2, [[500.0, 0.0, 0.0]], widths=[1, 3])
 
 
+def test_occlusion_full_context_is_the_synthesis_pipelines_value_for_a_batch_norm_network():
+    """A batch-norm GAN is probed as synthesis runs it (each slice's own statistics), not with running statistics."""
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+
+    torch.manual_seed(0)
+    generator = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.BatchNorm2d(1))
+    generator[1].running_mean.fill_(5.0)  # statistics no slice has: running-statistics output would differ
+    generator[1].running_var.fill_(0.01)
+    model = LoadedModel(generator=generator.eval(), config={}, metadata={}, planes=["axial"], in_channels=1,
+                        t2_scale=100.0, t1_percentile=99.5)
+    rng = np.random.default_rng(0)
+    array = (rng.random((5, 24, 24)) * 100).astype(np.float32)
+    t1 = Volume.from_geometry(array, spacing=(0.5, 0.5, 2.0))
+    point = t1.ijk_to_ras_points([[12, 12, 2]])[0]
+    result = analysis.occlusion_study(model, t1, t1, {"centre": point}, widths=[1, 49])
+    synthetic = synthesize_volume(model, t1, plane="axial", device="cpu")
+    assert result["points"]["centre"]["full_context"] == pytest.approx(float(synthetic.array[2, 12, 12]), rel=1e-5)
+    assert result["points"]["centre"]["predicted"][-1] == pytest.approx(float(synthetic.array[2, 12, 12]), rel=1e-5)
+    from T1ToT2Lib.inference.slices import foreground_scale
+
+    with torch.no_grad():  # what the study used to report: the running statistics
+        x = torch.from_numpy(array[2:3, None] / np.float32(foreground_scale(array, 99.5)))
+        running = float(generator.eval()(x)[0, 0, 12, 12]) * 100.0
+    assert abs(running - float(synthetic.array[2, 12, 12])) > 10.0
+
+
 def test_difference_histogram_and_render_outputs(tmp_path):
     t1, t2, labels = _tissue_volume([0, 120, 120, 700], [0, 900, 10, 300], shape=(10, 36, 36))
     t1 = Volume(t1.array, Volume.from_geometry(t1.array, spacing=(0.6, 0.6, 1.0), origin=(3, -4, 5),

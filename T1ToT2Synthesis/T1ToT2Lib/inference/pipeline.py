@@ -220,8 +220,7 @@ def predict_plane(predictor: Predictor, normalised: np.ndarray, axis: int, in_ch
 
 def _fill(view: np.ndarray, sources, indices, in_channels: int, crop: Crop) -> None:
     """= network_input (neighbours beyond the ends repeat the end slice) then pad_to_multiple (edge), in place."""
-    h, w = crop.height, crop.width
-    rows, cols = slice(crop.top, crop.top + h), slice(crop.left, crop.left + w)
+    rows, cols = slice(crop.top, crop.top + crop.height), slice(crop.left, crop.left + crop.width)
     half = in_channels // 2
     count = sources[0].shape[0]
     neighbour = np.clip(indices[:, None] + np.arange(-half, half + 1)[None, :], 0, count - 1)
@@ -229,13 +228,36 @@ def _fill(view: np.ndarray, sources, indices, in_channels: int, crop: Crop) -> N
         for i in range(len(indices)):
             for k in range(in_channels):
                 view[i, s * in_channels + k, rows, cols] = source[neighbour[i, k]]
+    _pad_edges(view, crop)
+
+
+def _pad_edges(view: np.ndarray, crop: Crop) -> None:
+    """Edge padding around the crop, in place, as pad_to_multiple: rows first, then whole columns."""
+    h, w = crop.height, crop.width
+    cols = slice(crop.left, crop.left + w)
     hp, wp = view.shape[-2:]
-    if hp != h:  # rows first, then whole columns
+    if hp != h:
         view[..., :crop.top, cols] = view[..., crop.top:crop.top + 1, cols]
         view[..., crop.top + h:, cols] = view[..., crop.top + h - 1:crop.top + h, cols]
     if wp != w:
         view[..., :crop.left] = view[..., crop.left:crop.left + 1]
         view[..., crop.left + w:] = view[..., crop.left + w - 1:crop.left + w]
+
+
+def predict_stack(predictor: Predictor, stack: np.ndarray, multiple: int, batch_size: int = 8) -> np.ndarray:
+    """The network's normalised (n, h, w) output for ready-made normalised inputs (n, channels, h, w), e.g. the
+    occlusion study's windows, padded and cropped exactly as :func:`predict_plane` does."""
+    n, channels, h, w = stack.shape
+    hp, wp = padded_size(h, multiple), padded_size(w, multiple)
+    crop = Crop((hp - h) // 2, (wp - w) // 2, h, w)
+    buffer = predictor.allocate(min(batch_size, n), channels, hp, wp)
+    out = np.empty((n, h, w), np.float32)
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        buffer[:m, :, crop.top:crop.top + h, crop.left:crop.left + w] = stack[start:start + m]
+        _pad_edges(buffer[:m], crop)
+        out[start:start + m] = crop.apply(predictor.predict(m))
+    return out
 
 
 # --- error map -----------------------------------------------------------------------------------

@@ -435,22 +435,6 @@ def _point_pixel(volume: Volume, point_ras, axis: int):
     return int(kji[axis]), in_plane[0], in_plane[1]
 
 
-def _predict_slices(model, batch: np.ndarray) -> np.ndarray:
-    """Run the model's generator on normalised (n, C, h, w) slices; returns normalised (n, h, w)."""
-    import torch
-
-    from ..inference.slices import pad_to_multiple
-
-    padded, crop = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.float32), max(1, int(model.multiple)))
-    device = next(iter(model.generator.parameters()), next(iter(model.generator.buffers()), torch.zeros(0))).device
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(padded), 8):
-            x = torch.from_numpy(padded[start : start + 8]).to(device)
-            out.append(model.generator(x)[:, 0].float().cpu().numpy())
-    return crop.apply(np.concatenate(out))
-
-
 def _occluded_priors(prior, slices: np.ndarray, index: int, windows, context: int) -> np.ndarray:
     """The feature-regression prior's context slices when only each window is visible (last row: no occlusion).
 
@@ -475,24 +459,31 @@ def _occluded_priors(prior, slices: np.ndarray, index: int, windows, context: in
     return np.stack(out).astype(np.float32)
 
 
-def occlusion_study(model, t1: Volume, t2: Volume, points_ras, plane="axial", widths=None) -> dict:
+def occlusion_study(model, t1: Volume, t2: Volume, points_ras, plane="axial", widths=None, device="auto") -> dict:
     """Predicted T2 at each point when the T1 slice is cut down to a w x w window around it (fig. 13).
 
-    ``model`` is a loaded model (:func:`T1ToT2Lib.networks.modelfile.load_model`) or a model file path;
-    ``points_ras`` a dict name -> (r, a, s) or a list of points.  The T1 is normalised as for
-    synthesis, then everything outside the window is set to zero in every input channel; a model with a
-    feature-regression prior sees it computed from the same occluded T1 (see :func:`_occluded_priors`).
+    ``model`` is a model file path (``.safetensors`` or ``.onnx``) or a loaded model; ``points_ras`` a dict
+    name -> (r, a, s) or a list of points.  The network runs as synthesis runs it (the synthesis pipeline's
+    preprocessing, predictor and padding: batch norm over each slice's own statistics, the model's N4 and voxel
+    size, with the acquired T2 resampled onto that grid too).  The T1 is normalised as for synthesis, then
+    everything outside the window is set to zero in every input channel; a model with a feature-regression
+    prior sees it computed from the same occluded T1 (see :func:`_occluded_priors`).
     The result holds, per point, the prediction for each width, the full-context prediction,
     the acquired T2 value and ``converged_width_px`` / ``_mm``: the smallest width from which
     on every prediction stays within 5% of the full-context value (5% of the T2 scale when
     that value is near zero: the tolerance never drops below 0.25% of the T2 scale, so that
     near-black tissue such as cortical bone does not demand an exact match).
     """
+    from ..inference.pipeline import load_any, make_predictor, predict_stack
+    from ..inference.preprocess import onto_grid, prepare_input
     from ..inference.slices import context_stack, foreground_scale
-    from ..networks.modelfile import load_model
 
     _require_same_grid(t1, t2, "the T1", "the acquired T2")
-    model = load_model(model) if not hasattr(model, "generator") else model
+    model = load_any(model)
+    predictor = make_predictor(model, device)
+    prepared = prepare_input(t1, model)
+    if prepared is not None:
+        t1, t2 = prepared.volume, onto_grid(t2, prepared.volume)
     if not isinstance(points_ras, dict):
         points_ras = {f"point {n + 1}": p for n, p in enumerate(np.atleast_2d(points_ras))}
     axis = t1.plane_axis(plane)
@@ -522,7 +513,7 @@ def occlusion_study(model, t1: Volume, t2: Volume, points_ras, plane="axial", wi
             windows.append((r0, r1, c0, c1))
         if prior is not None:
             batch = np.concatenate([batch, _occluded_priors(prior, slices, index, windows, model.in_channels)], axis=1)
-        predicted = _predict_slices(model, batch)[:, row, col] * float(model.t2_scale)
+        predicted = predict_stack(predictor, batch, model.multiple)[:, row, col] * float(model.t2_scale)
         full_value, values = float(predicted[-1]), predicted[:-1]
         tolerance = OCCLUSION_TOLERANCE * max(abs(full_value), OCCLUSION_TOLERANCE * float(model.t2_scale))
         outside = np.flatnonzero(np.abs(values - full_value) > tolerance)

@@ -103,26 +103,12 @@ def run_comparison(out_dir, budget="cpu", size=None, epochs=None, models=None, d
     Returns a summary dict (also written as ``summary.json``): per-model metrics, timings,
     the report path and whether the recommended configuration beat the paper's Pix2Pix.
     """
-    from . import analysis, report
+    from . import report
     from ..core import metrics
     from ..core.atomic import atomic_directory
     from ..phantom.render import landmarks, make_phantom
-    from ..inference.synthesize import synthesize_volume
-    from ..io.files import write_volume
 
-    if budget not in BUDGETS:
-        raise T1ToT2Error(f"unknown budget {budget!r}: use one of {', '.join(BUDGETS)}")
-    settings = dict(BUDGETS[budget])
-    if size:
-        settings["size"] = size
-    if epochs:
-        settings["epochs"] = int(epochs)
-    if max_steps:
-        settings["max_steps_per_epoch"] = int(max_steps)
-    names = list(MODELS) if not models else list(models)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        raise T1ToT2Error(f"unknown model(s) {', '.join(unknown)}: choose among {', '.join(MODELS)}")
+    settings, names = _settings(budget, size, epochs, max_steps, models)
     emit = progress or (lambda event: None)
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -131,59 +117,14 @@ def run_comparison(out_dir, budget="cpu", size=None, epochs=None, models=None, d
         emit({"event": "phantom", "size": settings["size"]})
         vols = make_phantom(size=settings["size"], seed=seed)
         marks = landmarks(settings["size"], seed)
-        left = {"t1": vols["left_t1"], "t2": vols["left_t2"], "labels": vols["left_labels"]}
-        t1, t2, labels = vols["right_t1"], vols["right_t2"], vols["right_labels"]
-        mask = metrics.foreground_mask(labels)
         (work / "landmarks.json").write_text(json.dumps(marks, indent=2))
-
-        results, synthetic, timings, model_paths = {}, {}, {}, {}
-        # The ceiling: what a perfect synthesis (the noise-free render) scores, by the same code as the models.
-        results[ORACLE_NAME] = metrics.evaluate_volumes(vols["right_t2_clean"], t2, mask=mask)
-        for name in names:
-            spec = MODELS[name]
-            emit({"event": "train", "model": name})
-            path, train_s = _train_one(name, spec, settings, left, work, device, seed, emit)
-            synth_started = time.perf_counter()
-            volume = synthesize_volume(path, t1, plane=spec.get("synthesis_plane", "axial"), device=device)
-            synth_s = time.perf_counter() - synth_started
-            write_volume(volume, work / "volumes" / f"{_slug(name)}_synthetic_t2.nii.gz")
-            results[name] = metrics.evaluate_volumes(volume, t2, mask=mask)
-            synthetic[name], model_paths[name] = volume, path
-            timings[name] = {"train_s": round(train_s, 2), "synthesize_s": round(synth_s, 2)}
-            emit({"event": "evaluated", "model": name, "psnr": results[name]["overall"]["psnr"]["mean"], **timings[name]})
-
-        figures_dir = work / "figures"
-        figures = [("Figure 8 style: right hand, central axial slice — T1, acquired T2, each model's SYNTHETIC T2 "
-                    "and |synthetic − acquired|", figure8_panel(t1, t2, synthetic, figures_dir / "figure8.png"))]
-        polyline = analysis.landmark_points(marks, "right", "thumb_metacarpal_profile")
-        profile_volumes = {"T1 VIBE": t1, "acquired T2": t2, **{f"synthetic T2 ({n})": v for n, v in synthetic.items()}}
-        distances, profiles = analysis.line_profile(profile_volumes, polyline)
-        figures.append(("Line profiles across the thumb metacarpal (normalised intensity)",
-                        analysis.write_profiles(distances, profiles, figures_dir, title="Profile across the thumb metacarpal "
-                                                "(synthetic T2 dashed)")["png"]))
-        pairs = {"acquired T1 vs T2": (t1, t2), **{f"T1 vs SYNTHETIC T2 ({n})": (t1, v) for n, v in synthetic.items()}}
-        figures.append(("Joint T1–T2 histograms: acquired pair and each model's synthetic pair",
-                        analysis.write_joint_histograms(pairs, figures_dir, bins=96, mask=mask)["png"]))
-        points = {k: np.asarray(v, float) for k, v in analysis.landmark_entry(marks, "right", "occlusion_points").items()}
-        occlusion = {}
-        for name in [n for n in (BASELINE_NAME, RECOMMENDED_NAME) if n in synthetic]:
-            spec = MODELS[name]
-            plane = "axial" if spec.get("synthesis_plane") == "fuse" else spec.get("synthesis_plane", "axial")
-            occlusion[name] = analysis.occlusion_study(model_paths[name], t1, t2, points, plane=plane,
-                                                       widths=settings["occlusion_widths"])
-            written = analysis.write_occlusion(occlusion[name], figures_dir, stem=f"occlusion_{_slug(name)}")
-            figures.append((f"Occlusion study, {name}: SYNTHETIC T2 at each point vs visible T1 window width "
-                            "(acquired T2 dashed)", written["png"]))
-        figures.append(("Grid-artefact energy E_p of the residual and its mean 8×8 pattern (axial)",
-                        grid_energy_figure({n: r for n, r in results.items() if n in synthetic}, synthetic, t2, mask,
-                                           figures_dir / "grid_energy.png")))
-        render_name = RECOMMENDED_NAME if RECOMMENDED_NAME in synthetic else names[-1]
-        figures.append((f"The stacked SYNTHETIC T2 volume ({render_name}), false colour",
-                        analysis.render_volume(synthetic[render_name], figures_dir / "render.png",
-                                               title=f"SYNTHETIC T2 — {render_name}")))
-
-        rows = [row for name, r in results.items() for row in metrics.csv_rows(r, label=name)]
-        metrics.write_csv(rows, work / "metrics.csv")
+        mask = metrics.foreground_mask(vols["right_labels"])
+        results, synthetic, timings, model_paths = _train_and_synthesize(names, settings, vols, mask, work, device, seed,
+                                                                        emit)
+        figures, occlusion = _figures(work / "figures", vols, marks, mask, results, synthetic, model_paths, settings,
+                                      names)
+        metrics.write_csv([row for name, r in results.items() for row in metrics.csv_rows(r, label=name)],
+                          work / "metrics.csv")
         verdict = _verdict(results)
         wall = time.perf_counter() - started
         summary = {
@@ -207,6 +148,86 @@ def run_comparison(out_dir, budget="cpu", size=None, epochs=None, models=None, d
                             title=f"T1ToT2 comparison on the phantom (budget {budget})")
     summary["report"] = str(out_dir / "index.html")
     return summary
+
+
+def _settings(budget, size, epochs, max_steps, models):
+    """The budget's settings with the caller's overrides, and the models to compare (checked)."""
+    if budget not in BUDGETS:
+        raise T1ToT2Error(f"unknown budget {budget!r}: use one of {', '.join(BUDGETS)}")
+    settings = dict(BUDGETS[budget])
+    if size:
+        settings["size"] = size
+    if epochs:
+        settings["epochs"] = int(epochs)
+    if max_steps:
+        settings["max_steps_per_epoch"] = int(max_steps)
+    names = list(MODELS) if not models else list(models)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise T1ToT2Error(f"unknown model(s) {', '.join(unknown)}: choose among {', '.join(MODELS)}")
+    return settings, names
+
+
+def _train_and_synthesize(names, settings, vols, mask, work: Path, device, seed, emit):
+    """Each model trained on the left hand and synthesized (through the synthesis pipeline) on the right."""
+    from ..core import metrics
+    from ..inference.synthesize import synthesize_volume
+    from ..io.files import write_volume
+
+    left = {"t1": vols["left_t1"], "t2": vols["left_t2"], "labels": vols["left_labels"]}
+    t1, t2 = vols["right_t1"], vols["right_t2"]
+    results, synthetic, timings, model_paths = {}, {}, {}, {}
+    # The ceiling: what a perfect synthesis (the noise-free render) scores, by the same code as the models.
+    results[ORACLE_NAME] = metrics.evaluate_volumes(vols["right_t2_clean"], t2, mask=mask)
+    for name in names:
+        spec = MODELS[name]
+        emit({"event": "train", "model": name})
+        path, train_s = _train_one(name, spec, settings, left, work, device, seed, emit)
+        synth_started = time.perf_counter()
+        volume = synthesize_volume(path, t1, plane=spec.get("synthesis_plane", "axial"), device=device)
+        synth_s = time.perf_counter() - synth_started
+        write_volume(volume, work / "volumes" / f"{_slug(name)}_synthetic_t2.nii.gz")
+        results[name] = metrics.evaluate_volumes(volume, t2, mask=mask)
+        synthetic[name], model_paths[name] = volume, path
+        timings[name] = {"train_s": round(train_s, 2), "synthesize_s": round(synth_s, 2)}
+        emit({"event": "evaluated", "model": name, "psnr": results[name]["overall"]["psnr"]["mean"], **timings[name]})
+    return results, synthetic, timings, model_paths
+
+
+def _figures(figures_dir: Path, vols, marks, mask, results, synthetic, model_paths, settings, names):
+    """The report's figures (fig. 8 panel, profiles, joint histograms, occlusion, grid energy, rendering)."""
+    from . import analysis
+
+    t1, t2 = vols["right_t1"], vols["right_t2"]
+    figures = [("Figure 8 style: right hand, central axial slice — T1, acquired T2, each model's SYNTHETIC T2 "
+                "and |synthetic − acquired|", figure8_panel(t1, t2, synthetic, figures_dir / "figure8.png"))]
+    polyline = analysis.landmark_points(marks, "right", "thumb_metacarpal_profile")
+    profile_volumes = {"T1 VIBE": t1, "acquired T2": t2, **{f"synthetic T2 ({n})": v for n, v in synthetic.items()}}
+    distances, profiles = analysis.line_profile(profile_volumes, polyline)
+    figures.append(("Line profiles across the thumb metacarpal (normalised intensity)",
+                    analysis.write_profiles(distances, profiles, figures_dir, title="Profile across the thumb metacarpal "
+                                            "(synthetic T2 dashed)")["png"]))
+    pairs = {"acquired T1 vs T2": (t1, t2), **{f"T1 vs SYNTHETIC T2 ({n})": (t1, v) for n, v in synthetic.items()}}
+    figures.append(("Joint T1–T2 histograms: acquired pair and each model's synthetic pair",
+                    analysis.write_joint_histograms(pairs, figures_dir, bins=96, mask=mask)["png"]))
+    points = {k: np.asarray(v, float) for k, v in analysis.landmark_entry(marks, "right", "occlusion_points").items()}
+    occlusion = {}
+    for name in [n for n in (BASELINE_NAME, RECOMMENDED_NAME) if n in synthetic]:
+        spec = MODELS[name]
+        plane = "axial" if spec.get("synthesis_plane") == "fuse" else spec.get("synthesis_plane", "axial")
+        occlusion[name] = analysis.occlusion_study(model_paths[name], t1, t2, points, plane=plane,
+                                                   widths=settings["occlusion_widths"])
+        written = analysis.write_occlusion(occlusion[name], figures_dir, stem=f"occlusion_{_slug(name)}")
+        figures.append((f"Occlusion study, {name}: SYNTHETIC T2 at each point vs visible T1 window width "
+                        "(acquired T2 dashed)", written["png"]))
+    figures.append(("Grid-artefact energy E_p of the residual and its mean 8×8 pattern (axial)",
+                    grid_energy_figure({n: r for n, r in results.items() if n in synthetic}, synthetic, t2, mask,
+                                       figures_dir / "grid_energy.png")))
+    render_name = RECOMMENDED_NAME if RECOMMENDED_NAME in synthetic else names[-1]
+    figures.append((f"The stacked SYNTHETIC T2 volume ({render_name}), false colour",
+                    analysis.render_volume(synthetic[render_name], figures_dir / "render.png",
+                                           title=f"SYNTHETIC T2 — {render_name}")))
+    return figures, occlusion
 
 
 def _verdict(results: dict) -> dict | None:
