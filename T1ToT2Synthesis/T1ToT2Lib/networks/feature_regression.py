@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.errors import T1ToT2Error
-from .features import check_spec, feature_arrays, feature_names, feature_slabs, feature_volume, slab_size
+from .features import check_spec, feature_arrays, feature_names, feature_rows, feature_slabs, feature_volume, slab_size
 
 #: Tree fields stored in a model file, with their dtypes.
 _FIELDS = {"value": np.float64, "feature_idx": np.int64, "num_threshold": np.float64,
@@ -181,14 +181,23 @@ class Air:
         return air
 
 
+def air_feature(spec: dict) -> tuple[int, int]:
+    """(index in :func:`feature_names`, cube size) of the local maximum that tells air from tissue."""
+    size = min(spec["extreme_sizes"], key=lambda w: (abs(w - AIR_WINDOW), -w))
+    return feature_names(spec).index(f"maximum_{size}"), int(size)
+
+
 def find_air(X: np.ndarray, y: np.ndarray, mask: np.ndarray, spec: dict) -> Air | None:
     """The air rule of a training volume: half the lowest local maximum met on the object (0.1st
     percentile inside ``mask``), and the air's median T2 and median |T2 - that| beyond it."""
-    size = min(spec["extreme_sizes"], key=lambda w: (abs(w - AIR_WINDOW), -w))
-    feature = feature_names(spec).index(f"maximum_{size}")
-    inside = mask.ravel()
-    level = 0.5 * float(np.percentile(X[inside, feature], 0.1))
-    air = X[:, feature] < level
+    feature, _ = air_feature(spec)
+    return air_rule(X[:, feature], feature, y, mask)
+
+
+def air_rule(column: np.ndarray, feature: int, y: np.ndarray, mask: np.ndarray) -> Air | None:
+    """:func:`find_air` from the air feature's values ``column`` over the whole volume (flat)."""
+    level = 0.5 * float(np.percentile(column[mask.ravel()], 0.1))
+    air = column < level
     if level <= 0 or not air.any():
         return None
     value = float(np.median(y[air]))
@@ -395,6 +404,9 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
     """
     spec = check_spec(spec)
     fit = {**DEFAULT_FIT, **(fit or {})}
+    if not fit.get("context_stage"):
+        return _fit_sampled(np.asarray(normalised_t1, np.float32), np.asarray(normalised_t2, np.float32).ravel(),
+                            np.asarray(mask, bool), spec, seed, fit, cross_fit)
     features = feature_volume(normalised_t1, spec)
     X = features.reshape(-1, features.shape[-1])
     del features
@@ -415,6 +427,43 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
     if not cross_fit:
         return regressor, regressor.predict_rows(inputs, final).reshape(mask.shape).astype(np.float32)
     return regressor, _out_of_fold(regressor, inputs, y, mask, seed, fit).reshape(mask.shape)
+
+
+def _fit_sampled(x, y, mask, spec: dict, seed: int, fit: dict, cross_fit: bool):
+    """:func:`fit_feature_regressor` without the auto-context stage, never holding the volume's features:
+    the voxels every fit samples (the same seeds as the whole-volume path, so the same trees) get their
+    feature rows slab by slab, and the training prior is predicted slab by slab like a synthesis."""
+    from scipy import ndimage
+
+    half = mask.shape[0] // 2
+    in_half = np.zeros(mask.shape, bool)
+    in_half[:half] = True
+    samples = {"trees": training_samples(mask, fit["max_samples"], seed),
+               "errors": training_samples(mask, fit["max_samples"], seed + 3)}
+    if cross_fit:
+        for fold, held_out in enumerate((in_half, ~in_half)):
+            samples[fold] = training_samples(mask, fit["max_samples"] // 2, seed + 1 + fold, restrict=~held_out)
+    union = np.unique(np.concatenate(list(samples.values())))
+    X = feature_rows(x, spec, union)
+    rows = {name: np.searchsorted(union, idx) for name, idx in samples.items()}
+    feature, size = air_feature(spec)
+    air = air_rule(ndimage.maximum_filter(x, size).ravel(), feature, y, mask)  # = the feature, over the volume
+    regressor = FeatureRegressor(spec, _fit_trees(X[rows["trees"]], y[samples["trees"]], seed, fit), air=air)
+    picked, target = X[rows["errors"]], y[samples["errors"]]
+    estimate = regressor.predict_rows(picked, regressor.trees)
+    error_fit = {**fit, **ERROR_FIT, "max_iter": max(20, int(fit["max_iter"]) // 2)}
+    regressor.error_trees = _fit_trees(np.column_stack([picked, estimate]).astype(np.float32), np.abs(target - estimate),
+                                       seed, error_fit)
+    if not cross_fit:
+        return regressor, regressor.predict_volume(x)
+    prior = np.empty(x.shape, np.float32)
+    for fold, (k_start, k_stop) in enumerate(((0, half), (half, x.shape[0]))):
+        fold_model = FeatureRegressor(spec, _fit_trees(X[rows[fold]], y[samples[fold]], seed, fit), air=air)
+        fold_model.timings = {"features_s": 0.0, "trees_s": 0.0, "error_trees_s": 0.0}
+        slab = slab_size(x.shape, spec)
+        for k0 in range(k_start, k_stop, slab):
+            fold_model._predict_slab(x, k0, min(k_stop, k0 + slab), prior, None, lambda done: None)
+    return regressor, prior
 
 
 def _out_of_fold(regressor: FeatureRegressor, inputs, y, mask, seed: int, fit: dict) -> np.ndarray:

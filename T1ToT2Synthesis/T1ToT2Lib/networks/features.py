@@ -145,6 +145,25 @@ def slab_size(shape, spec: dict | None = None) -> int:
     return int(max(_MIN_SLAB, min(shape[0], _SLAB_BYTES // max(1, per_slice))))
 
 
+def feature_rows(normalised: np.ndarray, spec: dict | None, indices: np.ndarray) -> np.ndarray:
+    """Feature rows (len(indices), n_features) of the voxels at sorted flat ``indices``: slab by slab, slabs
+    without any of them skipped, so sampling voxels never holds the whole volume's features."""
+    spec = check_spec(spec)
+    x = np.asarray(normalised, dtype=np.float32)
+    indices = np.asarray(indices, np.int64)
+    out = np.empty((len(indices), len(feature_names(spec))), np.float32)
+    plane, slab = int(np.prod(x.shape[1:])), slab_size(x.shape, spec)
+    for k0 in range(0, x.shape[0], slab):
+        k1 = min(x.shape[0], k0 + slab)
+        lo, hi = np.searchsorted(indices, [k0 * plane, k1 * plane])
+        if lo == hi:
+            continue
+        local = indices[lo:hi] - k0 * plane
+        for f, array in enumerate(feature_arrays(x, spec, k0, k1)):
+            out[lo:hi, f] = array.ravel()[local]
+    return out
+
+
 def feature_slabs(normalised: np.ndarray, spec: dict | None = None, slab: int | None = None):
     """Yield ``(k0, k1, features)``: features (k1-k0, j, i, n_features) of slices k0..k1 of the volume."""
     spec = check_spec(spec)
