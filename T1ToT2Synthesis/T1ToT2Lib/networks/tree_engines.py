@@ -2,15 +2,15 @@
 
 * ``onnxruntime``: the trees as one ONNX ``TreeEnsembleRegressor`` (``ai.onnx.ml``) built directly from the
   stored arrays (no skl2onnx needed) and run by ONNX Runtime, which walks all trees for a block of rows at
-  once on every core, in float32.  The default wherever ONNX Runtime imports.
+  once on every core.  The default wherever ONNX Runtime imports.
 * ``sklearn``: scikit-learn's own compiled tree predictor, rebuilt from the arrays (one pass over the rows
   per tree, float64 rows).
 * ``numpy``: a vectorised walk of the arrays, everywhere.
 
-All three give the trees' prediction exactly up to the float32 sum of the leaf values: scikit-learn sends
-a float64 row left when ``x <= threshold``; a float32 feature ``x`` satisfies that exactly when
-``x <= t32``, ``t32`` the largest float32 not above the threshold, so the float32 engines compare with
-``t32`` (tested against ``HistGradientBoostingRegressor.predict``).
+All three take the same branches as ``HistGradientBoostingRegressor.predict`` (tested): ONNX Runtime compares
+in float64 like scikit-learn; the numpy walk compares float32 features with ``t32``, the largest float32 not
+above the float64 threshold, which is exact because a float32 ``x`` satisfies ``x <= threshold`` exactly when
+``x <= t32``.
 """
 
 from __future__ import annotations
@@ -39,27 +39,36 @@ def float32_thresholds(thresholds: np.ndarray) -> np.ndarray:
 
 
 def onnx_model_bytes(fields: dict, offsets: np.ndarray, baseline: float, n_features: int) -> bytes:
-    """The serialised ONNX model (input ``X`` float32 (n, n_features), output ``Y`` (n, 1))."""
+    """The serialised ONNX model (input ``X`` float64 (n, n_features), output ``Y`` float32 (n, 1)).
+
+    Thresholds, leaf values and the sum are float64 as in scikit-learn, so ``Y`` is scikit-learn's prediction
+    rounded to float32 (a float32 sum could differ in the last bit, and the error trees, which read the
+    estimate as a feature, would then take the other branch at a few voxels).
+    """
     from onnx import TensorProto, helper
 
     sizes = np.diff(offsets)
     tree_ids = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     node_ids = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1], sizes)
     leaf = fields["is_leaf"].astype(bool)
-    modes = np.where(leaf, "LEAF", "BRANCH_LEQ").tolist()
-    feature = np.where(leaf, 0, fields["feature_idx"]).astype(np.int64)
-    threshold = np.where(leaf, 0.0, float32_thresholds(np.where(leaf, 0.0, fields["num_threshold"])))
+
+    def doubles(name, values):
+        values = np.asarray(values, np.float64)
+        return helper.make_tensor(name, TensorProto.DOUBLE, [len(values)], values.tolist())
+
     node = helper.make_node(
         "TreeEnsembleRegressor", ["X"], ["Y"], domain="ai.onnx.ml", n_targets=1,
-        nodes_treeids=tree_ids.tolist(), nodes_nodeids=node_ids.tolist(), nodes_featureids=feature.tolist(),
-        nodes_modes=modes, nodes_values=threshold.astype(np.float32).tolist(),
+        nodes_treeids=tree_ids.tolist(), nodes_nodeids=node_ids.tolist(),
+        nodes_featureids=np.where(leaf, 0, fields["feature_idx"]).astype(np.int64).tolist(),
+        nodes_modes=np.where(leaf, "LEAF", "BRANCH_LEQ").tolist(),
+        nodes_values_as_tensor=doubles("thresholds", np.where(leaf, 0.0, fields["num_threshold"])),
         nodes_truenodeids=np.where(leaf, 0, fields["left"]).astype(np.int64).tolist(),
         nodes_falsenodeids=np.where(leaf, 0, fields["right"]).astype(np.int64).tolist(),
         nodes_missing_value_tracks_true=fields["missing_go_to_left"].astype(np.int64).tolist(),
-        target_treeids=tree_ids[leaf].tolist(), target_nodeids=node_ids[leaf].tolist(),
-        target_ids=[0] * int(leaf.sum()), target_weights=fields["value"][leaf].astype(np.float32).tolist(),
-        base_values=[float(baseline)], aggregate_function="SUM", post_transform="NONE")
-    graph = helper.make_graph([node], "trees", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n_features])],
+        target_treeids=tree_ids[leaf].tolist(), target_nodeids=node_ids[leaf].tolist(), target_ids=[0] * int(leaf.sum()),
+        target_weights_as_tensor=doubles("leaves", fields["value"][leaf]), base_values_as_tensor=doubles("baseline", [baseline]),
+        aggregate_function="SUM", post_transform="NONE")
+    graph = helper.make_graph([node], "trees", [helper.make_tensor_value_info("X", TensorProto.DOUBLE, [None, n_features])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
     model.ir_version = 8
@@ -80,7 +89,7 @@ class OnnxTrees:
                                             providers=["CPUExecutionProvider"])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(X, dtype=np.float32)
+        X = np.ascontiguousarray(X, dtype=np.float64)
         return self.session.run(None, {"X": X})[0][:, 0].astype(np.float64)
 
 
