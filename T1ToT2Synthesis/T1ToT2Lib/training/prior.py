@@ -1,7 +1,7 @@
 """The refiner's prior (boosted trees on T1 features) fitted on several pairs, with bounded memory.
 
-Each pair's features are computed once to draw its share of the training voxels and are then dropped;
-predictions are made slab by slab (:meth:`FeatureRegressor.predict_volume`), so memory grows with the
+Each pair gives the feature rows of its share of the sampled voxels, computed slab by slab; predictions are
+made slab by slab (:meth:`FeatureRegressor.predict_volume`), so memory grows with the
 sampled voxels, not with the number or size of the pairs.  The CNN's training prior is out-of-fold *by
 pair*: pairs alternate between two folds and each fold is predicted by trees fitted on the other, so the
 network learns the errors the trees make on another subject (on one pair, the halves of the volume are
@@ -31,22 +31,25 @@ def normalised_pair(t1, t2, percentile: float):
 
 
 def _sampled_rows(pairs, spec, max_samples: int, seed: int, percentile: float):
-    """Per pair: (feature rows, T2 values) of up to ``max_samples / len(pairs)`` object voxels, and the air rule's inputs."""
-    from ..networks.feature_regression import feature_volume, find_air, training_samples
+    """Per pair: (feature rows, T2 values) of up to ``max_samples / len(pairs)`` object voxels, and the pair's air rule.
+
+    Rows come slab by slab (:func:`~T1ToT2Lib.networks.features.feature_rows`): no pair's whole feature volume is held."""
+    from scipy import ndimage
+
+    from ..networks.feature_regression import air_feature, air_rule, training_samples
+    from ..networks.features import feature_rows
 
     per_pair = max(1000, int(max_samples) // len(pairs))
+    feature, size = air_feature(spec)
     rows, airs = [], []
     for n, (t1, t2) in enumerate(pairs):
         t1n, t2n, mask = normalised_pair(t1, t2, percentile)
-        features = feature_volume(t1n, spec)
-        X = features.reshape(-1, features.shape[-1])
         y = t2n.ravel()
         take = training_samples(mask, per_pair, seed + 101 * n)
-        rows.append((X[take], y[take]))
-        air = find_air(X, y, mask, spec)
+        rows.append((feature_rows(t1n, spec, take), y[take]))
+        air = air_rule(ndimage.maximum_filter(t1n, size).ravel(), feature, y, mask)  # the air feature over the volume
         if air is not None:
             airs.append(air)
-        del features, X
     return rows, airs
 
 
