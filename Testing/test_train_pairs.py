@@ -85,6 +85,7 @@ def test_repeated_t1_t2_is_the_same_as_the_csv(two_grids, tmp_path):
     ([], "no training data"),
     (["--pairs", "missing.csv"], "does not exist"),
     (["--phantom-subjects", "1", "--model", "pix2pix"], "train the refiner only"),
+    (["--phantom-subjects", "1", "--voxel-mm", "1,2"], "one or three positive numbers"),
 ])
 def test_bad_pair_options_are_one_line_errors(tmp_path, capsys, args, message):
     code = main(["train", *args, "--out", str(tmp_path / "m.safetensors"), "--progress", "none"])

@@ -77,6 +77,19 @@ def register_cli(subparsers):
     p.set_defaults(func=run_train)
 
 
+def _voxel(text):
+    """--voxel-mm as a list of one or three positive numbers, or None."""
+    if not text:
+        return None
+    try:
+        voxel = [float(v) for v in text.split(",")]
+    except ValueError:
+        voxel = []
+    if len(voxel) not in (1, 3) or min(voxel) <= 0:
+        raise T1ToT2Error(f"--voxel-mm {text!r} needs one or three positive numbers (mm)")
+    return voxel
+
+
 def _given_pairs(args) -> list:
     """The (t1, t2) pairs of repeated --t1/--t2 and of --pairs (paths, or volumes read from a chosen DICOM series)."""
     t1s, t2s = list(args.t1 or []), list(args.t2 or [])
@@ -137,14 +150,7 @@ def run_train(args) -> int:
         if args.val_t1 and args.val_t2:
             args.val_t1, args.val_t2 = (n4_correct(v if isinstance(v, Volume) else read_volume(v)) for v in (args.val_t1, args.val_t2))
     t1, t2 = pairs[0] if pairs else (None, None)
-    voxel = None
-    if args.voxel_mm:
-        try:
-            voxel = [float(v) for v in args.voxel_mm.split(",")]
-        except ValueError:
-            voxel = []
-        if len(voxel) not in (1, 3) or min(voxel) <= 0:
-            raise T1ToT2Error(f"--voxel-mm {args.voxel_mm!r} needs one or three positive numbers (mm)")
+    voxel = _voxel(args.voxel_mm)
     config = TrainConfig(
         pairs=tuple(pairs[1:]), phantom_subjects=args.phantom_subjects, randomize=args.randomize,
         augment_copies=args.augment_copies, voxel_mm=voxel,
