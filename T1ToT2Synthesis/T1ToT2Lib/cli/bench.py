@@ -21,7 +21,7 @@ def _run(args) -> int:
     progress = None if args.quiet else (lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
     result = run_benchmarks(args.preset, args.device, precisions, train=not args.no_train, volume=not args.no_volume,
                             progress=progress, threads=args.threads, product=not args.no_product, work=args.work,
-                            product_size=args.product_size)
+                            product_size=args.product_size, product_cnn_steps=args.product_cnn_steps)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -40,6 +40,8 @@ def register_cli(subparsers):
     p.add_argument("--no-product", action="store_true", help="skip training and synthesising the recommended model on the phantom hand")
     p.add_argument("--product-size", choices=("small", "full"),
                    help="phantom for the product cases: full = the paper's 0.6 mm hand (default; smoke preset: small)")
+    p.add_argument("--product-cnn-steps", type=int, help="train the product's CNN for 1 epoch of N steps only (trees in full): "
+                   "a shorter bench whose synthesis still costs what the product's does")
     p.add_argument("--work", default="bench_work", help="folder for the cached phantom and the product runs' files (default bench_work)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -401,7 +401,7 @@ def bench_volume(device, cfg, precision, emit, threads=0):
 
 # --- the whole run ------------------------------------------------------------------------------
 def run_benchmarks(preset="full", device="auto", precisions=None, train=True, volume=True, progress=None, threads=0,
-                   product=True, work="bench_work", product_size=None):
+                   product=True, work="bench_work", product_size=None, product_cnn_steps=None):
     """Everything the bench measures: a dict with the summary keys (:data:`SUMMARY_KEYS`, :data:`PRODUCT_KEYS`)
     and the details.  ``product``: train and run the recommended model on the phantom hand of ``product_size``
     (default: the preset's) in fresh processes, the phantom cached in ``work``."""
@@ -427,7 +427,7 @@ def run_benchmarks(preset="full", device="auto", precisions=None, train=True, vo
     if product:
         from .product_bench import run_product
 
-        products = run_product(work, preset, product_size, device=str(dev), precision=default, emit=emit)
+        products = run_product(work, preset, product_size, device=str(dev), precision=default, emit=emit, cnn_steps=product_cnn_steps)
 
     def pick(rows, **match):
         found = [r for r in rows if all(r.get(k) == v for k, v in match.items()) and "skipped" not in r]
@@ -479,7 +479,8 @@ def _product_lines(products, result) -> list:
     if not products:
         return []
     lines = [f"product: recommended refiner, {products['size']} phantom hand ({products.get('phantom')})"
-             + (" (training cut to 1 epoch of 2 steps, 10 trees per fit)" if products.get("quick_training") else "")]
+             + (" (training cut to 1 epoch of 2 steps, 10 trees per fit)" if products.get("quick_training") else "")
+             + (f" (CNN training cut to 1 epoch of {products['cnn_steps']} steps; trees in full)" if products.get("cnn_steps") else "")]
     for stage in ("train", "synthesis"):
         run = products.get(stage) or {}
         if "error" in run:

@@ -176,13 +176,15 @@ def train_child(spec: dict) -> dict:
 
     rss_after_imports = peak_rss_gb()
     defaults = training_defaults("refiner")
-    if spec.get("quick_training"):  # a cut for tests, said so in the table: 1 epoch, 10 trees per fit
+    steps = spec.get("cnn_steps") or (2 if spec.get("quick_training") else None)
+    if steps:  # a cut, said so in the table: the CNN for 1 epoch of ``steps`` steps
+        defaults.update(epochs=1, epochs_decay=0)
+    if spec.get("quick_training"):  # and for tests 10 trees per fit
         from ..networks import feature_regression
 
-        defaults.update(epochs=1, epochs_decay=0)
         feature_regression.DEFAULT_FIT = {**feature_regression.DEFAULT_FIT, "max_iter": 10}
     config = TrainConfig(t1=spec["t1"], t2=spec["t2"], out=spec["model"], model="refiner", device=spec.get("device", "cpu"),
-                         precision=spec.get("precision", "fp32"), max_steps_per_epoch=2 if spec.get("quick_training") else None,
+                         precision=spec.get("precision", "fp32"), max_steps_per_epoch=steps,
                          **defaults)
     clock, cpu0 = _Clock(), _cpu()
     train(config, progress=clock)
@@ -197,8 +199,9 @@ def train_child(spec: dict) -> dict:
 
 
 def run_product(work, preset: str = "full", size: str | None = None, device: str = "cpu", precision: str = "fp32",
-                emit=lambda message: None) -> dict:
-    """Train, then synthesise, each in a fresh process; the results of both."""
+                emit=lambda message: None, cnn_steps: int | None = None) -> dict:
+    """Train, then synthesise, each in a fresh process; the results of both.  ``cnn_steps``: train the CNN for
+    one epoch of that many steps only (the trees in full; synthesis costs the same with any weights)."""
     cfg = {**PRODUCT_PRESETS[preset], **({"size": size} if size else {})}
     folder = phantom_folder(work, cfg["size"], emit, cfg.get("crop"))
     out = Path(work) / f"product-{folder.name}"
@@ -207,9 +210,11 @@ def run_product(work, preset: str = "full", size: str | None = None, device: str
     common = {"device": device, "precision": precision}
     emit(f"product: training the recommended refiner on the {cfg['size']} left hand (fresh process)")
     train = run_child("product_train", {**common, "t1": str(folder / "left_t1.nii.gz"), "t2": str(folder / "left_t2.nii.gz"),
-                                        "model": str(model), "quick_training": cfg["quick_training"]})
+                                        "model": str(model), "quick_training": cfg["quick_training"],
+                                        "cnn_steps": cnn_steps})
     if "error" in train:
         return {"size": cfg["size"], "phantom": folder.name, "train": train, "synthesis": {"error": "no model: training failed"}}
     emit(f"product: synthesising the {cfg['size']} right hand, fuse + error map (fresh process)")
     synthesis = run_child("product_synthesis", {**common, "model": str(model), "t1": str(folder / "right_t1.nii.gz"), "out": str(out)})
-    return {"size": cfg["size"], "phantom": folder.name, "quick_training": cfg["quick_training"], "train": train, "synthesis": synthesis}
+    return {"size": cfg["size"], "phantom": folder.name, "quick_training": cfg["quick_training"], "cnn_steps": cnn_steps,
+            "train": train, "synthesis": synthesis}
