@@ -12,7 +12,10 @@ ratio inside one run:
 * the **quality cost** of bfloat16: PSNR against the acquired T2 of the phantom's right hand, bf16 minus fp32;
 * **training** s/step for Pix2Pix, CycleGAN and UNIT (and the recommended refiner), fast path
   (channels-last, the automatic precision) against the naive float32 step, same batch;
-* **peak memory** of synthesising a 512×512×491 volume, in a child process so the peak is its own.
+* **peak memory** of synthesising a 512×512×491 volume, in a fresh process so the peak is its own;
+* the **product path** (:mod:`.product_bench`): the recommended refiner trained on the phantom's left hand and
+  run on its right hand (full: the paper's 0.6 mm grid), per stage, each in a fresh process, with
+  "seconds x GFLOP/s" (seconds times this run's float32 matmul rate) so days compare.
 
 A precision the device does not run natively (bfloat16 on a CPU without AVX512-BF16/AMX, where it is
 emulated and hundreds of times slower) gets its ceiling measured on a small matrix and its heavy cases
