@@ -150,10 +150,10 @@ class SynthesisLogic:
     def exportDicom(self, syntheticNode, t1Node, folder):
         """Write the synthetic T2 as a DICOM series; into a new subfolder named after the series when
         ``folder`` already holds files.  Returns the written paths."""
-        from ..io import dicom
+        from ..io.dicom_write import export_dicom_series
 
         description = f"{syntheticNode.GetName()} (synthetic, not for diagnosis)"
-        return dicom.export_dicom_series(
+        return export_dicom_series(
             scene.volume_from_node(syntheticNode), export_folder(folder, syntheticNode.GetName()),
             reference=self.dicomReferenceFolder(t1Node), series_description=description,
             model_name=syntheticNode.GetAttribute(scene.MODEL_ATTRIBUTE), overwrite=False)
