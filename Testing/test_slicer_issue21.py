@@ -129,3 +129,33 @@ def test_dicom_export_into_a_non_empty_folder_goes_to_a_series_subfolder(tmp_pat
     first.mkdir()
     assert export_folder(tmp_path, "T1 synthetic T2") == tmp_path / "T1 synthetic T2 2"
     assert export_folder(tmp_path, "a/b:c") == tmp_path / "a_b_c"
+
+
+def test_metrics_after_synthesis_run_in_a_background_job_not_on_the_gui_thread(modules, monkeypatch):
+    """Item 6: the Synthesis panel never scores in Slicer's process; it starts `t1tot2 evaluate` and polls it,
+    and the table it fills holds the same PSNR the library computes."""
+    synthesis, _ = modules
+    from test_slicer_modules import _synthesis_widget
+
+    from T1ToT2Lib.core import metrics
+
+    widget = _synthesis_widget(synthesis)
+    p = widget._parameterNode
+    t1 = small_t1((10, 20, 24))
+    rng = np.random.default_rng(3)
+    acquired = t1.with_array(t1.array * 0.5 + 20)
+    synthetic = acquired.with_array(acquired.array + rng.normal(0, 5, acquired.shape).astype(np.float32))
+    p.inputT1 = sc.node_from_volume(t1, "T1")
+    p.acquiredT2 = sc.node_from_volume(acquired, "T2")
+    p.syntheticT2 = sc.create_or_update_synthetic_node(p.inputT1, synthetic, "m")
+    expected = metrics.evaluate_volumes(synthetic, acquired)["overall"]["psnr"]["mean"]
+    monkeypatch.setattr(metrics, "evaluate_volumes", lambda *a, **k: pytest.fail("scored on the GUI thread"))
+    widget.panel.computeMetrics()
+    assert widget.panel.jobs.running and widget.panel.jobs.kind == "metrics"
+    assert "evaluate" in widget.panel.jobs.job.argv
+    widget.panel.jobs.job.wait(timeout=600)
+    widget.panel.jobs.poll()
+    table = p.metricsTable
+    assert table is not None and table.GetNumberOfRows() >= 1
+    cells = [table.GetCellText(r, c) for r in range(table.GetNumberOfRows()) for c in range(table.GetNumberOfColumns())]
+    assert any(f"{expected:.2f}" in cell for cell in cells), (expected, cells)
