@@ -79,16 +79,12 @@ def registerSampleData():
     """Offer the hand phantom (right hand T1, T2, tissue labels as a label map) in the Sample Data module."""
     import SampleData
 
+    kinds = ("t1", "t2", "labels")
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="T1ToT2",
-        sampleName="T1ToT2 hand phantom",
-        uris=[f"t1tot2-phantom://right/{kind}" for kind in ("t1", "t2", "labels")],
-        fileNames=["phantom_right_t1.nrrd", "phantom_right_t2.nrrd", "phantom_right_labels.nrrd"],
-        nodeNames=PHANTOM_SAMPLE_NODE_NAMES,
-        loadFiles=[False, False, False],
-        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "T1ToT2Synthesis.png"),
-        customDownloader=downloadPhantomSample,
-    )
+        category="T1ToT2", sampleName="T1ToT2 hand phantom", nodeNames=PHANTOM_SAMPLE_NODE_NAMES,
+        uris=[f"t1tot2-phantom://right/{kind}" for kind in kinds], fileNames=[f"phantom_right_{kind}.nrrd" for kind in kinds],
+        loadFiles=[False] * 3, customDownloader=downloadPhantomSample,
+        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "T1ToT2Synthesis.png"))
 
 
 def downloadPhantomSample(source=None):
@@ -241,7 +237,10 @@ class T1ToT2SynthesisTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
+        try:  # Reload and Test calls runTest directly (ScriptedLoadableModule.py:72-85): a skip is said, not raised
+            self.setUp()
+        except unittest.SkipTest as skip:
+            return self.delayDisplay(str(skip))
         self.test_synthesize_phantom_with_bundled_model()
 
     def test_synthesize_phantom_with_bundled_model(self):

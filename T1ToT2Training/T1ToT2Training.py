@@ -211,7 +211,10 @@ class T1ToT2TrainingTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
+        try:  # Reload and Test calls runTest directly (ScriptedLoadableModule.py:72-85): a skip is said, not raised
+            self.setUp()
+        except unittest.SkipTest as skip:
+            return self.delayDisplay(str(skip))
         self.test_train_one_tiny_epoch_on_phantom()
 
     def test_train_one_tiny_epoch_on_phantom(self):
