@@ -100,6 +100,7 @@ def test_a_session_whose_page_is_gone_ends_and_its_folder_is_deleted(tmp_path):
         try:
             first = await launcher.start_session()
             second = await launcher.start_session()
+            second.connections = 1  # a page is connected to the second one from the start (idle timeout 1 s)
             await asyncio.wait_for(asyncio.gather(first.ready.wait(), second.ready.wait()), 240)
             assert first.failed is None and first.port != second.port and first.work_dir != second.work_dir
             # A session's own port answers only the launcher's relay, not a direct visitor.
@@ -110,7 +111,6 @@ def test_a_session_whose_page_is_gone_ends_and_its_folder_is_deleted(tmp_path):
                 urllib.request.urlopen(f"http://127.0.0.1:{second.port}/", timeout=30)
             assert info.value.code == 403
             (first.work_dir / "inputs").mkdir(exist_ok=True)
-            second.connections = 1  # a page is connected to the second one
             for _ in range(240):
                 if first.token not in launcher.sessions:
                     break
