@@ -18,6 +18,16 @@ from ..inference.slices import (
 )
 
 
+def rank_share(batches: list, rank: int, world_size: int) -> list:
+    """This process's equal share of an epoch's batches under DDP (every rank takes as many steps)."""
+    if world_size <= 1:
+        return batches
+    per_rank = len(batches) // world_size
+    if per_rank == 0:
+        raise T1ToT2Error(f"only {len(batches)} batches for {world_size} processes: use fewer processes or a smaller batch")
+    return batches[rank::world_size][:per_rank]
+
+
 @dataclass(frozen=True)
 class Batch:
     plane: str
@@ -99,12 +109,7 @@ class SliceDataset:
             order = rng.permutation(self.slice_indices[plane])
             batches += [Batch(plane, tuple(int(i) for i in order[s:s + batch_size])) for s in range(0, len(order), batch_size)]
         batches = [batches[i] for i in rng.permutation(len(batches))]
-        if world_size > 1:
-            per_rank = len(batches) // world_size
-            if per_rank == 0:
-                raise T1ToT2Error(f"only {len(batches)} batches for {world_size} processes: use fewer processes or a smaller batch")
-            batches = batches[rank::world_size][:per_rank]
-        return batches
+        return rank_share(batches, rank, world_size)
 
     def _patches(self, a, b, rng):
         return _object_patches(a, b, self.patch, rng, level=0.05)
@@ -154,12 +159,7 @@ class PairsDataset:
             batches += [replace(b, pair=n) for b in dataset.epoch_batches(batch_size, int(seed) + 7919 * n, epoch)]
         rng = np.random.default_rng([int(seed), int(epoch), len(self.datasets)])
         batches = [batches[i] for i in rng.permutation(len(batches))]
-        if world_size > 1:
-            per_rank = len(batches) // world_size
-            if per_rank == 0:
-                raise T1ToT2Error(f"only {len(batches)} batches for {world_size} processes: use fewer processes or a smaller batch")
-            batches = batches[rank::world_size][:per_rank]
-        return batches
+        return rank_share(batches, rank, world_size)
 
     def arrays(self, batch: Batch, rng: np.random.Generator | None = None):
         return self.datasets[batch.pair].arrays(batch, rng)
