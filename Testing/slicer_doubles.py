@@ -7,6 +7,7 @@ or SlicerPyTorch at e1c85cc; the file and lines are cited in each docstring.
 
 from __future__ import annotations
 
+import io
 import sys
 import types
 import unittest
@@ -95,7 +96,7 @@ def run_unit_test(module, testname: str) -> unittest.TestResult:
     never calls a ``runTest`` beside them, so a skip placed only in ``runTest`` is never reached."""
     sys.modules[testname] = module
     suite = unittest.TestLoader().loadTestsFromName(testname)
-    return unittest.TextTestRunner(verbosity=0, stream=open("/dev/null", "w") if sys.platform != "win32" else None).run(suite)
+    return unittest.TextTestRunner(verbosity=0, stream=io.StringIO()).run(suite)
 
 
 # --- PyTorchUtils ------------------------------------------------------------------------------------

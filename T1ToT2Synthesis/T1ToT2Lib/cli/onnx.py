@@ -1,4 +1,4 @@
-"""``t1tot2 onnx``: its arguments, checked and handed to the library."""
+"""``t1tot2 export-onnx``: its arguments, checked and handed to the library."""
 
 from __future__ import annotations
 
