@@ -278,3 +278,53 @@ def test_auto_context_stage_from_the_command_line_round_trips_and_beats_one_stag
     damaged = {**prior.metadata(), "context": {**prior.metadata()["context"], "n_features": 7}}
     with pytest.raises(T1ToT2Error, match="auto-context"):
         FeatureRegressor.from_tensors(prior.to_tensors(), damaged)
+
+
+def _smooth_field(spacing_mm: float, shape_mm=(60.0, 48.0, 54.0)) -> np.ndarray:
+    """One smooth analytic field (a sum of broad Gaussian blobs, mm) sampled at voxel centres ``spacing_mm`` apart."""
+    axes = [np.arange(int(round(n / spacing_mm))) * spacing_mm for n in shape_mm]
+    z, y, x = np.meshgrid(*axes, indexing="ij")
+    field = np.zeros(z.shape)
+    for (cz, cy, cx), width, amplitude in (((30, 24, 27), 9.0, 1.0), ((18, 30, 20), 6.0, 0.6), ((42, 16, 36), 7.5, -0.4)):
+        field += amplitude * np.exp(-((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) / (2 * width**2))
+    return field.astype(np.float32)
+
+
+def test_zoom_one_is_the_unzoomed_features_exactly():
+    from scipy import ndimage
+
+    x = ndimage.gaussian_filter(np.random.default_rng(2).random((30, 20, 24)).astype(np.float32), 1.0)
+    np.testing.assert_array_equal(feature_volume(x, zoom=(1.0, 1.0, 1.0)), feature_volume(x))
+
+
+@pytest.mark.parametrize("fine_mm", [0.75, 0.5])
+def test_zoomed_features_of_a_finer_sampling_are_the_same_lengths_in_mm(fine_mm):
+    """The same physical field sampled at 1.5 mm and at a finer voxel: with zoom = 1.5 / fine, each Gaussian feature
+    (smoothing, gradient and Laplacian per 1.5 mm voxel, Hessian extremes, line smoothings) agrees at the shared points.
+    Unzoomed, the fine sampling's scales are shorter in mm and its derivatives per voxel smaller: they disagree."""
+    coarse, fine = _smooth_field(1.5), _smooth_field(fine_mm)
+    step = int(round(1.5 / fine_mm))
+    names = feature_names()
+    a = feature_volume(coarse)
+    b = feature_volume(fine, zoom=1.5 / fine_mm)[::step, ::step, ::step][: coarse.shape[0], : coarse.shape[1], : coarse.shape[2]]
+    plain = feature_volume(fine)[::step, ::step, ::step][: coarse.shape[0], : coarse.shape[1], : coarse.shape[2]]
+    inner = (slice(12, -12),) * 3  # away from the "reflect" borders, whose reach differs in mm
+    for name in ("gaussian_2.0", "gradient_2.0", "laplacian_2.0", "gaussian_4.0", "gradient_1.0", "hessian_max_2.0",
+                 "hessian_min_2.0", "line_2.0_axis1"):
+        f = names.index(name)
+        scale = float(np.abs(a[inner + (f,)]).max())
+        assert np.abs(b[inner + (f,)] - a[inner + (f,)]).max() < 0.02 * scale, name
+        if name.startswith(("gradient", "laplacian", "hessian")):
+            assert np.abs(plain[inner + (f,)] - a[inner + (f,)]).max() > 0.2 * scale, name
+
+
+def test_anisotropic_zoom_scales_each_axis_on_its_own():
+    from scipy import ndimage
+
+    x = np.zeros((21, 21, 21), np.float32)
+    x[10, 10, 10] = 1.0
+    names = feature_names()
+    features = feature_volume(x, zoom=(2.0, 1.0, 0.5))
+    np.testing.assert_allclose(features[..., names.index("gaussian_2.0")], ndimage.gaussian_filter(x, (4.0, 2.0, 1.0)), atol=1e-6)
+    window = features[..., names.index("maximum_5")]
+    assert window[10, 10, 10] == 1.0 and window.sum() == 9 * 5 * 3  # odd windows nearest 10, 5 and 2.5 voxels

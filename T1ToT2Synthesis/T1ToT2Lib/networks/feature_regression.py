@@ -264,10 +264,11 @@ class FeatureRegressor:
             rows[:, f] = array.ravel() if pick is None else array.ravel()[pick]
         return rows, pick
 
-    def _predict_slab(self, x, k0: int, k1: int, first: np.ndarray, error: np.ndarray | None, tick) -> None:
+    def _predict_slab(self, x, k0: int, k1: int, first: np.ndarray, error: np.ndarray | None, tick, zoom=None) -> None:
         """Slices ``k0..k1`` of ``first`` (and ``error``): features once, then the trees on tissue rows in chunks."""
         started, span = time.perf_counter(), k1 - k0
-        rows, pick = self._tissue_rows(feature_arrays(x, self.spec, k0, k1, progress=lambda f: tick(k0 + 0.5 * f * span)))
+        rows, pick = self._tissue_rows(feature_arrays(x, self.spec, k0, k1, progress=lambda f: tick(k0 + 0.5 * f * span),
+                                                      zoom=zoom))
         self.timings["features_s"] += time.perf_counter() - started
         estimate_out = first[k0:k1].reshape(-1)  # views: writing them writes the volumes
         estimate_out[:] = self.air.value if self.air is not None else 0.0
@@ -288,12 +289,13 @@ class FeatureRegressor:
             tick(k0 + span * (0.5 + 0.5 * (start + len(chunk)) / max(1, len(rows))))
         tick(k1)
 
-    def predict_volume(self, normalised_t1: np.ndarray, with_error: bool = False, progress=None):
+    def predict_volume(self, normalised_t1: np.ndarray, with_error: bool = False, progress=None, zoom=None):
         """Normalised T2 prediction on the same grid, computed slab by slab (bounded memory).
 
         With ``with_error`` also the predicted absolute error of that prediction (zeros without error trees).
         ``progress(done, total)`` is called as features and tree chunks finish, in slices of all passes over
         the volume (``done`` may be fractional).  :attr:`timings` then holds the seconds spent in each part.
+        ``zoom``: training voxel size over this volume's, per axis (k, j, i), for a T1 of another voxel size.
         """
         x = np.asarray(normalised_t1, dtype=np.float32)
         passes = 1 if self.context_trees is None else 2
@@ -304,13 +306,14 @@ class FeatureRegressor:
         self.timings = {"features_s": 0.0, "trees_s": 0.0, "error_trees_s": 0.0}
         slab = slab_size(x.shape, self.spec)
         for k0 in range(0, x.shape[0], slab):
-            self._predict_slab(x, k0, min(x.shape[0], k0 + slab), first, error if errors_now else None, tick)
+            self._predict_slab(x, k0, min(x.shape[0], k0 + slab), first, error if errors_now else None, tick, zoom)
         out = first
         if self.context_trees is not None:
             out = np.empty(x.shape, np.float32)
             # The T1's features are computed again, slab by slab beside the first estimate's: keeping
             # them would cost tens of GB on a 512x512x491 scan.
-            for (k0, k1, block), (_, _, context) in zip(feature_slabs(x, self.spec), feature_slabs(first, self.context_spec)):
+            slabs = zip(feature_slabs(x, self.spec, zoom=zoom), feature_slabs(first, self.context_spec, zoom=zoom))
+            for (k0, k1, block), (_, _, context) in slabs:
                 rows = block.reshape(-1, block.shape[-1])
                 estimate = self.predict_rows(np.concatenate([rows, context.reshape(len(rows), -1)], 1), self.context_trees)
                 out[k0:k1] = estimate.reshape(block.shape[:-1])

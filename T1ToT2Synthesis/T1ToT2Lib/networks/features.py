@@ -15,6 +15,9 @@ bone (dark on both, a shell around marrow), and they are the first stage of the 
 Large volumes are filtered in slabs along the first array axis, each filter given only the margin it
 reads, so memory stays bounded (features of a 512x512x491 volume would need ~17 GB at once) and the
 small filters do not pay for the largest one's margin.
+
+Scales are in voxels of the volume a model was trained on; ``zoom`` (that voxel size over this volume's, per axis)
+makes them the same lengths in mm on a volume of another voxel size, so a model runs on the T1's own grid.
 """
 
 from __future__ import annotations
@@ -68,11 +71,36 @@ def feature_names(spec: dict | None = None) -> list[str]:
     return names
 
 
-def margin(spec: dict | None = None) -> int:
+def margin(spec: dict | None = None, zoom=None) -> int:
     """Voxels of context the largest filter reads on each side (Gaussians truncated at 4 sigma)."""
     spec = check_spec(spec)
+    z = float(np.max(_zoom(zoom) if zoom is not None else 1.0))
     scales = spec["gaussian_scales"] + spec["texture_scales"] + spec["line_scales"]
-    return int(np.ceil(4 * max(scales))) + max(spec["extreme_sizes"] + spec["median_sizes"]) // 2 + 1
+    return int(np.ceil(4 * max(scales) * z)) + _odd(max(spec["extreme_sizes"] + spec["median_sizes"]) * z) // 2 + 1
+
+
+def _zoom(zoom) -> np.ndarray | None:
+    """``zoom`` as three factors (k, j, i), or None when it changes nothing (the scales are the spec's, in voxels).
+
+    A zoom of ``model voxel / this volume's voxel`` per axis makes every scale the same length in mm as the spec's
+    scale at the model's training voxel size, and every derivative a derivative per training voxel."""
+    if zoom is None:
+        return None
+    z = np.broadcast_to(np.asarray(zoom, dtype=np.float64), (3,)).copy()
+    if not np.all(np.isfinite(z) & (z > 0)):
+        raise T1ToT2Error(f"feature zoom {zoom!r} must be three positive factors")
+    return None if np.all(np.abs(z - 1.0) < 1e-6) else z
+
+
+def zoomed_window(size: int, zoom=None):
+    """A cube of ``size`` voxels at the training voxel size, in this volume's voxels per axis (see :func:`_zoom`)."""
+    z = _zoom(zoom)
+    return int(size) if z is None else tuple(_odd(size * f) for f in z)
+
+
+def _odd(size: float) -> int:
+    """The odd window (voxels) nearest ``size``, at least 1."""
+    return max(1, 2 * int(round((float(size) - 1.0) / 2.0)) + 1)
 
 
 def _texture(x: np.ndarray, s: float) -> list:
@@ -89,10 +117,13 @@ def _reach(sigma: float) -> int:
     return int(4.0 * float(sigma) + 0.5)
 
 
-def _tasks(spec: dict) -> list:
+def _tasks(spec: dict, zoom=None) -> list:
     """``(reach, function)`` per group of features, in :func:`feature_names` order: ``function`` maps a
     block of slices to its list of feature arrays, ``reach`` is how many slices it reads on each side
     along the first axis, so each filter is given only the margin it needs."""
+    z = _zoom(zoom)
+    if z is not None:
+        return _zoomed_tasks(spec, z)
     from scipy import ndimage
 
     tasks = [(0, lambda x: [x])]
@@ -111,17 +142,61 @@ def _tasks(spec: dict) -> list:
     return tasks
 
 
-def feature_arrays(x: np.ndarray, spec: dict, k0: int, k1: int, progress=None) -> list:
+def _derivatives(x: np.ndarray, sigma, z: np.ndarray, order: int) -> list:
+    """Gaussian derivatives of ``order`` along each axis, per model voxel (times ``z`` to that order)."""
+    from scipy import ndimage
+
+    return [ndimage.gaussian_filter(x, sigma, order=[order if a == b else 0 for b in range(3)]) * np.float32(z[a] ** order)
+            for a in range(3)]
+
+
+def _zoomed_texture(x: np.ndarray, sigma, z: np.ndarray) -> list:
+    from scipy import ndimage
+
+    mean = ndimage.gaussian_filter(x, sigma)
+    std = np.sqrt(np.maximum(ndimage.gaussian_filter(x * x, sigma) - mean * mean, 0.0))
+    second = _derivatives(x, sigma, z, 2)
+    return [std, np.maximum.reduce(second), np.minimum.reduce(second)]
+
+
+def _zoomed_tasks(spec: dict, z: np.ndarray) -> list:
+    """:func:`_tasks` with every scale times ``z`` per axis: the same features in mm on another voxel size."""
+    from scipy import ndimage
+
+    def sig(s):
+        return tuple(float(s) * z)
+
+    def window(w):
+        return tuple(_odd(w * f) for f in z)
+
+    tasks = [(0, lambda x: [x])]
+    for s in spec["gaussian_scales"]:
+        tasks += [(_reach(s * z[0]), lambda x, s=s: [ndimage.gaussian_filter(x, sig(s))]),
+                  (_reach(s * z[0]), lambda x, s=s: [np.sqrt(sum(d * d for d in _derivatives(x, sig(s), z, 1)))]),
+                  (_reach(s * z[0]), lambda x, s=s: [sum(_derivatives(x, sig(s), z, 2))])]
+    for w in spec["extreme_sizes"]:
+        tasks += [(window(w)[0] // 2, lambda x, w=w: [ndimage.minimum_filter(x, window(w))]),
+                  (window(w)[0] // 2, lambda x, w=w: [ndimage.maximum_filter(x, window(w))])]
+    tasks += [(_reach(s * z[0]), lambda x, s=s: _zoomed_texture(x, sig(s), z)) for s in spec["texture_scales"]]
+    for s in spec["line_scales"]:
+        tasks += [(_reach(s * z[0]) if axis == 0 else 0,
+                   lambda x, sigma=tuple(s * z[a] if a == axis else 0.0 for a in range(3)): [ndimage.gaussian_filter(x, sigma)])
+                  for axis in range(3)]
+    tasks += [(window(w)[0] // 2, lambda x, w=w: [ndimage.median_filter(x, window(w))]) for w in spec["median_sizes"]]
+    return tasks
+
+
+def feature_arrays(x: np.ndarray, spec: dict, k0: int, k1: int, progress=None, zoom=None) -> list:
     """The features of slices ``k0..k1`` of ``x``: one contiguous float32 (k1-k0, j, i) array per feature name.
 
     Each filter runs on those slices plus its own reach ("reflect" at the true volume ends, scipy's
     default; real neighbours inside), in parallel threads (scipy.ndimage releases the GIL), largest
-    first.  ``progress(fraction)`` is called in this thread as filters finish.
+    first.  ``progress(fraction)`` is called in this thread as filters finish.  ``zoom`` (k, j, i): see :func:`_zoom`.
     """
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     n = x.shape[0]
-    tasks = _tasks(check_spec(spec))
+    tasks = _tasks(check_spec(spec), zoom)
 
     def run(task):
         reach, function = task
@@ -145,7 +220,7 @@ def slab_size(shape, spec: dict | None = None) -> int:
     return int(max(_MIN_SLAB, min(shape[0], _SLAB_BYTES // max(1, per_slice))))
 
 
-def feature_rows(normalised: np.ndarray, spec: dict | None, indices: np.ndarray) -> np.ndarray:
+def feature_rows(normalised: np.ndarray, spec: dict | None, indices: np.ndarray, zoom=None) -> np.ndarray:
     """Feature rows (len(indices), n_features) of the voxels at sorted flat ``indices``: slab by slab, slabs
     without any of them skipped, so sampling voxels never holds the whole volume's features."""
     spec = check_spec(spec)
@@ -159,12 +234,12 @@ def feature_rows(normalised: np.ndarray, spec: dict | None, indices: np.ndarray)
         if lo == hi:
             continue
         local = indices[lo:hi] - k0 * plane
-        for f, array in enumerate(feature_arrays(x, spec, k0, k1)):
+        for f, array in enumerate(feature_arrays(x, spec, k0, k1, zoom=zoom)):
             out[lo:hi, f] = array.ravel()[local]
     return out
 
 
-def feature_slabs(normalised: np.ndarray, spec: dict | None = None, slab: int | None = None):
+def feature_slabs(normalised: np.ndarray, spec: dict | None = None, slab: int | None = None, zoom=None):
     """Yield ``(k0, k1, features)``: features (k1-k0, j, i, n_features) of slices k0..k1 of the volume."""
     spec = check_spec(spec)
     x = np.asarray(normalised, dtype=np.float32)
@@ -173,14 +248,14 @@ def feature_slabs(normalised: np.ndarray, spec: dict | None = None, slab: int | 
     slab = slab_size(x.shape, spec) if slab is None else int(slab)
     for k0 in range(0, x.shape[0], slab):
         k1 = min(x.shape[0], k0 + slab)
-        yield k0, k1, np.stack(feature_arrays(x, spec, k0, k1), axis=-1)
+        yield k0, k1, np.stack(feature_arrays(x, spec, k0, k1, zoom=zoom), axis=-1)
 
 
-def feature_volume(normalised: np.ndarray, spec: dict | None = None) -> np.ndarray:
+def feature_volume(normalised: np.ndarray, spec: dict | None = None, zoom=None) -> np.ndarray:
     """All features at once, (k, j, i, n_features): for training-sized volumes only."""
     x = np.asarray(normalised, dtype=np.float32)
     spec = check_spec(spec)
     out = np.empty(x.shape + (len(feature_names(spec)),), np.float32)
-    for k0, k1, block in feature_slabs(x, spec):
+    for k0, k1, block in feature_slabs(x, spec, zoom=zoom):
         out[k0:k1] = block
     return out
