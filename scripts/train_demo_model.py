@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 | data | T1ToT2 phantom `{args.size}` (seed 0): left hand, all axial, coronal and sagittal slices; right hand held out |
 | budget | {schedule['epochs']} epochs at Adam lr {schedule['lr']} then {schedule['epochs_decay']} decaying to 0, betas {tuple(schedule['betas'])}, batch {schedule['batch_size']}{', patches of ' + str(schedule['patch']) if schedule.get('patch') else ''}, flips, seed 0 |
 | training time | {train_s / 60:.1f} min on {platform.machine()} ({args.device}) |
-| intensity | T1 divided by its foreground 99.5th percentile; output × T2 scale {meta['intensity'].get('t2_scale', 'n/a'):.4g} |
+| intensity | T1 divided by the {meta['intensity']['t1_percentile']:g}th percentile of its foreground (voxels above Otsu's threshold); output × T2 scale {meta['intensity'].get('t2_scale', 'n/a'):.4g} |
 
 ## Metrics on the held-out right hand (inside the dilated hand mask)
 

@@ -130,6 +130,10 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
     work = t1 if prepared is None else prepared.volume
     if prepared is not None:
         check_work_memory(work)
+    if prepared is not None and prepared.resampled and getattr(model, "prior", None) is not None:
+        results = _synthesize_across_voxel_sizes(model, prepared, predictor, plane, batch_size, progress, cancel_event,
+                                                 uncertainty)
+        return tuple(results) if uncertainty else results[0]
     planes = PLANES if plane == "fuse" else (plane,)
     normalised = work.array / np.float32(foreground_scale(work.array, model.t1_percentile))
     prior, prior_error = predict_prior(model, normalised, uncertainty, progress)
@@ -138,11 +142,7 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
                                   prior, uncertainty and prior_error is None, notes)
     if len(planes) > 1:
         out /= np.float32(len(planes))
-    synthetic = work.with_array(np.maximum(out * np.float32(model.t2_scale), 0.0), synthetic=True, model=model.name,
-                                plane=plane, description=synthetic_description(model.name), engine=predictor.engine)
-    if notes:
-        synthetic.meta["notes"] = notes
-    results = [synthetic]
+    results = [_synthetic(work, out, model, plane, predictor, notes)]
     if uncertainty:
         spread = None
         if prior_error is None:
@@ -153,17 +153,59 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
     return tuple(results) if uncertainty else results[0]
 
 
-def predict_prior(model, normalised: np.ndarray, uncertainty: bool, progress):
-    """The feature-regression prior (and its predicted error) of a refiner or feature model, else (None, None)."""
+def _synthetic(grid: Volume, normalised_t2: np.ndarray, model, plane: str, predictor: Predictor, notes: list) -> Volume:
+    synthetic = grid.with_array(np.maximum(normalised_t2 * np.float32(model.t2_scale), 0.0), synthetic=True, model=model.name,
+                                plane=plane, description=synthetic_description(model.name), engine=predictor.engine)
+    if notes:
+        synthetic.meta["notes"] = notes
+    return synthetic
+
+
+def _synthesize_across_voxel_sizes(model, prepared, predictor: Predictor, plane: str, batch_size: int, progress,
+                                   cancel_event, uncertainty: bool) -> list:
+    """A model with trees on a T1 of another voxel size: the trees run on the T1's own grid, their features zoomed to
+    the lengths in mm they were trained at (resampling the T1 would blur or alias the texture they read, and
+    resampling their result back would blur every fine structure); the network, which learnt at its voxel size, runs
+    on the resampled T1 and its *correction* of the prior goes back onto the T1 grid."""
+    from .preprocess import feature_zoom, model_preprocessing, onto_grid
+
+    native, work, grid = prepared.native, prepared.volume, prepared.original
+    planes = PLANES if plane == "fuse" else (plane,)
+    zoom = feature_zoom(model_preprocessing(model.metadata)["voxel_mm"], native)
+    normalised = native.array / np.float32(foreground_scale(native.array, model.t1_percentile))
+    prior, prior_error = predict_prior(model, normalised, uncertainty, progress, zoom=zoom)
+    del normalised
+    prior_work = onto_grid(native.with_array(prior), work).array
+    normalised_work = work.array / np.float32(foreground_scale(work.array, model.t1_percentile))
+    notes = list(work.meta.get("notes") or [])
+    out, squares = predict_planes(model, predictor, work, normalised_work, planes, int(batch_size), progress, cancel_event,
+                                  prior_work, uncertainty and prior_error is None, notes)
+    out /= np.float32(len(planes))
+    correction = onto_grid(work.with_array(out - prior_work), grid).array
+    results = [_synthetic(grid, prior + correction, model, plane, predictor, notes)]
+    if uncertainty:
+        if prior_error is None:
+            spread = onto_grid(work.with_array(planes_spread(out, squares, len(planes))), grid).array
+            results.append(error_map(grid, spread, None, model))
+        else:
+            results.append(error_map(grid, None, prior_error, model))
+    return results
+
+
+def predict_prior(model, normalised: np.ndarray, uncertainty: bool, progress, zoom=None):
+    """The feature-regression prior (and its predicted error) of a refiner or feature model, else (None, None).
+
+    ``zoom``: the model's training voxel size over this volume's, per array axis (features at the trained mm)."""
     prior = getattr(model, "prior", None)
     if prior is None:
         return None, None
     message = "feature regression (3-D multi-scale T1 features, boosted trees)"
     with StageProgress(progress, "prior", normalised.shape[0], message=message) as stage:
         tick = lambda done, total: stage.update(done * stage.total // max(total, 1))  # noqa: E731
+        zoomed = {} if zoom is None else {"zoom": zoom}
         if uncertainty and prior.error_trees is not None:
-            return prior.predict_volume(normalised, with_error=True, progress=tick)
-        return prior.predict_volume(normalised, progress=tick), None
+            return prior.predict_volume(normalised, with_error=True, progress=tick, **zoomed)
+        return prior.predict_volume(normalised, progress=tick, **zoomed), None
 
 
 def predict_planes(model, predictor: Predictor, work: Volume, normalised, planes, batch_size: int, progress,

@@ -122,11 +122,21 @@ def onto_grid(volume: Volume, reference: Volume) -> Volume:
 class Prepared:
     volume: Volume  # what the network sees
     original: Volume  # the T1 as given: the output's grid
+    native: Volume | None = None  # the T1 after N4 on its own grid, when ``volume`` was resampled
+
+    @property
+    def resampled(self) -> bool:
+        return self.native is not None
 
     def restore(self, synthetic: Volume) -> Volume:
         if synthetic.same_geometry(self.original, tol=0):
             return synthetic
         return onto_grid(synthetic, self.original)  # the synthetic's meta already carries the notes
+
+
+def feature_zoom(model_voxel_mm, volume: Volume) -> np.ndarray:
+    """The model's training voxel over ``volume``'s, per array axis (k, j, i): the trees' feature zoom."""
+    return (np.asarray(model_voxel_mm, dtype=np.float64) / volume.spacing)[::-1].copy()
 
 
 def prepare_input(t1: Volume, loaded) -> Prepared | None:
@@ -135,7 +145,7 @@ def prepare_input(t1: Volume, loaded) -> Prepared | None:
         return None
     record = model_preprocessing(getattr(loaded, "metadata", {}) or {})
     work = t1
-    changed = False
+    changed, native = False, None
     if record.get("n4") and not t1.meta.get("n4"):
         work = n4_correct(work)
         changed = True
@@ -144,17 +154,26 @@ def prepare_input(t1: Volume, loaded) -> Prepared | None:
         voxel = np.asarray(voxel, dtype=np.float64)
         ratio = t1.spacing / voxel
         if np.any(np.abs(ratio - 1.0) > SAME_SPACING):
+            native = work
             # Windowed sinc, not linear: on the phantom a T1 at 1 mm came back 1.6 dB below native with it,
             # 3.9 dB with linear interpolation, whose smoothing the texture features read as another tissue.
             work = resample_to_spacing(work, voxel, interpolator="sinc")
             changed = True
-            worst = float(np.max(np.abs(ratio - 1.0)))
-            text = (f"T1 voxel size {np.round(t1.spacing, 3).tolist()} mm differs from the model's training voxel size "
-                    f"{np.round(voxel, 3).tolist()} mm: resampled for the network and back onto the T1 grid")
-            if worst > LARGE_DIFFERENCE:
-                text += f" (a {worst:.0%} difference: the model sees anatomy at scales it was not trained on)"
-            _note(work, text)
+            _note(work, _voxel_note(t1, voxel, ratio, getattr(loaded, "prior", None) is not None))
     if not changed:
         return None
     work.meta[_PREPARED] = True
-    return Prepared(work, t1)
+    return Prepared(work, t1, native)
+
+
+def _voxel_note(t1: Volume, voxel, ratio, has_prior: bool) -> str:
+    text = f"T1 voxel size {np.round(t1.spacing, 3).tolist()} mm differs from the model's training voxel size {np.round(voxel, 3).tolist()} mm: "
+    if has_prior:
+        text += ("the trees ran on the T1's own grid with their features at the trained lengths in mm; the network's "
+                 "correction was made at the training voxel size and added back on the T1 grid")
+    else:
+        text += "resampled for the network and back onto the T1 grid"
+    worst = float(np.max(np.abs(ratio - 1.0)))
+    if worst > LARGE_DIFFERENCE:
+        text += f" (a {worst:.0%} difference: the model sees anatomy at scales it was not trained on)"
+    return text

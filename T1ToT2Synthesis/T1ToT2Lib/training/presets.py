@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..core.volume import PLANES
+from ..inference.slices import DEFAULT_PERCENTILE
 
 #: The configuration this project recommends: the ``refiner`` — gradient-boosted trees on 3-D
 #: multi-scale T1 features give a prior T2, and a small dilated residual CNN (2.5-D input of three
@@ -20,6 +21,19 @@ RECOMMENDED = {
     "training": {"epochs": 8, "epochs_decay": 8, "lr": 2e-3, "betas": (0.9, 0.999), "batch_size": 16, "augment": True,
                  "patch": 48, "prior_cross_fit": True},
 }
+
+
+#: The foreground percentile each model's T1 and T2 are divided by.  The refiner's trees read absolute normalised
+#: intensities, so its scale must not move with the acquisition: a high percentile of the foreground is set by a
+#: few small bright structures whose partial volume changes with voxel size and pose, while the median of the
+#: foreground (voxels above Otsu's threshold) is set by the bulk of the tissue.  The GANs keep the 99.5th percentile:
+#: their tanh output needs targets within [-1, 1].
+NORMALISATION_PERCENTILE = {"refiner": 50.0}
+
+
+def normalisation_percentile(model: str) -> float:
+    """The foreground percentile ``model``'s training normalises T1 and T2 by (recorded in the model file)."""
+    return float(NORMALISATION_PERCENTILE.get(model, DEFAULT_PERCENTILE))
 
 
 #: The robust recipe (domain randomization): the recommended refiner trained on the given pair plus

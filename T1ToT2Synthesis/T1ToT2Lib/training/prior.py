@@ -30,14 +30,16 @@ def normalised_pair(t1, t2, percentile: float):
     return t1n, t2n, mask
 
 
-def _sampled_rows(pairs, spec, max_samples: int, seed: int, percentile: float):
+def _sampled_rows(pairs, spec, max_samples: int, seed: int, percentile: float, voxel_mm=None):
     """Per pair: (feature rows, T2 values) of up to ``max_samples / len(pairs)`` object voxels, and the pair's air rule.
 
-    Rows come slab by slab (:func:`~T1ToT2Lib.networks.features.feature_rows`): no pair's whole feature volume is held."""
+    Rows come slab by slab (:func:`~T1ToT2Lib.networks.features.feature_rows`): no pair's whole feature volume is held.
+    With ``voxel_mm`` (the model's voxel size) a pair of another voxel size has its features zoomed to the same mm."""
     from scipy import ndimage
 
     from ..networks.feature_regression import air_feature, air_rule, training_samples
-    from ..networks.features import feature_rows
+    from ..inference.preprocess import feature_zoom
+    from ..networks.features import feature_rows, zoomed_window
 
     per_pair = max(1000, int(max_samples) // len(pairs))
     feature, size = air_feature(spec)
@@ -46,8 +48,9 @@ def _sampled_rows(pairs, spec, max_samples: int, seed: int, percentile: float):
         t1n, t2n, mask = normalised_pair(t1, t2, percentile)
         y = t2n.ravel()
         take = training_samples(mask, per_pair, seed + 101 * n)
-        rows.append((feature_rows(t1n, spec, take), y[take]))
-        air = air_rule(ndimage.maximum_filter(t1n, size).ravel(), feature, y, mask)  # the air feature over the volume
+        zoom = None if voxel_mm is None else feature_zoom(voxel_mm, t1)
+        rows.append((feature_rows(t1n, spec, take, zoom=zoom), y[take]))
+        air = air_rule(ndimage.maximum_filter(t1n, zoomed_window(size, zoom)).ravel(), feature, y, mask)  # the air feature
         if air is not None:
             airs.append(air)
     return rows, airs
@@ -63,10 +66,13 @@ def _pooled_air(airs):
                float(np.median([a.error for a in airs])))
 
 
-def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool = True, emit=None, spec=None, fit=None):
+def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool = True, emit=None, spec=None, fit=None,
+                    voxel_mm=None):
     """Trees fitted on the voxels of all ``pairs``; returns (regressor, [training prior of each pair]).
 
-    With ``cross_fit`` each pair's prior comes from trees that never saw it (two folds of alternating pairs)."""
+    With ``cross_fit`` each pair's prior comes from trees that never saw it (two folds of alternating pairs).  With
+    ``voxel_mm`` (the model's voxel size, i, j, k) pairs keep their own grids: features are zoomed to its lengths in mm."""
+    from ..inference.preprocess import feature_zoom
     from ..networks.feature_regression import DEFAULT_FIT, ERROR_FIT, FeatureRegressor, _fit_trees
     from ..networks.features import check_spec
 
@@ -76,7 +82,7 @@ def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool =
     tick = time.perf_counter()
     spec = check_spec(spec)
     fit = {**DEFAULT_FIT, **(fit or {})}
-    rows, airs = _sampled_rows(pairs, spec, fit["max_samples"], seed, percentile)
+    rows, airs = _sampled_rows(pairs, spec, fit["max_samples"], seed, percentile, voxel_mm)
     X = np.concatenate([r[0] for r in rows])
     y = np.concatenate([r[1] for r in rows])
     regressor = FeatureRegressor(spec, _fit_trees(X, y, seed, fit), air=_pooled_air(airs))
@@ -92,7 +98,8 @@ def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool =
             predictors[fold] = FeatureRegressor(spec, trees, air=regressor.air)
         else:
             predictors[fold] = regressor
-    priors = [predictors[f].predict_volume(normalised_pair(t1, t2, percentile)[0]).astype(np.float32)
+    zoom = (lambda t1: None) if voxel_mm is None else (lambda t1: feature_zoom(voxel_mm, t1))
+    priors = [predictors[f].predict_volume(normalised_pair(t1, t2, percentile)[0], zoom=zoom(t1)).astype(np.float32)
               for (t1, t2), f in zip(pairs, fold_of)]
     emit({"event": "prior", "kind": "feature_regression", "pairs": len(pairs), "voxels": int(len(y)),
           "trees": regressor.trees.metadata()["n_trees"], "seconds": round(time.perf_counter() - tick, 1)})

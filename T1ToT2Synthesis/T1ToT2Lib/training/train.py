@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import atomic_path
-from ..inference.slices import DEFAULT_PERCENTILE, check_context
+from ..inference.slices import check_context
 from .data import PairsDataset, SliceDataset, check_paired, check_planes
 from ..core.errors import T1ToT2Error
 from ..core.volume import PLANES, Volume, check_image
@@ -76,7 +76,7 @@ class TrainConfig:
     augment: bool = False
     patch: int | None = None  # train on random patches of this size centred on the object (None: whole slices)
     prior_cross_fit: bool = True  # refiner: train on an out-of-fold prior (True) or the final trees' own prediction
-    percentile: float = DEFAULT_PERCENTILE
+    percentile: float | None = None  # foreground percentile of the normalisation (None: presets.normalisation_percentile)
     pairs: tuple = ()  # further (t1, t2) pairs (paths or Volumes), each on its own grid; refiner only
     phantom_subjects: int = 0  # phantom subjects rendered on the fly (both hands train; one more subject is held out)
     randomize: bool = False  # phantom subjects with randomized acquisitions
@@ -322,6 +322,7 @@ class _Run:
     pairs: list = None
     validation: tuple = None
     gate: tuple = None  # held-out (T1, T2) that decides whether the CNN stage is kept
+    native_pairs: list = None  # the pairs on their own grids (the trees' features are zoomed to the model's mm)
 
     @property
     def is_main(self) -> bool:
@@ -337,13 +338,19 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
     """
     import torch
 
+    from dataclasses import replace
+
+    from .presets import normalisation_percentile
+
     emit = progress or (lambda event: None)
     started = time.time()
     out = Path(config.out)
     planes, context = _check_config(config)
-    pairs, validation, gate = _training_pairs(config, emit)
+    if config.percentile is None:
+        config = replace(config, percentile=normalisation_percentile(config.model))
+    pairs, validation, gate, natives = _training_pairs(config, emit)
     run = _setup_devices(config, planes, context)
-    run.pairs, run.validation, run.gate = pairs, validation, gate
+    run.pairs, run.validation, run.gate, run.native_pairs = pairs, validation, gate, natives
     if not run.is_main:
         emit = lambda event: None  # noqa: E731 - only rank 0 reports
     random.seed(config.seed)
@@ -404,7 +411,8 @@ def _check_config(config: TrainConfig) -> tuple:
 
 
 def _training_pairs(config: TrainConfig, emit) -> tuple:
-    """(training pairs on one voxel size, validation pair or None, held-out gate pair or None)."""
+    """(training pairs on one voxel size, validation pair or None, held-out gate pair or None, the training pairs on
+    their own grids)."""
     from .pairs import augment_t1, checked_pairs, on_common_grid, phantom_pairs
 
     given = ([(config.t1, config.t2)] if config.t1 is not None or config.t2 is not None else []) + list(config.pairs or ())
@@ -421,6 +429,7 @@ def _training_pairs(config: TrainConfig, emit) -> tuple:
     if int(config.augment_copies):
         rng = np.random.default_rng([int(config.seed), 29])
         pairs += [(augment_t1(t1, rng), t2) for _ in range(int(config.augment_copies)) for t1, t2 in list(pairs)]
+    natives = list(pairs)
     pairs, voxel = on_common_grid(pairs, config.voxel_mm)
     validation = None
     if config.val_t1 is not None:
@@ -429,7 +438,7 @@ def _training_pairs(config: TrainConfig, emit) -> tuple:
         gate = on_common_grid([gate], voxel)[0][0]
     elif validation is not None and len(pairs) > 1:
         gate = validation
-    return pairs, validation, gate
+    return pairs, validation, gate, natives
 
 
 def _setup_devices(config: TrainConfig, planes, context) -> _Run:
@@ -473,9 +482,7 @@ def _build(run: _Run, config: TrainConfig, emit) -> None:
         if len(run.pairs) == 1:
             run.prior_model, priors[0] = fit_prior(*run.pairs[0], config, emit)
         else:
-            from .prior import fit_prior_pairs
-
-            run.prior_model, priors = fit_prior_pairs(run.pairs, config.seed, config.percentile, config.prior_cross_fit, emit)
+            run.prior_model, priors = _fit_prior_natively(run, config, emit)
     datasets = [SliceDataset(a, b, run.planes, context=run.context, multiple=multiple, percentile=config.percentile,
                              augment=config.augment, prior=prior, patch=config.patch) for (a, b), prior in zip(run.pairs, priors)]
     run.dataset = datasets[0] if len(datasets) == 1 else PairsDataset(datasets)
@@ -493,6 +500,22 @@ def _build(run: _Run, config: TrainConfig, emit) -> None:
 
         run.train_module = DistributedDataParallel(
             run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None, find_unused_parameters=True)
+
+
+def _fit_prior_natively(run: _Run, config: TrainConfig, emit) -> tuple:
+    """The trees fitted on every pair on its own grid, their features zoomed to the model's voxel size in mm (as
+    synthesis runs them on a T1 of another voxel size); each pair's prior then goes onto that pair's common grid,
+    where the CNN learns, as synthesis hands the network the prior."""
+    from ..inference.preprocess import onto_grid
+    from .prior import fit_prior_pairs
+
+    voxel = run.pairs[0][0].spacing
+    regressor, priors = fit_prior_pairs(run.native_pairs, config.seed, config.percentile, config.prior_cross_fit, emit,
+                                        voxel_mm=voxel)
+    common = []
+    for (native, _), (t1, _), prior in zip(run.native_pairs, run.pairs, priors):
+        common.append(prior if native.same_geometry(t1, tol=0) else onto_grid(native.with_array(prior), t1).array)
+    return regressor, common
 
 
 def _resume(run: _Run, config: TrainConfig, checkpoint_path: Path) -> tuple:
@@ -678,6 +701,12 @@ def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit):
     return regressor, prior
 
 
+def _percentile(config: TrainConfig) -> float:
+    from .presets import normalisation_percentile
+
+    return float(normalisation_percentile(config.model) if config.percentile is None else config.percentile)
+
+
 def validate(model, net_config, validation, planes, t2_scale, config, device, prior=None) -> dict:
     """Synthesise the validation T1 with the current generator and score it against the validation T2."""
     from .. import networks
@@ -689,7 +718,7 @@ def validate(model, net_config, validation, planes, t2_scale, config, device, pr
     was_training = generator.training
     loaded = LoadedModel(
         generator=generator, config=net_config, metadata={}, planes=list(planes), in_channels=int(config.context),
-        t2_scale=float(t2_scale), t1_percentile=float(config.percentile), multiple=int(networks.required_multiple(net_config)),
+        t2_scale=float(t2_scale), t1_percentile=_percentile(config), multiple=int(networks.required_multiple(net_config)),
         name=f"{config.model} (training)", prior=prior,
     )
     plane = planes[0] if len(planes) == 1 else "fuse"
