@@ -56,7 +56,8 @@ class T1ToT2Training(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Trains a Pix2Pix, CycleGAN or UNIT network that turns T1 VIBE slices into T2 SPACE slices, on a "
             "paired T1/T2 volume (the built-in hand phantom, or your own scans: tick <i>Align T2 to T1</i> when "
-            "the T2 has its own grid, and <i>Show aligned pair</i> to check the registration), in a background "
+            "the T2 has its own grid, and <i>Show aligned pair</i> to check the registration; the refiner also trains on "
+            "additional pairs, a pairs CSV and rendered phantom subjects), in a background "
             "process: live loss chart, per-epoch validation metrics, difference map and line profile. "
             "The model is saved as one .safetensors file and offered in the T1 to T2 Synthesis module.<br>"
             "<b>Images made by these models are synthetic: research only, not for diagnosis.</b><br>"
@@ -77,6 +78,12 @@ class T1ToT2TrainingParameterNode:
     validationT2: vtkMRMLScalarVolumeNode
     #: Train with ``--align``: each T2 on its own grid is registered (rigid, mutual information) onto its T1's grid.
     alignT2: bool = False
+    # Several pairs (the refiner): further T1/T2 nodes (Add/Remove pair), a pairs CSV, rendered phantom subjects.
+    extraTrainT1: list[vtkMRMLScalarVolumeNode]
+    extraTrainT2: list[vtkMRMLScalarVolumeNode]
+    pairsCsvPath: pathlib.Path
+    phantomSubjects: Annotated[int, WithinRange(0, 1000)] = 0
+    randomizeAcquisition: bool = False
     modelType: Annotated[str, Choice(MODEL_CHOICES)] = "refiner"
     generatorWidth: Annotated[int, WithinRange(4, 256)] = 64
     residualBlocks: Annotated[int, WithinRange(1, 16)] = 9
@@ -126,6 +133,11 @@ class T1ToT2TrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              (self.ui.resumeButton, lambda: self.panel.startTraining(resume=True))):
             button.connect("clicked(bool)", lambda checked=False, slot=slot: self._run(slot))
         self.ui.cancelButton.connect("clicked(bool)", lambda checked=False: self.panel.jobs.cancel())
+        self.ui.addPairButton.connect("clicked(bool)", lambda checked=False: self.panel.addPair(
+            self.ui.extraT1Selector.currentNode(), self.ui.extraT2Selector.currentNode()))
+        self.ui.removePairButton.connect("clicked(bool)", lambda checked=False: self.panel.removePair(
+            self.ui.extraPairsListWidget.currentRow))
+        self.ui.pairsCsvPathLineEdit.nameFilters = [_("Pairs CSV (*.csv)")]
         self.initializeParameterNode()
 
     def setupPanel(self, ui, timer) -> None:

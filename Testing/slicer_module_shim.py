@@ -160,6 +160,7 @@ class FakeWidget:
         self.toolTip = ""
         self.value = 0
         self.tableNode = None
+        self.items = []  # a list widget's rows
 
     def hide(self):
         self.visible = False
@@ -172,6 +173,12 @@ class FakeWidget:
 
     def setMRMLTableNode(self, node):
         self.tableNode = node
+
+    def clear(self):
+        self.items = []
+
+    def addItem(self, text):
+        self.items.append(text)
 
 
 class FakeTimer:

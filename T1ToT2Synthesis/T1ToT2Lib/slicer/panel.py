@@ -142,8 +142,9 @@ def check_training_pairs(parameters) -> None:
     """
     if parameters.alignT2:
         return
-    for t1_key, t2_key, what in TRAINING_PAIRS:
-        t1_node, t2_node = getattr(parameters, t1_key), getattr(parameters, t2_key)
+    listed = [(getattr(parameters, t1_key), getattr(parameters, t2_key), what) for t1_key, t2_key, what in TRAINING_PAIRS]
+    extra = [(t1, t2, f"additional pair {n}") for n, (t1, t2) in enumerate(extra_training_pairs(parameters), start=1)]
+    for t1_node, t2_node, what in listed + extra:
         if t1_node is None or t2_node is None or scene.nodes_share_grid(t1_node, t2_node):
             continue
         raise T1ToT2Error(
@@ -152,10 +153,60 @@ def check_training_pairs(parameters) -> None:
             "onto the T1 grid before training")
 
 
+def extra_training_pairs(parameters) -> list:
+    """The (T1 node, T2 node) pairs a Training parameter node lists after its first pair (``extraTrainT1/T2``)."""
+    t1s, t2s = (list(getattr(parameters, key, None) or []) for key in ("extraTrainT1", "extraTrainT2"))
+    if len(t1s) != len(t2s):
+        raise T1ToT2Error(f"{len(t1s)} additional T1 but {len(t2s)} additional T2: remove the pairs and add them again")
+    return list(zip(t1s, t2s))
+
+
+def add_extra_training_pair(parameters, t1_node, t2_node) -> None:
+    """List (``t1_node``, ``t2_node``) after the Training parameter node's pairs; refuses, in one line, a missing
+    volume, one volume as both, or a pair already there."""
+    if t1_node is None or t2_node is None:
+        raise T1ToT2Error("choose the T1 and the T2 of the pair to add")
+    if t1_node is t2_node:
+        raise T1ToT2Error(f"'{t1_node.GetName()}' cannot be both the T1 and the T2 of a pair: choose its T2")
+    pairs = extra_training_pairs(parameters)
+    if (t1_node, t2_node) in pairs + [(parameters.trainT1, parameters.trainT2)]:
+        raise T1ToT2Error(f"the pair '{t1_node.GetName()}' / '{t2_node.GetName()}' is already a training pair")
+    parameters.extraTrainT1 = [t1 for t1, _ in pairs] + [t1_node]  # new lists: the parameter node stores on assignment
+    parameters.extraTrainT2 = [t2 for _, t2 in pairs] + [t2_node]
+
+
+def remove_extra_training_pair(parameters, index) -> None:
+    """Drop the ``index``-th additional pair (0-based; out of range: nothing to remove)."""
+    pairs = extra_training_pairs(parameters)
+    if 0 <= int(index) < len(pairs):
+        del pairs[int(index)]
+        parameters.extraTrainT1, parameters.extraTrainT2 = [t1 for t1, _ in pairs], [t2 for _, t2 in pairs]
+
+
+def extra_pair_labels(parameters) -> list:
+    return [f"{t1.GetName()}  /  {t2.GetName()}" for t1, t2 in extra_training_pairs(parameters)]
+
+
 def default_epochs(model_type: str) -> int:
     """The constant-rate epochs the Training panel proposes for a model (the presets': the recommended
     refiner's schedule, as many decaying epochs follow; the paper's 15 for its GANs)."""
     return int(TrainingSettings.for_model(model_type).epochs)
+
+
+def check_training_data(parameters) -> tuple:
+    """(settings, additional node pairs) of a Training parameter node, or a one-line refusal of what
+    ``t1tot2 train`` would refuse (:meth:`TrainingSettings.check_data`); nothing is written or started."""
+    p = parameters
+    extra = extra_training_pairs(p)
+    settings = TrainingSettings.from_parameters(p)
+    other_data = extra or settings.pairs_csv or settings.phantom_subjects
+    if (p.trainT1 is None) != (p.trainT2 is None) or (p.trainT1 is None and not other_data):
+        raise T1ToT2Error("the training T1 or T2 volume is not selected: choose both (or generate the phantom)")
+    if not p.outputModelPath or str(p.outputModelPath) in ("", "."):
+        raise T1ToT2Error("no output model file is chosen: pick where to save the .safetensors model")
+    check_training_pairs(p)
+    settings.check_data(([(p.trainT1, p.trainT2)] if p.trainT1 is not None else []) + extra)
+    return settings, extra
 
 
 def train_arguments(parameters, work_dir, resume=False) -> list:
@@ -167,20 +218,19 @@ def train_arguments(parameters, work_dir, resume=False) -> list:
     """
     p = parameters
     work_dir = pathlib.Path(work_dir)
+    settings, extra = check_training_data(p)
     nodes = {key: getattr(p, key) for key in ("trainT1", "trainT2", "validationT1", "validationT2")}
-    if nodes["trainT1"] is None or nodes["trainT2"] is None:
-        raise T1ToT2Error("the training T1 or T2 volume is not selected: choose both (or generate the phantom)")
-    if not p.outputModelPath or str(p.outputModelPath) in ("", "."):
-        raise T1ToT2Error("no output model file is chosen: pick where to save the .safetensors model")
-    check_training_pairs(p)
-    settings = TrainingSettings.from_parameters(p)
-    paths = {}
-    for key, node in nodes.items():
-        if node is not None:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            paths[key] = files.write_volume(scene.volume_from_node(node), work_dir / f"{key}.nrrd")
-    return settings.asArgList(paths["trainT1"], paths["trainT2"], p.outputModelPath, paths.get("validationT1"),
-                              paths.get("validationT2"), resume=resume)
+    paths = {key: _write_node(node, work_dir, key) for key, node in nodes.items() if node is not None}
+    extra_paths = [(_write_node(t1, work_dir, f"extraTrainT1_{n}"), _write_node(t2, work_dir, f"extraTrainT2_{n}"))
+                   for n, (t1, t2) in enumerate(extra, start=1)]
+    return settings.asArgList(paths.get("trainT1"), paths.get("trainT2"), p.outputModelPath, paths.get("validationT1"),
+                              paths.get("validationT2"), resume=resume, extra_pairs=extra_paths)
+
+
+def _write_node(node, work_dir, name) -> pathlib.Path:
+    """A volume node written to ``work_dir/name.nrrd`` with its exact geometry, for a background job."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return files.write_volume(scene.volume_from_node(node), work_dir / f"{name}.nrrd")
 
 
 def start_training_job(parameters, work_dir, resume=False, python=None):

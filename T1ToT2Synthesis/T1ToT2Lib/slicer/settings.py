@@ -21,7 +21,8 @@ from ..training.presets import RECOMMENDED, training_defaults
 _PARAMETER_FIELDS = {"modelType": "model", "epochs": "epochs", "learningRate": "learning_rate",
                      "batchSize": "batch_size", "contextSlices": "context", "generatorWidth": "generator_width",
                      "residualBlocks": "residual_blocks", "upsampling": "upsampling",
-                     "maxStepsPerEpoch": "max_steps_per_epoch", "device": "device", "alignT2": "align"}
+                     "maxStepsPerEpoch": "max_steps_per_epoch", "device": "device", "alignT2": "align",
+                     "pairsCsvPath": "pairs_csv", "phantomSubjects": "phantom_subjects", "randomizeAcquisition": "randomize"}
 #: Settings a model choice proposes (from the presets) in the Training panel.
 PROPOSED_FIELDS = ("epochs", "learning_rate", "batch_size", "context", "upsampling")
 
@@ -48,8 +49,14 @@ class TrainingSettings:
     max_steps_per_epoch: int = 0
     device: str = "auto"
     align: bool = False
+    #: Further training data (``--pairs``, ``--phantom-subjects``, ``--randomize``); with them only the refiner trains.
+    pairs_csv: str | None = None
+    phantom_subjects: int = 0
+    randomize: bool = False
 
     def __post_init__(self):
+        if self.pairs_csv is not None and str(self.pairs_csv).strip() in ("", "."):
+            self.pairs_csv = None  # an empty path line edit (a parameter node's Path holds '.')
         defaults = training_defaults(self.model)
         preset = {"epochs": int(defaults["epochs"]), "learning_rate": float(defaults["lr"]),
                   "batch_size": int(defaults["batch_size"]), "context": int(defaults["context"]),
@@ -80,10 +87,32 @@ class TrainingSettings:
         for field in PROPOSED_FIELDS:
             setattr(parameters, names[field], getattr(self, field))
 
-    def asArgList(self, t1, t2, out, val_t1=None, val_t2=None, resume=False) -> list:
-        """``t1tot2 train`` arguments for these settings and volume files (strings)."""
+    def check_data(self, pairs) -> None:
+        """Refuse, in one line, training data ``t1tot2 train`` refuses: ``pairs`` are the (T1, T2) files given."""
+        if any(t1 is None or t2 is None for t1, t2 in pairs):
+            raise T1ToT2Error("a training pair lacks its T1 or T2: choose both volumes of every pair")
+        if int(self.phantom_subjects) < 0:
+            raise T1ToT2Error(f"phantom subjects {self.phantom_subjects} must be at least 0")
+        if not pairs and not self.pairs_csv and not self.phantom_subjects:
+            raise T1ToT2Error("no training data: choose the training T1 and T2, a pairs CSV or phantom subjects")
+        if self.randomize and not self.phantom_subjects:
+            raise T1ToT2Error("randomized acquisitions apply to phantom subjects: set phantom subjects above 0 or untick randomize")
+        if (len(pairs) > 1 or self.pairs_csv or self.phantom_subjects) and self.model != "refiner":
+            raise T1ToT2Error(f"several training pairs (additional pairs, a pairs CSV, phantom subjects) train the refiner "
+                              f"only, not {self.model}: choose the refiner model or train on one pair")
+        if self.pairs_csv:
+            from ..training.pairs import read_pairs_csv
+
+            read_pairs_csv(self.pairs_csv)  # a missing file or a row without two columns, said before any job starts
+
+    def asArgList(self, t1, t2, out, val_t1=None, val_t2=None, resume=False, extra_pairs=()) -> list:
+        """``t1tot2 train`` arguments for these settings and volume files (strings); ``extra_pairs`` are further
+        (T1, T2) files, after the first pair (``t1``, ``t2``: None when the data is only a CSV or phantom subjects)."""
         out = pathlib.Path(out)
-        args = ["train", "--t1", t1, "--t2", t2, "--model", self.model, "--planes", ",".join(self.planes),
+        pairs = ([(t1, t2)] if t1 is not None or t2 is not None else []) + [tuple(pair) for pair in extra_pairs]
+        self.check_data(pairs)
+        args = ["train"] + [a for t1, t2 in pairs for a in ("--t1", t1, "--t2", t2)]
+        args += ["--model", self.model, "--planes", ",".join(self.planes),
                 "--device", self.device, "--out", out,
                 "--checkpoint-dir", out.with_name(out.name.replace(".safetensors", "") + ".checkpoints"),
                 "--progress", "json"]
@@ -102,6 +131,12 @@ class TrainingSettings:
             args += ["--max-steps-per-epoch", self.max_steps_per_epoch]
         if self.align:
             args.append("--align")
+        if self.pairs_csv:
+            args += ["--pairs", self.pairs_csv]
+        if self.phantom_subjects:
+            args += ["--phantom-subjects", int(self.phantom_subjects)]
+        if self.randomize:
+            args.append("--randomize")
         if resume:
             args.append("--resume")
         return [str(a) for a in args]

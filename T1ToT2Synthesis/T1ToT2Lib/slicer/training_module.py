@@ -57,6 +57,10 @@ class TrainingLogic:
 
     trainArguments = staticmethod(panel.train_arguments)
     checkTrainingPairs = staticmethod(panel.check_training_pairs)
+    checkTrainingData = staticmethod(panel.check_training_data)
+    addTrainingPair = staticmethod(panel.add_extra_training_pair)
+    removeTrainingPair = staticmethod(panel.remove_extra_training_pair)
+    extraTrainingPairs = staticmethod(panel.extra_training_pairs)
     pairSharesGrid = staticmethod(scene.nodes_share_grid)
     recordEvent = staticmethod(panel.record_event)
     finishAlignmentJob = staticmethod(panel.finish_alignment_job)
@@ -140,13 +144,23 @@ class TrainingPanel:
         self.shownModelType = None  # a node's own epochs stand until the user chooses another model
         if parameters is not None:
             self.updateButtons()
+        self._showPairs()
+
+    def _hasTrainingData(self) -> bool:
+        """A first pair, additional pairs, a pairs CSV or phantom subjects (what ``t1tot2 train`` accepts)."""
+        p = self.parameters
+        csv = getattr(p, "pairsCsvPath", None)
+        return bool((p.trainT1 and p.trainT2) or getattr(p, "extraTrainT1", None) or getattr(p, "phantomSubjects", 0)
+                    or (csv and str(csv) not in ("", ".")))
 
     def updateButtons(self, caller=None, event=None) -> None:
         p, ui = self.parameters, self.ui
         running = self.jobs.running
-        ready = bool(p and p.trainT1 and p.trainT2 and p.outputModelPath and str(p.outputModelPath) not in ("", ".")
+        ready = bool(p and self._hasTrainingData() and p.outputModelPath and str(p.outputModelPath) not in ("", ".")
                      and (p.planeAxial or p.planeCoronal or p.planeSagittal))
         ui.startButton.enabled = ui.resumeButton.enabled = ready and not running
+        if hasattr(ui, "removePairButton"):
+            ui.removePairButton.enabled = bool(p and getattr(p, "extraTrainT1", None) and not running)
         ui.generatePhantomButton.enabled = not running
         ui.showAlignedButton.enabled = bool(p and p.trainT1 and p.trainT2 and not running)
         ui.evaluateButton.enabled = bool(p and p.validationT1 and p.validationT2 and not running
@@ -175,6 +189,31 @@ class TrainingPanel:
         slicer.util.setSliceViewerLayers(background=nodes["left_t1"], fit=True)
         self.ui.statusLabel.text = "Hand phantom made: left hand to train on, right hand to validate."
 
+    def addPair(self, t1Node, t2Node) -> None:
+        """List a further T1/T2 pair to train on (the refiner trains on all pairs, each on its own grid)."""
+        try:
+            self.logic.addTrainingPair(self.parameters, t1Node, t2Node)
+        except T1ToT2Error as error:
+            self.ui.statusLabel.text = str(error)
+            return
+        self._showPairs()
+        self.updateButtons()
+        self.ui.statusLabel.text = f"{len(self.logic.extraTrainingPairs(self.parameters)) + 1} training pairs listed."
+
+    def removePair(self, row) -> None:
+        self.logic.removeTrainingPair(self.parameters, row)
+        self._showPairs()
+        self.updateButtons()
+
+    def _showPairs(self) -> None:
+        """The additional pairs, one row each, in the panel's list (when the panel has one)."""
+        listing = getattr(self.ui, "extraPairsListWidget", None)
+        if listing is None:
+            return
+        listing.clear()
+        for label in (panel.extra_pair_labels(self.parameters) if self.parameters is not None else []):
+            listing.addItem(label)
+
     def startTraining(self, resume=False) -> None:
         if not self._checkTrainingPairs():
             return
@@ -191,9 +230,10 @@ class TrainingPanel:
         self.jobs.start(job, "train", "Resuming training..." if resume else "Training...")
 
     def _checkTrainingPairs(self) -> bool:
-        """False, with one message (no traceback), when a T1/T2 pair is on two grids and the align box is unticked."""
+        """False, with one message (no traceback), when a T1/T2 pair is on two grids and the align box is unticked,
+        or the data is one ``t1tot2 train`` refuses (e.g. several pairs for a GAN): before any install or job."""
         try:
-            self.logic.checkTrainingPairs(self.parameters)
+            self.logic.checkTrainingData(self.parameters)
         except T1ToT2Error as error:
             self.ui.statusLabel.text = str(error)
             slicer.util.errorDisplay(f"Cannot start training: {error}")
