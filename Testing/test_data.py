@@ -113,3 +113,16 @@ def test_mismatched_pairs_are_refused():
         SliceDataset(t1, Volume(t2.array, moved), ["axial"])
     with pytest.raises(T1ToT2Error, match="plane"):
         SliceDataset(t1, t2, ["oblique"])
+
+
+def test_otsu_threshold_counted_in_chunks_equals_scikit_images(monkeypatch):
+    from skimage.filters import threshold_otsu
+
+    import T1ToT2Lib.inference.slices as slices
+
+    monkeypatch.setattr(slices, "_HISTOGRAM_CHUNK", 997)  # many chunks, the last one short
+    rng = np.random.default_rng(3)
+    for array in (rng.random((20, 30, 40), dtype=np.float32) * 300,
+                  np.concatenate([rng.normal(20, 5, 30_000), rng.normal(400, 60, 9_000)]).astype(np.float32),
+                  rng.integers(0, 4000, (10, 20, 30)).astype(np.int16)):
+        assert slices.foreground_threshold(array) == float(threshold_otsu(np.asarray(array, np.float32)))

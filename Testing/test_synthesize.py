@@ -17,7 +17,7 @@ from T1ToT2Lib.core.errors import T1ToT2Error
 from T1ToT2Lib.networks.modelfile import LoadedModel, load_model
 from T1ToT2Lib.inference.synthesize import synthesize_file, synthesize_volume
 from T1ToT2Lib.training.train import TrainConfig, train
-from T1ToT2Lib.core.volume import PLANES
+from T1ToT2Lib.core.volume import PLANES, Volume
 from T1ToT2Lib.io.files import read_volume, write_volume
 
 SPACING = (0.7, 1.3, 2.9)  # anisotropic, i/j/k all different
@@ -227,3 +227,23 @@ def test_cli_synthesizes_the_named_series_of_a_multi_series_dicom_folder(model_p
     written = read_volume(out)
     np.testing.assert_allclose(written.ijk_to_ras, read_volume(folder / "t1").ijk_to_ras, atol=1e-5)
     np.testing.assert_allclose(written.ijk_to_ras, oblique_t1.ijk_to_ras, atol=1e-4)
+
+
+def test_synthesis_holds_few_volume_sized_arrays_beside_the_input():
+    """Working memory of a whole-volume synthesis, traced (numpy reports its buffers to tracemalloc): the normalised
+    copy and the output, plus foreground_scale's transient copy of the foreground, and no more.  Scaling the output
+    into a new array and clipping it into another (two more volumes at the end) would exceed the bound."""
+    import tracemalloc
+
+
+    t1 = Volume.from_geometry(np.random.default_rng(0).random((64, 64, 64), dtype=np.float32) * 100 + 1, SPACING)
+    model = recorder_model()
+    synthesize_volume(model, t1, plane="axial", device="cpu")  # imports and first-call caches outside the trace
+    tracemalloc.start()
+    try:
+        synthetic = synthesize_volume(model, t1, plane="axial", device="cpu")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert synthetic.array.shape == t1.shape
+    assert peak < 3.2 * t1.array.nbytes, peak / t1.array.nbytes

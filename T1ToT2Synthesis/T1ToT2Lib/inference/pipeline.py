@@ -142,11 +142,10 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
                                   prior, uncertainty and prior_error is None, notes)
     if len(planes) > 1:
         out /= np.float32(len(planes))
-    results = [_synthetic(work, out, model, plane, predictor, notes)]
+    spread = planes_spread(out, squares, len(planes)) if uncertainty and prior_error is None else None
+    del squares
+    results = [_synthetic(work, out, model, plane, predictor, notes)]  # ``out`` becomes the synthetic (in place)
     if uncertainty:
-        spread = None
-        if prior_error is None:
-            spread = planes_spread(out, squares, len(planes))
         results.append(error_map(work, spread, prior_error, model))
     if prepared is not None:
         results = [prepared.restore(v) for v in results]
@@ -154,7 +153,11 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
 
 
 def _synthetic(grid: Volume, normalised_t2: np.ndarray, model, plane: str, predictor: Predictor, notes: list) -> Volume:
-    synthetic = grid.with_array(np.maximum(normalised_t2 * np.float32(model.t2_scale), 0.0), synthetic=True, model=model.name,
+    """The synthetic volume, made in place from ``normalised_t2`` (a float32 array the caller gives up): a volume-sized
+    temporary less at the peak of memory."""
+    normalised_t2 *= np.float32(model.t2_scale)
+    np.maximum(normalised_t2, 0.0, out=normalised_t2)
+    synthetic = grid.with_array(normalised_t2, synthetic=True, model=model.name,
                                 plane=plane, description=synthetic_description(model.name), engine=predictor.engine)
     if notes:
         synthetic.meta["notes"] = notes
@@ -181,14 +184,14 @@ def _synthesize_across_voxel_sizes(model, prepared, predictor: Predictor, plane:
     out, squares = predict_planes(model, predictor, work, normalised_work, planes, int(batch_size), progress, cancel_event,
                                   prior_work, uncertainty and prior_error is None, notes)
     out /= np.float32(len(planes))
-    correction = onto_grid(work.with_array(out - prior_work), grid).array
-    results = [_synthetic(grid, prior + correction, model, plane, predictor, notes)]
+    spread = None
+    if uncertainty and prior_error is None:
+        spread = onto_grid(work.with_array(planes_spread(out, squares, len(planes))), grid).array
+    out -= prior_work
+    refined = prior + onto_grid(work.with_array(out), grid).array  # the network's correction, on the T1 grid
+    results = [_synthetic(grid, refined, model, plane, predictor, notes)]
     if uncertainty:
-        if prior_error is None:
-            spread = onto_grid(work.with_array(planes_spread(out, squares, len(planes))), grid).array
-            results.append(error_map(grid, spread, None, model))
-        else:
-            results.append(error_map(grid, None, prior_error, model))
+        results.append(error_map(grid, spread, prior_error, model))
     return results
 
 

@@ -21,15 +21,38 @@ from ..core.volume import PLANES, Volume
 DEFAULT_PERCENTILE = 99.5
 
 
+#: Voxels per chunk of the histogram Otsu's threshold is found on.
+_HISTOGRAM_CHUNK = 1 << 22
+
+
+def _finite_values(array: np.ndarray) -> np.ndarray:
+    """``array`` as float32, without its NaN/Inf voxels (a copy only when there are some)."""
+    values = np.asarray(array, dtype=np.float32)
+    finite = np.isfinite(values)
+    return values if finite.all() else values[finite]
+
+
+def _otsu_histogram(values: np.ndarray, nbins: int = 256) -> tuple:
+    """(counts, bin centres) of ``values`` as scikit-image's ``histogram(..., source_range="image")`` makes them for
+    a float image, counted chunk by chunk: the same numbers without a volume-sized temporary."""
+    flat = values.reshape(-1)
+    lo, hi = flat.min(), flat.max()
+    counts = np.zeros(nbins, np.int64)
+    for start in range(0, flat.size, _HISTOGRAM_CHUNK):
+        counts += np.histogram(flat[start:start + _HISTOGRAM_CHUNK], bins=nbins, range=(lo, hi))[0]
+    edges = np.histogram_bin_edges(flat[:1], bins=nbins, range=(lo, hi))
+    return counts, (edges[:-1] + edges[1:]) / 2.0
+
+
 def foreground_threshold(array: np.ndarray) -> float:
-    """Otsu threshold separating the object from the (dark, noisy) background."""
+    """Otsu threshold separating the object from the (dark, noisy) background (scikit-image's, on a histogram
+    counted in chunks: equal to ``threshold_otsu(values)``)."""
     from skimage.filters import threshold_otsu
 
-    values = np.asarray(array, dtype=np.float32)
-    values = values[np.isfinite(values)]
+    values = _finite_values(array)
     if values.size == 0 or values.max() <= values.min():
         return float(values.max()) if values.size else 0.0
-    return float(threshold_otsu(values))
+    return float(threshold_otsu(hist=_otsu_histogram(values)))
 
 
 def foreground_scale(array: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> float:
@@ -40,14 +63,13 @@ def foreground_scale(array: np.ndarray, percentile: float = DEFAULT_PERCENTILE) 
     """
     if not 0.0 < percentile <= 100.0:
         raise T1ToT2Error(f"intensity percentile {percentile} is outside (0, 100]: use e.g. 99.5")
-    values = np.asarray(array, dtype=np.float32)
-    values = values[np.isfinite(values)]
+    values = _finite_values(array)
     if values.size == 0:
         raise T1ToT2Error("the volume has no finite voxels: check the input image")
-    foreground = values[values > foreground_threshold(values)]
+    foreground = values[values > foreground_threshold(values)]  # a copy: the percentile may reorder it in place
     if foreground.size == 0:
-        foreground = values
-    scale = float(np.percentile(foreground, percentile))
+        foreground = values.copy()
+    scale = float(np.percentile(foreground, percentile, overwrite_input=True))
     if not np.isfinite(scale) or scale <= 0:
         scale = float(np.max(np.abs(values)))
     if not np.isfinite(scale) or scale <= 0:
