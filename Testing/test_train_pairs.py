@@ -8,7 +8,7 @@ import pytest
 
 from T1ToT2Lib.cli import main
 from T1ToT2Lib.core.errors import T1ToT2Error
-from T1ToT2Lib.io.files import write_volume
+from T1ToT2Lib.io.files import read_volume, write_volume
 from T1ToT2Lib.networks.modelfile import read_metadata
 from T1ToT2Lib.phantom import render as P
 
@@ -135,3 +135,23 @@ def test_gate_keeps_a_helpful_correction_and_drops_a_harmful_one(offset, kept):
         assert float(generator.head.bias.detach()) == pytest.approx(offset)
     else:
         assert torch.count_nonzero(head) == 0  # the model is its prior again
+
+
+def test_the_trees_learn_each_pair_on_its_own_grid_at_the_models_lengths_in_mm(two_grids, tmp_path, monkeypatch):
+    """The second pair (2.5 x 3.5 x 2 mm) is not resampled for the trees: its feature rows come from its own grid with a
+    zoom of the model's 3 mm over its voxel per array axis (k, j, i = S, A, R = 2.0, 3.5, 2.5 mm)."""
+    from T1ToT2Lib.networks import features
+
+    seen = []
+    rows = features.feature_rows
+
+    def recording(normalised, spec, indices, zoom=None):
+        seen.append((normalised.shape, None if zoom is None else np.round(np.asarray(zoom), 6).tolist()))
+        return rows(normalised, spec, indices, zoom=zoom)
+
+    monkeypatch.setattr(features, "feature_rows", recording)
+    out = tmp_path / "m.safetensors"
+    assert main(["train", "--pairs", str(two_grids / "pairs.csv"), "--out", str(out), *QUICK]) == 0
+    first, second = (read_volume(two_grids / f"p{n}_t1.nii.gz") for n in range(2))
+    assert seen[0] == (first.shape, [1.0, 1.0, 1.0])
+    assert seen[1] == (second.shape, np.round([3.0 / 2.0, 3.0 / 3.5, 3.0 / 2.5], 6).tolist())

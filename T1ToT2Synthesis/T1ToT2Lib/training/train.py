@@ -574,7 +574,7 @@ def _loop(run: _Run, config: TrainConfig, start_epoch: int, history: dict, check
         val_metrics = None
         if run.is_main and run.validation is not None:
             val_metrics = validate(run.model, run.net_config, run.validation, run.planes, run.dataset.t2_scale, config,
-                                   run.device, run.prior_model)
+                                   run.device, run.prior_model, voxel_mm=run.pairs[0][0].spacing)
         history["epochs"].append({"epoch": epoch + 1, "losses": mean_losses, "val_metrics": val_metrics})
         written = None
         if run.is_main:
@@ -614,23 +614,24 @@ def _gate_correction(run: _Run, config: TrainConfig, emit) -> dict | None:
     if run.gate is None or run.prior_model is None or not hasattr(run.model.generator, "reset_head"):
         return None
     record = correction_gate(run.model.generator, run.net_config, run.gate, run.planes, run.dataset.t2_scale, config,
-                             run.device, run.prior_model)
+                             run.device, run.prior_model, voxel_mm=run.pairs[0][0].spacing)
     emit({"event": "gate", **record})
     return record
 
 
-def correction_gate(generator, net_config, held_out, planes, t2_scale, config, device, prior) -> dict:
-    """Score ``generator`` (a refiner) and its prior alone on ``held_out``; zero its head unless it is at least as
-    good on every metric.  Returns {"kept", "refined", "prior"}."""
+def correction_gate(generator, net_config, held_out, planes, t2_scale, config, device, prior, voxel_mm=None) -> dict:
+    """Score ``generator`` (a refiner) and its prior alone on ``held_out`` (synthesised as a model trained at
+    ``voxel_mm`` synthesises it); zero its head unless it is at least as good on every metric.
+    Returns {"kept", "refined", "prior"}."""
     import copy
 
     holder = type("Holder", (), {})()
     holder.generator = generator
-    refined = validate(holder, net_config, held_out, planes, t2_scale, config, device, prior)
+    refined = validate(holder, net_config, held_out, planes, t2_scale, config, device, prior, voxel_mm)
     alone = type("Holder", (), {})()
     alone.generator = copy.deepcopy(generator)
     alone.generator.reset_head()
-    baseline = validate(alone, net_config, held_out, planes, t2_scale, config, device, prior)
+    baseline = validate(alone, net_config, held_out, planes, t2_scale, config, device, prior, voxel_mm)
     kept = refined["psnr"] >= baseline["psnr"] and refined["ssim"] >= baseline["ssim"] and refined["nrmse"] <= baseline["nrmse"]
     if not kept:
         generator.reset_head()
@@ -707,8 +708,9 @@ def _percentile(config: TrainConfig) -> float:
     return float(normalisation_percentile(config.model) if config.percentile is None else config.percentile)
 
 
-def validate(model, net_config, validation, planes, t2_scale, config, device, prior=None) -> dict:
-    """Synthesise the validation T1 with the current generator and score it against the validation T2."""
+def validate(model, net_config, validation, planes, t2_scale, config, device, prior=None, voxel_mm=None) -> dict:
+    """Synthesise the validation T1 with the current generator and score it against the validation T2; with
+    ``voxel_mm`` (the training grid's) a T1 of another voxel size goes through synthesis as the model file will."""
     from .. import networks
     from ..networks.modelfile import LoadedModel
     from ..inference.synthesize import synthesize_volume
@@ -717,7 +719,8 @@ def validate(model, net_config, validation, planes, t2_scale, config, device, pr
     generator = model.generator
     was_training = generator.training
     loaded = LoadedModel(
-        generator=generator, config=net_config, metadata={}, planes=list(planes), in_channels=int(config.context),
+        generator=generator, config=net_config, planes=list(planes), in_channels=int(config.context),
+        metadata={} if voxel_mm is None else {"preprocessing": {"voxel_mm": [float(v) for v in voxel_mm], "n4": False}},
         t2_scale=float(t2_scale), t1_percentile=_percentile(config), multiple=int(networks.required_multiple(net_config)),
         name=f"{config.model} (training)", prior=prior,
     )
