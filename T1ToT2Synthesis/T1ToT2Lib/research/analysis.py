@@ -333,19 +333,23 @@ def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0
     tensors in the safetensors file (see :mod:`T1ToT2Lib.networks.feature_regression`).  ``regressor``: trees
     already fitted on this pair (a refiner's prior, fitted the same way) are saved instead of refitting.
     ``auto_context``: fit the second, auto-context stage as well (see :func:`T1ToT2Lib.networks.feature_regression.fit_feature_regressor`).
+    The volumes are normalised as the refiner's are (:func:`T1ToT2Lib.training.presets.normalisation_percentile`): its
+    trees can be saved alone.
     """
     import time
 
     from scipy import ndimage
 
-    from ..inference.slices import DEFAULT_PERCENTILE, foreground_scale, foreground_threshold
+    from ..inference.slices import foreground_scale, foreground_threshold
     from ..training.data import check_paired
+    from ..training.presets import normalisation_percentile
     from ..networks.feature_regression import DEFAULT_FIT, fit_feature_regressor
     from ..networks.modelfile import save_model
 
     check_paired(t1, t2)
     started = time.perf_counter()
-    t1_scale, t2_scale = foreground_scale(t1.array), foreground_scale(t2.array)
+    percentile = normalisation_percentile("refiner")
+    t1_scale, t2_scale = foreground_scale(t1.array, percentile), foreground_scale(t2.array, percentile)
     if mask is None:
         mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)), iterations=2)
     mask = np.asarray(mask.array > 0 if isinstance(mask, Volume) else mask, bool)
@@ -356,7 +360,7 @@ def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0
         "config": {"arch": "feature_regression", "in_channels": 1},
         "planes": ["axial"],
         "in_channels": 1,
-        "intensity": {"t1_percentile": DEFAULT_PERCENTILE, "t2_percentile": DEFAULT_PERCENTILE, "t2_scale": t2_scale,
+        "intensity": {"t1_percentile": percentile, "t2_percentile": percentile, "t2_scale": t2_scale,
                       "training_t1_scale": t1_scale},
         "prior": regressor.metadata(),
         "training": {
