@@ -103,43 +103,9 @@ def _odd(size: float) -> int:
     return max(1, 2 * int(round((float(size) - 1.0) / 2.0)) + 1)
 
 
-def _texture(x: np.ndarray, s: float) -> list:
-    from scipy import ndimage
-
-    mean = ndimage.gaussian_filter(x, s)
-    std = np.sqrt(np.maximum(ndimage.gaussian_filter(x * x, s) - mean * mean, 0.0))
-    second = [ndimage.gaussian_filter(x, s, order=o) for o in ((2, 0, 0), (0, 2, 0), (0, 0, 2))]
-    return [std, np.maximum.reduce(second), np.minimum.reduce(second)]
-
-
 def _reach(sigma: float) -> int:
     """Voxels a Gaussian of ``sigma`` reads on each side (scipy.ndimage truncates at 4 sigma)."""
     return int(4.0 * float(sigma) + 0.5)
-
-
-def _tasks(spec: dict, zoom=None) -> list:
-    """``(reach, function)`` per group of features, in :func:`feature_names` order: ``function`` maps a
-    block of slices to its list of feature arrays, ``reach`` is how many slices it reads on each side
-    along the first axis, so each filter is given only the margin it needs."""
-    z = _zoom(zoom)
-    if z is not None:
-        return _zoomed_tasks(spec, z)
-    from scipy import ndimage
-
-    tasks = [(0, lambda x: [x])]
-    for s in spec["gaussian_scales"]:
-        tasks += [(_reach(s), lambda x, s=s: [ndimage.gaussian_filter(x, s)]),
-                  (_reach(s), lambda x, s=s: [ndimage.gaussian_gradient_magnitude(x, s)]),
-                  (_reach(s), lambda x, s=s: [ndimage.gaussian_laplace(x, s)])]
-    for w in spec["extreme_sizes"]:
-        tasks += [(int(w) // 2, lambda x, w=w: [ndimage.minimum_filter(x, int(w))]),
-                  (int(w) // 2, lambda x, w=w: [ndimage.maximum_filter(x, int(w))])]
-    tasks += [(_reach(s), lambda x, s=s: _texture(x, s)) for s in spec["texture_scales"]]
-    for s in spec["line_scales"]:
-        tasks += [(_reach(s) if axis == 0 else 0, lambda x, sigma=sigma: [ndimage.gaussian_filter(x, sigma)])
-                  for axis, sigma in enumerate(((s, 0, 0), (0, s, 0), (0, 0, s)))]
-    tasks += [(int(w) // 2, lambda x, w=w: [ndimage.median_filter(x, int(w))]) for w in spec["median_sizes"]]
-    return tasks
 
 
 def _derivatives(x: np.ndarray, sigma, z: np.ndarray, order: int) -> list:
@@ -150,7 +116,7 @@ def _derivatives(x: np.ndarray, sigma, z: np.ndarray, order: int) -> list:
             for a in range(3)]
 
 
-def _zoomed_texture(x: np.ndarray, sigma, z: np.ndarray) -> list:
+def _texture(x: np.ndarray, sigma, z: np.ndarray) -> list:
     from scipy import ndimage
 
     mean = ndimage.gaussian_filter(x, sigma)
@@ -159,15 +125,21 @@ def _zoomed_texture(x: np.ndarray, sigma, z: np.ndarray) -> list:
     return [std, np.maximum.reduce(second), np.minimum.reduce(second)]
 
 
-def _zoomed_tasks(spec: dict, z: np.ndarray) -> list:
-    """:func:`_tasks` with every scale times ``z`` per axis: the same features in mm on another voxel size."""
+def _tasks(spec: dict, zoom=None) -> list:
+    """``(reach, function)`` per group of features, in :func:`feature_names` order: ``function`` maps a
+    block of slices to its list of feature arrays, ``reach`` is how many slices it reads on each side
+    along the first axis, so each filter is given only the margin it needs.  Every scale is times the zoom per axis
+    (see :func:`_zoom`); without a zoom the windows are the spec's own sizes."""
     from scipy import ndimage
+
+    zoomed = _zoom(zoom)
+    z = np.ones(3) if zoomed is None else zoomed
 
     def sig(s):
         return tuple(float(s) * z)
 
     def window(w):
-        return tuple(_odd(w * f) for f in z)
+        return (int(w),) * 3 if zoomed is None else tuple(_odd(w * f) for f in z)
 
     tasks = [(0, lambda x: [x])]
     for s in spec["gaussian_scales"]:
@@ -177,7 +149,7 @@ def _zoomed_tasks(spec: dict, z: np.ndarray) -> list:
     for w in spec["extreme_sizes"]:
         tasks += [(window(w)[0] // 2, lambda x, w=w: [ndimage.minimum_filter(x, window(w))]),
                   (window(w)[0] // 2, lambda x, w=w: [ndimage.maximum_filter(x, window(w))])]
-    tasks += [(_reach(s * z[0]), lambda x, s=s: _zoomed_texture(x, sig(s), z)) for s in spec["texture_scales"]]
+    tasks += [(_reach(s * z[0]), lambda x, s=s: _texture(x, sig(s), z)) for s in spec["texture_scales"]]
     for s in spec["line_scales"]:
         tasks += [(_reach(s * z[0]) if axis == 0 else 0,
                    lambda x, sigma=tuple(s * z[a] if a == axis else 0.0 for a in range(3)): [ndimage.gaussian_filter(x, sigma)])
