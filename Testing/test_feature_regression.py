@@ -8,7 +8,7 @@ import torch
 
 from T1ToT2Lib.core.errors import T1ToT2Error
 from T1ToT2Lib.networks.feature_regression import FeatureRegressor, TreeEnsemble, fit_feature_regressor
-from T1ToT2Lib.networks.features import DEFAULT_SPEC, feature_names, feature_slabs, feature_volume
+from T1ToT2Lib.networks.features import DEFAULT_SPEC, feature_names, feature_slabs, feature_volume, margin
 
 CHEAP_FIT = {"max_iter": 30, "max_samples": 20_000}
 
@@ -295,6 +295,7 @@ def test_zoom_one_is_the_unzoomed_features_exactly():
 
     x = ndimage.gaussian_filter(np.random.default_rng(2).random((30, 20, 24)).astype(np.float32), 1.0)
     np.testing.assert_array_equal(feature_volume(x, zoom=(1.0, 1.0, 1.0)), feature_volume(x))
+    assert margin(zoom=(1.0, 1.0, 1.0)) == margin() and margin(zoom=2.0) > margin()
 
 
 @pytest.mark.parametrize("fine_mm", [0.75, 0.5])

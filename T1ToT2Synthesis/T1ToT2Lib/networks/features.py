@@ -74,7 +74,8 @@ def feature_names(spec: dict | None = None) -> list[str]:
 def margin(spec: dict | None = None, zoom=None) -> int:
     """Voxels of context the largest filter reads on each side (Gaussians truncated at 4 sigma)."""
     spec = check_spec(spec)
-    z = float(np.max(_zoom(zoom) if zoom is not None else 1.0))
+    zoomed = _zoom(zoom)
+    z = 1.0 if zoomed is None else float(np.max(zoomed))
     scales = spec["gaussian_scales"] + spec["texture_scales"] + spec["line_scales"]
     return int(np.ceil(4 * max(scales) * z)) + _odd(max(spec["extreme_sizes"] + spec["median_sizes"]) * z) // 2 + 1
 
