@@ -134,8 +134,11 @@ class Prepared:
         return onto_grid(synthetic, self.original)  # the synthetic's meta already carries the notes
 
 
-def feature_zoom(model_voxel_mm, volume: Volume) -> np.ndarray:
-    """The model's training voxel over ``volume``'s, per array axis (k, j, i): the trees' feature zoom."""
+def feature_zoom(model_voxel_mm, volume: Volume) -> np.ndarray | None:
+    """The model's training voxel over ``volume``'s, per array axis (k, j, i): the trees' feature zoom (None, no zoom,
+    when ``model_voxel_mm`` is None)."""
+    if model_voxel_mm is None:
+        return None
     return (np.asarray(model_voxel_mm, dtype=np.float64) / volume.spacing)[::-1].copy()
 
 

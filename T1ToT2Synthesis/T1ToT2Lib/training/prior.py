@@ -48,7 +48,7 @@ def _sampled_rows(pairs, spec, max_samples: int, seed: int, percentile: float, v
         t1n, t2n, mask = normalised_pair(t1, t2, percentile)
         y = t2n.ravel()
         take = training_samples(mask, per_pair, seed + 101 * n)
-        zoom = None if voxel_mm is None else feature_zoom(voxel_mm, t1)
+        zoom = feature_zoom(voxel_mm, t1)
         rows.append((feature_rows(t1n, spec, take, zoom=zoom), y[take]))
         air = air_rule(ndimage.maximum_filter(t1n, zoomed_window(size, zoom)).ravel(), feature, y, mask)  # the air feature
         if air is not None:
@@ -98,8 +98,8 @@ def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool =
             predictors[fold] = FeatureRegressor(spec, trees, air=regressor.air)
         else:
             predictors[fold] = regressor
-    zoom = (lambda t1: None) if voxel_mm is None else (lambda t1: feature_zoom(voxel_mm, t1))
-    priors = [predictors[f].predict_volume(normalised_pair(t1, t2, percentile)[0], zoom=zoom(t1)).astype(np.float32)
+    priors = [predictors[f].predict_volume(normalised_pair(t1, t2, percentile)[0], zoom=feature_zoom(voxel_mm, t1))
+              .astype(np.float32)
               for (t1, t2), f in zip(pairs, fold_of)]
     emit({"event": "prior", "kind": "feature_regression", "pairs": len(pairs), "voxels": int(len(y)),
           "trees": regressor.trees.metadata()["n_trees"], "seconds": round(time.perf_counter() - tick, 1)})

@@ -340,14 +340,11 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
 
     from dataclasses import replace
 
-    from .presets import normalisation_percentile
-
     emit = progress or (lambda event: None)
     started = time.time()
     out = Path(config.out)
     planes, context = _check_config(config)
-    if config.percentile is None:
-        config = replace(config, percentile=normalisation_percentile(config.model))
+    config = replace(config, percentile=_percentile(config))
     pairs, validation, gate, natives = _training_pairs(config, emit)
     run = _setup_devices(config, planes, context)
     run.pairs, run.validation, run.gate, run.native_pairs = pairs, validation, gate, natives
@@ -703,6 +700,7 @@ def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit):
 
 
 def _percentile(config: TrainConfig) -> float:
+    """The foreground percentile ``config`` normalises by: its own, else the model's default (presets)."""
     from .presets import normalisation_percentile
 
     return float(normalisation_percentile(config.model) if config.percentile is None else config.percentile)
