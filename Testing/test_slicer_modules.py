@@ -437,7 +437,7 @@ write_fake_model({str(p.outputModelPath)!r})
 print({json.dumps(json.dumps(events[-1]))}, flush=True)
 """
 
-    def fake_start(parameterNode, resume=False, workDir=None):
+    def fake_start(parameterNode, resume=False, workDir=None, checked=None):
         job = BackgroundJob(fake_child(script, tmp_path))
         job.workDir, job.outputPath = tmp_path / "inputs", Path(parameterNode.outputModelPath)
         return job.start()

@@ -156,3 +156,92 @@ def test_the_settings_refuse_what_the_real_command_line_refuses(tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("t1tot2 train: error:") and cli_says in err and "\n" not in err
+
+
+def test_one_start_reads_the_pairs_csv_once(modules, tmp_path, monkeypatch):
+    """Start and Resume pressed as the user presses them (checks, install, volumes written, job started): each reads
+    the pairs CSV once, and the job gets the CSV the check accepted."""
+    import sys
+
+    from T1ToT2Lib.slicer import jobs
+    from T1ToT2Lib.training import pairs as pairs_module
+
+    _, training = modules
+    widget = _training_widget(training)
+    p = widget._parameterNode
+    first = small_t1()
+    p.trainT1, p.trainT2 = sc.node_from_volume(first, "VIBE A"), sc.node_from_volume(first.with_array(first.array * 0.5), "SPACE A")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("t1,t2\nscans/b_t1.nrrd,scans/b_t2.nrrd\n")
+    p.pairsCsvPath, p.outputModelPath = csv, tmp_path / "model.safetensors"
+    reads, started = [], []
+    read_pairs_csv, start = pairs_module.read_pairs_csv, jobs.BackgroundJob.start
+    monkeypatch.setattr(pairs_module, "read_pairs_csv", lambda path: reads.append(Path(path)) or read_pairs_csv(path))
+    monkeypatch.setattr(widget.logic, "ensureDependencies", lambda *a, **k: True)
+
+    def start_a_child_that_exits(job):  # the real job, its command recorded; no training runs
+        started.append(job.argv)
+        job.argv = [sys.executable, "-c", "pass"]
+        return start(job)
+
+    monkeypatch.setattr(jobs.BackgroundJob, "start", start_a_child_that_exits)
+    try:
+        for presses, resume in enumerate((False, True), start=1):
+            widget.panel.startTraining(resume=resume)
+            assert widget.panel.jobs.job is not None, widget.ui.statusLabel.text
+            assert reads == [csv] * presses and len(started) == presses
+            parsed = build_parser().parse_args(started[-1][started[-1].index("train"):])
+            assert parsed.pairs == str(csv) and parsed.resume is resume and len(parsed.t1) == 1
+            widget.panel.jobs.stop()
+    finally:
+        widget.panel.jobs.stop()
+
+
+@pytest.mark.parametrize("path, empty", [(None, True), ("", True), (".", True), (Path(""), True), (" . ", True),
+                                         ("model.safetensors", False), (Path("/data/pairs.csv"), False), ("./m", False)])
+def test_an_empty_path_line_edit_is_no_path(path, empty):
+    from T1ToT2Lib.slicer.settings import path_is_empty
+
+    assert path_is_empty(path) is empty
+    # An empty pairs CSV line edit is no CSV: no --pairs (a real one reaches the command line).
+    settings = TrainingSettings.for_model("refiner", pairs_csv=path)
+    assert (settings.pairs_csv is None) is empty
+
+
+def test_start_stays_disabled_without_an_output_model_file(modules, tmp_path):
+    _, training = modules
+    widget = _training_widget(training)
+    p = widget._parameterNode
+    first = small_t1()
+    p.trainT1, p.trainT2 = sc.node_from_volume(first, "VIBE A"), sc.node_from_volume(first.with_array(first.array * 0.5), "SPACE A")
+    for empty in (Path(""), Path(".")):  # what the empty path line edit stores
+        p.outputModelPath = empty
+        widget.panel.updateButtons()
+        assert not widget.ui.startButton.enabled and not widget.ui.resumeButton.enabled
+        with pytest.raises(T1ToT2Error, match="no output model file"):
+            widget.logic.checkTrainingData(p)
+    p.outputModelPath = tmp_path / "model.safetensors"
+    widget.panel.updateButtons()
+    assert widget.ui.startButton.enabled and widget.ui.resumeButton.enabled
+
+
+def test_asarglist_checks_unless_given_the_check_of_these_very_settings_and_pairs(tmp_path, monkeypatch):
+    from T1ToT2Lib.training import pairs as pairs_module
+
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("a_t1.nrrd,a_t2.nrrd\n")
+    reads = []
+    read_pairs_csv = pairs_module.read_pairs_csv
+    monkeypatch.setattr(pairs_module, "read_pairs_csv", lambda path: reads.append(path) or read_pairs_csv(path))
+    settings = TrainingSettings.for_model("refiner", pairs_csv=str(csv))
+    out = tmp_path / "m.safetensors"
+    settings.asArgList(None, None, out)  # a caller that did not check: checked here
+    assert len(reads) == 1
+    record = settings.check_data([])
+    assert len(reads) == 2
+    assert "--pairs" in settings.asArgList(None, None, out, checked=record) and len(reads) == 2
+    with pytest.raises(T1ToT2Error, match="lacks its T1 or T2"):  # other pairs than the checked ones
+        settings.asArgList("a.nrrd", None, out, checked=record)
+    settings.model = "pix2pix"  # changed after its check: checked again, and refused as `t1tot2 train` refuses it
+    with pytest.raises(T1ToT2Error, match="refiner only"):
+        settings.asArgList(None, None, out, checked=record)

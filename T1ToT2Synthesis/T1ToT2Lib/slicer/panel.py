@@ -9,11 +9,12 @@ attributes will do.  MRML is touched through :mod:`T1ToT2Lib.slicer.scene` only.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import shutil
 
 from . import jobs, scene
-from .settings import SynthesisSettings, TrainingSettings
+from .settings import SynthesisSettings, TrainingSettings, path_is_empty
 from ..io import files
 from ..core.errors import T1ToT2Error
 
@@ -193,38 +194,54 @@ def default_epochs(model_type: str) -> int:
     return int(TrainingSettings.for_model(model_type).epochs)
 
 
-def check_training_data(parameters) -> tuple:
-    """(settings, additional node pairs) of a Training parameter node, or a one-line refusal of what
-    ``t1tot2 train`` would refuse (:meth:`TrainingSettings.check_data`); nothing is written or started."""
+@dataclasses.dataclass(frozen=True)
+class CheckedTraining:
+    """What :func:`check_training_data` accepted of a Training parameter node: the job is built from this, so the
+    data one Start trains on is the data it checked, read once."""
+
+    settings: TrainingSettings
+    #: trainT1, trainT2, validationT1, validationT2 -> node (None when not chosen).
+    nodes: dict
+    #: The additional (T1 node, T2 node) pairs.
+    extra: list
+    output: pathlib.Path
+    #: :meth:`TrainingSettings.check_data`'s record, handed to :meth:`TrainingSettings.asArgList`.
+    data_check: tuple
+
+
+def check_training_data(parameters) -> CheckedTraining:
+    """What a Training parameter node asks to train, checked, or a one-line refusal of what ``t1tot2 train``
+    would refuse (:meth:`TrainingSettings.check_data`); nothing is written or started."""
     p = parameters
     extra = extra_training_pairs(p)
     settings = TrainingSettings.from_parameters(p)
     other_data = extra or settings.pairs_csv or settings.phantom_subjects
     if (p.trainT1 is None) != (p.trainT2 is None) or (p.trainT1 is None and not other_data):
         raise T1ToT2Error("the training T1 or T2 volume is not selected: choose both (or generate the phantom)")
-    if not p.outputModelPath or str(p.outputModelPath) in ("", "."):
+    if path_is_empty(p.outputModelPath):
         raise T1ToT2Error("no output model file is chosen: pick where to save the .safetensors model")
     check_training_pairs(p)
-    settings.check_data(([(p.trainT1, p.trainT2)] if p.trainT1 is not None else []) + extra)
-    return settings, extra
+    data_check = settings.check_data(([(p.trainT1, p.trainT2)] if p.trainT1 is not None else []) + extra)
+    nodes = {key: getattr(p, key) for key in ("trainT1", "trainT2", "validationT1", "validationT2")}
+    return CheckedTraining(settings, nodes, extra, pathlib.Path(p.outputModelPath), data_check)
 
 
-def train_arguments(parameters, work_dir, resume=False) -> list:
+def train_arguments(parameters, work_dir, resume=False, checked=None) -> list:
     """The ``t1tot2 train`` arguments for a Training parameter node (its volumes are written to ``work_dir``).
 
     The command line itself comes from :class:`TrainingSettings`.  With ``alignT2`` the command gets ``--align``;
     without it, a pair on two grids is refused here in one line (:func:`check_training_pairs`), before anything
-    is written.
+    is written.  ``checked`` is :func:`check_training_data`'s result when the caller has it (then the node is not
+    checked again); without it the node is checked here.
     """
-    p = parameters
     work_dir = pathlib.Path(work_dir)
-    settings, extra = check_training_data(p)
-    nodes = {key: getattr(p, key) for key in ("trainT1", "trainT2", "validationT1", "validationT2")}
-    paths = {key: _write_node(node, work_dir, key) for key, node in nodes.items() if node is not None}
+    checked = checked or check_training_data(parameters)
+    paths = {key: _write_node(node, work_dir, key) for key, node in checked.nodes.items() if node is not None}
     extra_paths = [(_write_node(t1, work_dir, f"extraTrainT1_{n}"), _write_node(t2, work_dir, f"extraTrainT2_{n}"))
-                   for n, (t1, t2) in enumerate(extra, start=1)]
-    return settings.asArgList(paths.get("trainT1"), paths.get("trainT2"), p.outputModelPath, paths.get("validationT1"),
-                              paths.get("validationT2"), resume=resume, extra_pairs=extra_paths)
+                   for n, (t1, t2) in enumerate(checked.extra, start=1)]
+    return checked.settings.asArgList(paths.get("trainT1"), paths.get("trainT2"), checked.output,
+                                      paths.get("validationT1"), paths.get("validationT2"), resume=resume,
+                                      extra_pairs=extra_paths, checked=checked.data_check)
 
 
 def _write_node(node, work_dir, name) -> pathlib.Path:
@@ -233,13 +250,16 @@ def _write_node(node, work_dir, name) -> pathlib.Path:
     return files.write_volume(scene.volume_from_node(node), work_dir / f"{name}.nrrd")
 
 
-def start_training_job(parameters, work_dir, resume=False, python=None):
-    """Start ``t1tot2 train`` for a Training parameter node; returns the running job."""
+def start_training_job(parameters, work_dir, resume=False, python=None, checked=None):
+    """Start ``t1tot2 train`` for a Training parameter node; returns the running job.  ``checked``: as for
+    :func:`train_arguments`."""
     work_dir = pathlib.Path(work_dir)
-    argv = jobs.cli_command(*train_arguments(parameters, work_dir, resume), python=python or jobs.python_executable())
-    job = jobs.BackgroundJob(argv, outputs=[pathlib.Path(parameters.outputModelPath)])
+    checked = checked or check_training_data(parameters)
+    argv = jobs.cli_command(*train_arguments(parameters, work_dir, resume, checked),
+                            python=python or jobs.python_executable())
+    job = jobs.BackgroundJob(argv, outputs=[checked.output])
     job.workDir = work_dir
-    job.outputPath = pathlib.Path(parameters.outputModelPath)
+    job.outputPath = checked.output
     return job.start()
 
 

@@ -27,6 +27,11 @@ _PARAMETER_FIELDS = {"modelType": "model", "epochs": "epochs", "learningRate": "
 PROPOSED_FIELDS = ("epochs", "learning_rate", "batch_size", "context", "upsampling")
 
 
+def path_is_empty(path) -> bool:
+    """True for what an empty path line edit gives: None, "" or "." (a parameter node's empty Path holds '.')."""
+    return path is None or str(path).strip() in ("", ".")
+
+
 @dataclasses.dataclass
 class TrainingSettings:
     """What ``t1tot2 train`` is asked to do from the Training panel.
@@ -55,8 +60,8 @@ class TrainingSettings:
     randomize: bool = False
 
     def __post_init__(self):
-        if self.pairs_csv is not None and str(self.pairs_csv).strip() in ("", "."):
-            self.pairs_csv = None  # an empty path line edit (a parameter node's Path holds '.')
+        if path_is_empty(self.pairs_csv):
+            self.pairs_csv = None
         defaults = training_defaults(self.model)
         preset = {"epochs": int(defaults["epochs"]), "learning_rate": float(defaults["lr"]),
                   "batch_size": int(defaults["batch_size"]), "context": int(defaults["context"]),
@@ -87,8 +92,13 @@ class TrainingSettings:
         for field in PROPOSED_FIELDS:
             setattr(parameters, names[field], getattr(self, field))
 
-    def check_data(self, pairs) -> None:
-        """Refuse, in one line, training data ``t1tot2 train`` refuses: ``pairs`` are the (T1, T2) files given."""
+    def _data_key(self, pairs) -> tuple:
+        """All :meth:`check_data` depends on: these settings and which volumes of each pair are given."""
+        return dataclasses.astuple(self), tuple((t1 is None, t2 is None) for t1, t2 in pairs)
+
+    def check_data(self, pairs) -> tuple:
+        """Refuse, in one line, training data ``t1tot2 train`` refuses: ``pairs`` are the (T1, T2) files (or nodes)
+        given.  Returns a record of what was accepted, for :meth:`asArgList` ``checked``."""
         if any(t1 is None or t2 is None for t1, t2 in pairs):
             raise T1ToT2Error("a training pair lacks its T1 or T2: choose both volumes of every pair")
         if int(self.phantom_subjects) < 0:
@@ -104,13 +114,18 @@ class TrainingSettings:
             from ..training.pairs import read_pairs_csv
 
             read_pairs_csv(self.pairs_csv)  # a missing file or a row without two columns, said before any job starts
+        return self._data_key(pairs)
 
-    def asArgList(self, t1, t2, out, val_t1=None, val_t2=None, resume=False, extra_pairs=()) -> list:
+    def asArgList(self, t1, t2, out, val_t1=None, val_t2=None, resume=False, extra_pairs=(), checked=None) -> list:
         """``t1tot2 train`` arguments for these settings and volume files (strings); ``extra_pairs`` are further
-        (T1, T2) files, after the first pair (``t1``, ``t2``: None when the data is only a CSV or phantom subjects)."""
+        (T1, T2) files, after the first pair (``t1``, ``t2``: None when the data is only a CSV or phantom subjects).
+
+        The data is checked (:meth:`check_data`) unless ``checked``, what a check returned, is for these very
+        settings and pairs: one Start reads a pairs CSV once."""
         out = pathlib.Path(out)
         pairs = ([(t1, t2)] if t1 is not None or t2 is not None else []) + [tuple(pair) for pair in extra_pairs]
-        self.check_data(pairs)
+        if checked is None or checked != self._data_key(pairs):
+            self.check_data(pairs)
         args = ["train"] + [a for t1, t2 in pairs for a in ("--t1", t1, "--t2", t2)]
         args += ["--model", self.model, "--planes", ",".join(self.planes),
                 "--device", self.device, "--out", out,

@@ -17,7 +17,7 @@ import slicer.util
 
 from . import panel, scene
 from .controller import JobController, remove_work_dir
-from .settings import TrainingSettings
+from .settings import TrainingSettings, path_is_empty
 from .synthesis_module import LAST_TRAINED_MODEL_SETTING
 from ..core import dependencies
 from ..core.errors import T1ToT2Error
@@ -70,8 +70,10 @@ class TrainingLogic:
         return panel.start_alignment_job(t1Node, t2Node, workDir or tempfile.mkdtemp(prefix="T1ToT2-align-"))
 
     @staticmethod
-    def startTrainingJob(parameterNode, resume=False, workDir=None):
-        return panel.start_training_job(parameterNode, workDir or tempfile.mkdtemp(prefix="T1ToT2-train-"), resume)
+    def startTrainingJob(parameterNode, resume=False, workDir=None, checked=None):
+        """``checked``: :meth:`checkTrainingData`'s result when the caller has it (the data is then not read again)."""
+        return panel.start_training_job(parameterNode, workDir or tempfile.mkdtemp(prefix="T1ToT2-train-"), resume,
+                                        checked=checked)
 
     def finishTrainingJob(self, job) -> pathlib.Path:
         """The model a finished job wrote, remembered for the Synthesis module; raises the job's error."""
@@ -149,14 +151,13 @@ class TrainingPanel:
     def _hasTrainingData(self) -> bool:
         """A first pair, additional pairs, a pairs CSV or phantom subjects (what ``t1tot2 train`` accepts)."""
         p = self.parameters
-        csv = getattr(p, "pairsCsvPath", None)
         return bool((p.trainT1 and p.trainT2) or getattr(p, "extraTrainT1", None) or getattr(p, "phantomSubjects", 0)
-                    or (csv and str(csv) not in ("", ".")))
+                    or not path_is_empty(getattr(p, "pairsCsvPath", None)))
 
     def updateButtons(self, caller=None, event=None) -> None:
         p, ui = self.parameters, self.ui
         running = self.jobs.running
-        ready = bool(p and self._hasTrainingData() and p.outputModelPath and str(p.outputModelPath) not in ("", ".")
+        ready = bool(p and self._hasTrainingData() and not path_is_empty(p.outputModelPath)
                      and (p.planeAxial or p.planeCoronal or p.planeSagittal))
         ui.startButton.enabled = ui.resumeButton.enabled = ready and not running
         if hasattr(ui, "removePairButton"):
@@ -184,7 +185,7 @@ class TrainingPanel:
         p = self.parameters
         p.trainT1, p.trainT2 = nodes["left_t1"], nodes["left_t2"]
         p.validationT1, p.validationT2 = nodes["right_t1"], nodes["right_t2"]
-        if not p.outputModelPath or str(p.outputModelPath) in ("", "."):
+        if path_is_empty(p.outputModelPath):
             p.outputModelPath = self.logic.defaultModelPath()
         slicer.util.setSliceViewerLayers(background=nodes["left_t1"], fit=True)
         self.ui.statusLabel.text = "Hand phantom made: left hand to train on, right hand to validate."
@@ -215,12 +216,13 @@ class TrainingPanel:
             listing.addItem(label)
 
     def startTraining(self, resume=False) -> None:
-        if not self._checkTrainingPairs():
+        checked = self._checkTrainingData()
+        if checked is None:
             return
         if not self.logic.ensureDependencies(askConfirmation=True, status=self._status):
             return
         p = self.parameters
-        job = self.logic.startTrainingJob(p, resume=resume)
+        job = self.logic.startTrainingJob(p, resume=resume, checked=checked)  # what was checked, not read again
         self.lossPlot = self.logic.newLossPlot(self.lossPlot, resume=resume)  # one chart per training
         if not (resume and p.validationTable):  # a new run empties the table; a resumed one goes on
             p.validationTable = self.logic.newValidationTable(p.validationTable)
@@ -229,16 +231,16 @@ class TrainingPanel:
         self.totalEpochs = None
         self.jobs.start(job, "train", "Resuming training..." if resume else "Training...")
 
-    def _checkTrainingPairs(self) -> bool:
-        """False, with one message (no traceback), when a T1/T2 pair is on two grids and the align box is unticked,
-        or the data is one ``t1tot2 train`` refuses (e.g. several pairs for a GAN): before any install or job."""
+    def _checkTrainingData(self):
+        """The checked training (:func:`panel.check_training_data`), or None with one message (no traceback) when a
+        T1/T2 pair is on two grids and the align box is unticked, or the data is one ``t1tot2 train`` refuses (e.g.
+        several pairs for a GAN): before any install or job."""
         try:
-            self.logic.checkTrainingData(self.parameters)
+            return self.logic.checkTrainingData(self.parameters)
         except T1ToT2Error as error:
             self.ui.statusLabel.text = str(error)
             slicer.util.errorDisplay(f"Cannot start training: {error}")
-            return False
-        return True
+            return None
 
     def showAligned(self) -> None:
         """Register the training T2 to the training T1 in a background process, as training with the box ticked does."""
