@@ -133,6 +133,7 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
     if prepared is not None and prepared.resampled and getattr(model, "prior", None) is not None:
         results = _synthesize_across_voxel_sizes(model, prepared, predictor, plane, batch_size, progress, cancel_event,
                                                  uncertainty)
+        results = [prepared.restore(v) for v in results]
         return tuple(results) if uncertainty else results[0]
     planes = PLANES if plane == "fuse" else (plane,)
     normalised = work.array / np.float32(foreground_scale(work.array, model.t1_percentile))
@@ -169,10 +170,12 @@ def _synthesize_across_voxel_sizes(model, prepared, predictor: Predictor, plane:
     """A model with trees on a T1 of another voxel size: the trees run on the T1's own grid, their features zoomed to
     the lengths in mm they were trained at (resampling the T1 would blur or alias the texture they read, and
     resampling their result back would blur every fine structure); the network, which learnt at its voxel size, runs
-    on the resampled T1 and its *correction* of the prior goes back onto the T1 grid."""
+    on the resampled T1 and its *correction* of the prior goes back onto the trees' grid (the caller restores the T1's
+    grid when the trees ran on the one an interpolated T1 was acquired at)."""
     from .preprocess import feature_zoom, model_preprocessing, onto_grid
 
-    native, work, grid = prepared.native, prepared.volume, prepared.original
+    native, work = prepared.native, prepared.volume
+    grid = native  # the trees' grid: the T1's own, or the one it was acquired at when it came interpolated
     planes = PLANES if plane == "fuse" else (plane,)
     zoom = feature_zoom(model_preprocessing(model.metadata)["voxel_mm"], native)
     normalised = native.array / np.float32(foreground_scale(native.array, model.t1_percentile))
