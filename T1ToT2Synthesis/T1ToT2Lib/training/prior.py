@@ -16,6 +16,12 @@ import numpy as np
 
 from ..core.errors import T1ToT2Error
 
+#: Several pairs: each gives as many voxels as one pair alone would (the fit's ``max_samples``), up to this total, and
+#: the trees may grow longer, for they learn several acquisitions (splitting one pair's sample between the pairs cost
+#: every acquisition accuracy).
+PAIRS_MAX_SAMPLES = 1_000_000
+PAIRS_MAX_ITER = 300
+
 
 def normalised_pair(t1, t2, percentile: float):
     """(t1 / its foreground scale, t2 / its foreground scale, object mask dilated by two voxels)."""
@@ -30,8 +36,8 @@ def normalised_pair(t1, t2, percentile: float):
     return t1n, t2n, mask
 
 
-def _sampled_rows(pairs, spec, max_samples: int, seed: int, percentile: float, voxel_mm=None):
-    """Per pair: (feature rows, T2 values) of up to ``max_samples / len(pairs)`` object voxels, and the pair's air rule.
+def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxel_mm=None):
+    """Per pair: (feature rows, T2 values) of up to ``per_pair`` object voxels, and the pair's air rule.
 
     Rows come slab by slab (:func:`~T1ToT2Lib.networks.features.feature_rows`): no pair's whole feature volume is held.
     With ``voxel_mm`` (the model's voxel size) a pair of another voxel size has its features zoomed to the same mm."""
@@ -41,7 +47,6 @@ def _sampled_rows(pairs, spec, max_samples: int, seed: int, percentile: float, v
     from ..inference.preprocess import feature_zoom
     from ..networks.features import feature_rows, zoomed_window
 
-    per_pair = max(1000, int(max_samples) // len(pairs))
     feature, size = air_feature(spec)
     rows, airs = [], []
     for n, (t1, t2) in enumerate(pairs):
@@ -81,8 +86,9 @@ def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool =
     emit = emit or (lambda event: None)
     tick = time.perf_counter()
     spec = check_spec(spec)
-    fit = {**DEFAULT_FIT, **(fit or {})}
-    rows, airs = _sampled_rows(pairs, spec, fit["max_samples"], seed, percentile, voxel_mm)
+    fit = {**DEFAULT_FIT, "max_iter": PAIRS_MAX_ITER, **(fit or {})}
+    per_pair = max(1000, min(int(fit["max_samples"]), PAIRS_MAX_SAMPLES // len(pairs)))
+    rows, airs = _sampled_rows(pairs, spec, per_pair, seed, percentile, voxel_mm)
     X = np.concatenate([r[0] for r in rows])
     y = np.concatenate([r[1] for r in rows])
     regressor = FeatureRegressor(spec, _fit_trees(X, y, seed, fit), air=_pooled_air(airs))
