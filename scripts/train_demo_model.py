@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "demo_model.safetensors")
     parser.add_argument("--single", action="store_true", help="the demo's left hand only (as t1tot2 demo trains)")
+    parser.add_argument("--no-robustness", action="store_true",
+                        help="leave the robustness matrix (t1tot2 analyze robustness, several minutes) out of the card")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
 {rows}
 
 Grid-artefact energy of the residual: E_2 {result['grid_energy']['2']:.2e}, E_4 {result['grid_energy']['4']:.2e}, E_8 {result['grid_energy']['8']:.2e}.
-
+{_robustness_section(args)}
 ## Limits
 
 - The phantom is a simplified hand with idealised tissue properties (docs/phantom.md); real VIBE/SPACE scans
@@ -114,6 +116,23 @@ Grid-artefact energy of the residual: E_2 {result['grid_energy']['2']:.2e}, E_4 
 #: a 0.6 mm acquisition's partial volume and noise texture it has seen.
 SUBJECTS = ((21, 1.0), (22, 0.6))
 HELD_OUT = (24, 0.8)
+
+
+def _robustness_section(args) -> str:
+    """The card's robustness table: ``t1tot2 analyze robustness`` on the model just written (same code)."""
+    if args.no_robustness:
+        return ""
+    from T1ToT2Lib.research.robustness import robustness_matrix, table
+
+    result = robustness_matrix(args.out, device=args.device, progress=lambda row: print(f"  {row['variant']}: "
+                                                                                      f"{row['model']['psnr']:.2f} dB"))
+    return f"""
+## Robustness (phantom variants, right hand, inside the hand, against each variant's noise-free T2)
+
+```
+{table(result)}
+```
+"""
 
 
 def _data_line(extra: dict) -> str:
