@@ -6,7 +6,8 @@ import pytest
 from T1ToT2Lib.core.metrics import evaluate_volumes, foreground_mask
 from T1ToT2Lib.networks.modelfile import load_model
 from T1ToT2Lib.inference.preprocess import (acquired_spacing, background_noise_correlation, interpolation_factors,
-                                            model_preprocessing, n4_correct, onto_grid, resample_to_spacing)
+                                            model_preprocessing, n4_correct, onto_grid, prepare_input,
+                                            preprocessing_record, resample_to_spacing)
 from T1ToT2Lib.inference.synthesize import synthesize_as_trained
 
 
@@ -117,6 +118,24 @@ def test_an_in_plane_interpolation_by_two_reads_as_the_acquired_grid(hand):
     t1 = hand["right_t1"]  # 1.5 mm
     fine = resample_to_spacing(t1, (0.75, 1.5, 0.75))
     np.testing.assert_allclose(acquired_spacing(fine), (1.5, 1.5, 1.5), rtol=0.05)
+
+
+def test_a_model_trained_on_an_interpolated_t1_takes_such_inputs_on_their_own_grid(hand, demo_model):
+    """Its trees learnt interpolated texture, so un-interpolating its inputs would show them another texture; a model
+    trained on acquired T1s (the record's None, and older files without the key) gets them on the acquired grid."""
+    import copy
+
+    fine_t1 = resample_to_spacing(hand["right_t1"], (0.75, 1.5, 0.75))
+    record = preprocessing_record(fine_t1)
+    np.testing.assert_allclose(record["interpolated_from_mm"], (1.5, 1.5, 1.5), rtol=0.05)
+    assert record["voxel_mm"] == [0.75, 1.5, 0.75] and preprocessing_record(hand["right_t1"])["interpolated_from_mm"] is None
+    model = copy.copy(demo_model)
+    model.metadata = {**demo_model.metadata, "preprocessing": record}
+    assert prepare_input(fine_t1, model) is None  # the model's own grid and texture: nothing to prepare
+    model.metadata = {**demo_model.metadata, "preprocessing": {**record, "interpolated_from_mm": None}}
+    prepared = prepare_input(fine_t1, model)
+    np.testing.assert_allclose(prepared.native.spacing, (1.5, 1.5, 1.5), rtol=0.05)  # the trees' grid: the acquired one
+    assert prepared.volume.same_geometry(fine_t1, tol=0)  # the network's: the model's voxel size
 
 
 @pytest.mark.parametrize("kind, spacing, bound_db", [("linear", (0.75, 1.5, 0.75), 0.5), ("sinc", (1.0, 1.0, 1.0), 3.0)])

@@ -59,6 +59,7 @@ def test_pairs_csv_trains_one_model_on_two_grids(two_grids, tmp_path):
     assert pairs[1]["meta"]["resampled_from_mm"] == [2.5, 3.5, 2.0]
     prep = meta["preprocessing"] if isinstance(meta["preprocessing"], dict) else json.loads(meta["preprocessing"])
     assert np.allclose(prep["voxel_mm"], [3.0, 3.0, 3.0])
+    assert prep["interpolated_from_mm"] is None  # rendered on their grids: the trees learnt acquired T1s
     # The model synthesises a third subject on yet another grid, back on that grid.
     from T1ToT2Lib.inference.synthesize import synthesize_volume
 

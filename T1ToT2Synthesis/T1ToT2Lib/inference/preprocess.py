@@ -77,9 +77,13 @@ def n4_correct(volume: Volume, shrink: int = 2, iterations=(50, 50, 30)) -> Volu
 
 
 # --- what the model file records ---------------------------------------------------------------
-def preprocessing_record(t1: Volume) -> dict:
-    """The ``preprocessing`` metadata of a model trained on ``t1`` (as train passes it)."""
-    return {"voxel_mm": [round(float(s), 6) for s in t1.spacing], "n4": bool(t1.meta.get("n4", False))}
+def preprocessing_record(t1: Volume, trees_t1: Volume | None = None) -> dict:
+    """The ``preprocessing`` metadata of a model trained on ``t1`` (as train passes it).  ``interpolated_from_mm``:
+    the spacing the T1 its trees learnt on (``trees_t1``, else ``t1``) looks acquired at when it looks interpolated
+    (:func:`acquired_spacing`), else None."""
+    acquired = acquired_spacing(t1 if trees_t1 is None else trees_t1)
+    return {"voxel_mm": [round(float(s), 6) for s in t1.spacing], "n4": bool(t1.meta.get("n4", False)),
+            "interpolated_from_mm": None if acquired is None else [round(float(s), 4) for s in acquired]}
 
 
 def model_preprocessing(metadata: dict) -> dict:
@@ -95,6 +99,7 @@ def model_preprocessing(metadata: dict) -> dict:
         spacing = (training.get("t1") or {}).get("spacing_mm")
         record["voxel_mm"] = spacing
     record.setdefault("n4", False)
+    record.setdefault("interpolated_from_mm", None)
     return record
 
 
@@ -235,7 +240,8 @@ def prepare_input(t1: Volume, loaded) -> Prepared | None:
     """The T1 as the model was trained (N4, voxel size), or None when it needs nothing.
 
     A model with trees gets, as ``native``, the T1 on the grid it was acquired at (its own, unless it looks
-    interpolated: :func:`acquired_spacing`); ``volume`` is the T1 at the model's voxel size for the network."""
+    interpolated: :func:`acquired_spacing`); ``volume`` is the T1 at the model's voxel size for the network.  A model
+    trained on an interpolated T1 learnt that texture: its inputs are taken on their own grids."""
     if t1.meta.get(_PREPARED):
         return None
     record = model_preprocessing(getattr(loaded, "metadata", {}) or {})
@@ -247,7 +253,7 @@ def prepare_input(t1: Volume, loaded) -> Prepared | None:
     if voxel:
         voxel = np.asarray(voxel, dtype=np.float64)
         grid = work
-        acquired = acquired_spacing(work) if has_prior else None
+        acquired = acquired_spacing(work) if has_prior and not record["interpolated_from_mm"] else None
         if acquired is not None:
             acquired = np.where(np.abs(acquired / voxel - 1.0) <= SNAP_TO_MODEL, voxel, acquired)
             grid = resample_to_spacing(work, acquired, interpolator="sinc")
@@ -257,7 +263,7 @@ def prepare_input(t1: Volume, loaded) -> Prepared | None:
             # Windowed sinc, not linear: on the phantom a T1 at 1 mm came back 1.6 dB below native with it,
             # 3.9 dB with linear interpolation, whose smoothing the texture features read as another tissue.
             work = resample_to_spacing(work, voxel, interpolator="sinc")
-            notes.append(_voxel_note(grid, voxel, has_prior))
+            notes.append(_voxel_note(grid, voxel, has_prior, "T1" if grid is work else "acquired"))
         else:
             work = grid
     if work is t1:
@@ -274,9 +280,9 @@ def _interpolation_note(t1: Volume, acquired) -> str:
             "the trees ran on it resampled to that spacing, and the result was resampled back onto the T1's grid")
 
 
-def _voxel_note(grid: Volume, voxel, has_prior: bool) -> str:
+def _voxel_note(grid: Volume, voxel, has_prior: bool, which: str = "T1") -> str:
     ratio = grid.spacing / voxel
-    text = f"T1 voxel size {np.round(grid.spacing, 3).tolist()} mm differs from the model's training voxel size {np.round(voxel, 3).tolist()} mm: "
+    text = f"{which} voxel size {np.round(grid.spacing, 3).tolist()} mm differs from the model's training voxel size {np.round(voxel, 3).tolist()} mm: "
     if has_prior:
         text += ("the trees ran on that grid with their features at the trained lengths in mm; the network's "
                  "correction was made at the training voxel size and added back onto it")

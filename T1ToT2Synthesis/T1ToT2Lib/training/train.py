@@ -661,7 +661,8 @@ def _write_model(run: _Run, config: TrainConfig, history: dict, step_times: list
             "losses": history["epochs"][-1]["losses"] if history["epochs"] else None,
         },
         "validation_metrics": last_val or {},
-        "preprocessing": preprocessing_record(t1),  # voxel size and N4, repeated at synthesis (T1ToT2Lib.inference.preprocess)
+        # voxel size, N4 and whether the trees learnt an interpolated T1, repeated at synthesis (inference.preprocess)
+        "preprocessing": preprocessing_record(t1, run.pairs[0][0] if len(run.pairs) == 1 else run.native_pairs[0][0]),
     }
     if len(run.pairs) > 1 or config.phantom_subjects:
         metadata["training"]["pairs"] = [_describe(a) | {"meta": {k: a.meta[k] for k in ("acquisition", "resampled_from_mm", "augmented") if k in a.meta}}
