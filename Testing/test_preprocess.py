@@ -61,7 +61,7 @@ def test_a_1mm_t1_is_synthesized_on_its_exact_grid_with_a_note(hand, native_and_
     assert np.allclose(fine_t1.spacing, 1.0) and fine.same_geometry(fine_t1, tol=0)
     # |1.0 / 1.5 - 1| = 33%: above preprocess.LARGE_DIFFERENCE (30%), so the note says the scales are unfamiliar.
     (note,) = fine.meta["notes"]
-    assert "33%" in note and "[1.0, 1.0, 1.0]" in note and "[1.5, 1.5, 1.5]" in note
+    assert note.startswith("T1 voxel size [1.0, 1.0, 1.0] mm") and "33%" in note and "[1.5, 1.5, 1.5]" in note
     assert f"note: {note}" in native_and_fine["fine_stderr"]
 
 
@@ -136,6 +136,8 @@ def test_a_model_trained_on_an_interpolated_t1_takes_such_inputs_on_their_own_gr
     prepared = prepare_input(fine_t1, model)
     np.testing.assert_allclose(prepared.native.spacing, (1.5, 1.5, 1.5), rtol=0.05)  # the trees' grid: the acquired one
     assert prepared.volume.same_geometry(fine_t1, tol=0)  # the network's: the model's voxel size
+    interpolated, voxel_size = prepared.volume.meta["notes"]  # the trees' grid is named as the acquired one
+    assert interpolated.startswith("the T1 looks interpolated") and voxel_size.startswith("acquired voxel size")
 
 
 @pytest.mark.parametrize("kind, spacing, bound_db", [("linear", (0.75, 1.5, 0.75), 0.5), ("sinc", (1.0, 1.0, 1.0), 3.0)])

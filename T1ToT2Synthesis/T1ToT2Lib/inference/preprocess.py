@@ -263,7 +263,7 @@ def prepare_input(t1: Volume, loaded) -> Prepared | None:
             # Windowed sinc, not linear: on the phantom a T1 at 1 mm came back 1.6 dB below native with it,
             # 3.9 dB with linear interpolation, whose smoothing the texture features read as another tissue.
             work = resample_to_spacing(work, voxel, interpolator="sinc")
-            notes.append(_voxel_note(grid, voxel, has_prior, "T1" if grid is work else "acquired"))
+            notes.append(_voxel_note(grid, voxel, has_prior, "T1" if acquired is None else "acquired"))
         else:
             work = grid
     if work is t1:
