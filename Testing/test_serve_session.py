@@ -112,7 +112,7 @@ def test_a_session_whose_page_is_gone_ends_and_its_folder_is_deleted(tmp_path):
             assert info.value.code == 403
             (first.work_dir / "inputs").mkdir(exist_ok=True)
             for _ in range(240):
-                if first.token not in launcher.sessions:
+                if first.token not in launcher.sessions and not first.work_dir.exists():  # ended and cleaned up
                     break
                 await asyncio.sleep(0.25)
             assert first.token not in launcher.sessions and first.process.returncode is not None

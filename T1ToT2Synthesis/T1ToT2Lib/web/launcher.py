@@ -40,6 +40,9 @@ LOG = logging.getLogger("t1tot2.serve")
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                 "transfer-encoding", "upgrade", "host", "content-length"}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# A session process also ends by itself after its idle time, in case the launcher is killed; it waits this much
+# longer than the launcher does, so that the launcher, which knows whether a page is relayed, decides first.
+CHILD_IDLE_MARGIN = 60
 
 
 @dataclass
@@ -127,7 +130,7 @@ class Launcher:
         work_dir = self.work_root / token
         work_dir.mkdir(mode=0o700)
         settings = {"work": str(work_dir), "upload_limit": self.upload_limit, "device": self.device,
-                    "idle": max(int(self.idle_timeout), 1),
+                    "idle": max(int(self.idle_timeout), 1) + CHILD_IDLE_MARGIN,
                     "data": str(self.data_dir) if self.data_dir else None,
                     "model": str(self.model_path) if self.model_path else None}
         argv = [self.python, "-m", "T1ToT2Lib.web.page", json.dumps(settings)]
