@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.errors import T1ToT2Error
-from .features import check_spec, feature_arrays, feature_names, feature_rows, feature_slabs, feature_volume, slab_size
+from .features import check_spec, feature_arrays, feature_names, feature_rows, feature_slabs, slab_size
 
 #: Tree fields stored in a model file, with their dtypes.
 _FIELDS = {"value": np.float64, "feature_idx": np.int64, "num_threshold": np.float64,
@@ -187,15 +187,10 @@ def air_feature(spec: dict) -> tuple[int, int]:
     return feature_names(spec).index(f"maximum_{size}"), int(size)
 
 
-def find_air(X: np.ndarray, y: np.ndarray, mask: np.ndarray, spec: dict) -> Air | None:
-    """The air rule of a training volume: half the lowest local maximum met on the object (0.1st
-    percentile inside ``mask``), and the air's median T2 and median |T2 - that| beyond it."""
-    feature, _ = air_feature(spec)
-    return air_rule(X[:, feature], feature, y, mask)
-
-
 def air_rule(column: np.ndarray, feature: int, y: np.ndarray, mask: np.ndarray) -> Air | None:
-    """:func:`find_air` from the air feature's values ``column`` over the whole volume (flat)."""
+    """The air rule of a training volume, from the air feature's values ``column`` over the whole volume (flat):
+    half the lowest local maximum met on the object (0.1st percentile inside ``mask``), and the air's median T2
+    and median |T2 - that| beyond it."""
     level = 0.5 * float(np.percentile(column[mask.ravel()], 0.1))
     air = column < level
     if level <= 0 or not air.any():
@@ -400,50 +395,30 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
 
     With ``fit["context_stage"]`` a second, auto-context stage is fitted on the T1's features and
     those of the first stage's *out-of-fold* estimate, which errs as the first stage errs on a new
-    hand.  It is off by default: alone, the two stages reach 25.8 dB on the phantom's right hand, but
-    the refiner's CNN trained on their out-of-fold estimate lowered that (25.7 dB after 8 + 8 epochs),
-    so the recommended refiner keeps one stage (25.05 dB); ``t1tot2 analyze feature-baseline
-    --auto-context`` writes the two-stage model.
+    hand.  It is off by default: the refiner's CNN trained on the two stages' out-of-fold estimate lowered
+    their score on the other hand (README), so the recommended refiner keeps one stage; ``t1tot2 analyze
+    feature-baseline --auto-context`` writes the two-stage model.  Both paths hold feature rows of the sampled
+    voxels only, never the volume's features.
     """
     spec = check_spec(spec)
     fit = {**DEFAULT_FIT, **(fit or {})}
-    if not fit.get("context_stage"):
-        return _fit_sampled(np.asarray(normalised_t1, np.float32), np.asarray(normalised_t2, np.float32).ravel(),
-                            np.asarray(mask, bool), spec, seed, fit, cross_fit)
-    features = feature_volume(normalised_t1, spec)
-    X = features.reshape(-1, features.shape[-1])
-    del features
-    y = np.asarray(normalised_t2, dtype=np.float32).ravel()
-    mask = np.asarray(mask, bool)
-    rows = training_samples(mask, fit["max_samples"], seed)
-    regressor = FeatureRegressor(spec, _fit_trees(X[rows], y[rows], seed, fit), air=find_air(X, y, mask, spec))
-    inputs = X
-    if fit.get("context_stage"):
-        first = _out_of_fold(regressor, X, y, mask, seed, fit)
-        regressor.context_spec = check_spec(CONTEXT_SPEC)
-        context = feature_volume(first.reshape(mask.shape), regressor.context_spec)
-        inputs = np.concatenate([X, context.reshape(len(X), -1)], 1)
-        del context
-        regressor.context_trees = _fit_trees(inputs[rows], y[rows], seed, fit)
-    final = regressor.trees if regressor.context_trees is None else regressor.context_trees
-    regressor.error_trees = _fit_error_trees(regressor, final, X, inputs, y, mask, seed, fit)
-    if not cross_fit:
-        return regressor, regressor.predict_rows(inputs, final).reshape(mask.shape).astype(np.float32)
-    return regressor, _out_of_fold(regressor, inputs, y, mask, seed, fit).reshape(mask.shape)
+    return _fit_sampled(np.asarray(normalised_t1, np.float32), np.asarray(normalised_t2, np.float32).ravel(),
+                        np.asarray(mask, bool), spec, seed, fit, cross_fit)
 
 
 def _fit_sampled(x, y, mask, spec: dict, seed: int, fit: dict, cross_fit: bool):
-    """:func:`fit_feature_regressor` without the auto-context stage, never holding the volume's features:
-    the voxels every fit samples (the same seeds as the whole-volume path, so the same trees) get their
-    feature rows slab by slab, and the training prior is predicted slab by slab like a synthesis."""
+    """:func:`fit_feature_regressor`, never holding the volume's features: the voxels every fit samples get
+    their feature rows slab by slab, and volumes (the out-of-fold first estimate, the training prior) are
+    predicted slab by slab like a synthesis."""
     from scipy import ndimage
 
+    context = bool(fit.get("context_stage"))
     half = mask.shape[0] // 2
     in_half = np.zeros(mask.shape, bool)
     in_half[:half] = True
     samples = {"trees": training_samples(mask, fit["max_samples"], seed),
                "errors": training_samples(mask, fit["max_samples"], seed + 3)}
-    if cross_fit:
+    if cross_fit or context:
         for fold, held_out in enumerate((in_half, ~in_half)):
             samples[fold] = training_samples(mask, fit["max_samples"] // 2, seed + 1 + fold, restrict=~held_out)
     union = np.unique(np.concatenate(list(samples.values())))
@@ -452,44 +427,51 @@ def _fit_sampled(x, y, mask, spec: dict, seed: int, fit: dict, cross_fit: bool):
     feature, size = air_feature(spec)
     air = air_rule(ndimage.maximum_filter(x, size).ravel(), feature, y, mask)  # = the feature, over the volume
     regressor = FeatureRegressor(spec, _fit_trees(X[rows["trees"]], y[samples["trees"]], seed, fit), air=air)
-    picked, target = X[rows["errors"]], y[samples["errors"]]
-    estimate = regressor.predict_rows(picked, regressor.trees)
+    folds = ((0, half), (half, x.shape[0]))
+    inputs, first = X, None
+    if context:
+        # The second stage learns from the first stage's out-of-fold estimate, which errs as it errs on a new hand.
+        first = np.empty(x.shape, np.float32)
+        for fold, (k_start, k_stop) in enumerate(folds):
+            fold_model = FeatureRegressor(spec, _fit_trees(X[rows[fold]], y[samples[fold]], seed, fit), air=air)
+            _predict_range(fold_model, x, k_start, k_stop, first)
+        regressor.context_spec = check_spec(CONTEXT_SPEC)
+        inputs = np.concatenate([X, feature_rows(first, regressor.context_spec, union)], 1)
+        regressor.context_trees = _fit_trees(inputs[rows["trees"]], y[samples["trees"]], seed, fit)
+    final = regressor.trees if regressor.context_trees is None else regressor.context_trees
+    # The error model: the typical |T2 - estimate| of the final stage on its own training voxels, from the T1's
+    # features and the estimate itself (bright tissue errs more in T2 units); out-of-fold residuals ranked worse.
+    estimate = regressor.predict_rows(inputs[rows["errors"]], final)
     error_fit = {**fit, **ERROR_FIT, "max_iter": max(20, int(fit["max_iter"]) // 2)}
-    regressor.error_trees = _fit_trees(np.column_stack([picked, estimate]).astype(np.float32), np.abs(target - estimate),
-                                       seed, error_fit)
+    regressor.error_trees = _fit_trees(np.column_stack([X[rows["errors"]], estimate]).astype(np.float32),
+                                       np.abs(y[samples["errors"]] - estimate), seed, error_fit)
     if not cross_fit:
         return regressor, regressor.predict_volume(x)
     prior = np.empty(x.shape, np.float32)
-    for fold, (k_start, k_stop) in enumerate(((0, half), (half, x.shape[0]))):
-        fold_model = FeatureRegressor(spec, _fit_trees(X[rows[fold]], y[samples[fold]], seed, fit), air=air)
-        fold_model.timings = {"features_s": 0.0, "trees_s": 0.0, "error_trees_s": 0.0}
-        slab = slab_size(x.shape, spec)
-        for k0 in range(k_start, k_stop, slab):
-            fold_model._predict_slab(x, k0, min(k_stop, k0 + slab), prior, None, lambda done: None)
+    for fold, (k_start, k_stop) in enumerate(folds):
+        trees = _fit_trees(inputs[rows[fold]], y[samples[fold]], seed, fit)
+        if context:
+            fold_model = FeatureRegressor(spec, regressor.trees, air=air, context_spec=regressor.context_spec,
+                                          context_trees=trees)
+            _predict_range(fold_model, x, k_start, k_stop, prior, first=first)
+        else:
+            _predict_range(FeatureRegressor(spec, trees, air=air), x, k_start, k_stop, prior)
     return regressor, prior
 
 
-def _out_of_fold(regressor: FeatureRegressor, inputs, y, mask, seed: int, fit: dict) -> np.ndarray:
-    """Predictions for each half of the volume by trees fitted (on ``inputs``, as ``fit`` says) on the other half;
-    ``regressor``'s air rule applies."""
-    prior = np.empty(mask.size, np.float32)
-    half = np.zeros(mask.shape, bool)
-    half[: mask.shape[0] // 2] = True
-    for fold, held_out in enumerate((half.ravel(), ~half.ravel())):
-        rows = training_samples(mask, fit["max_samples"] // 2, seed + 1 + fold, restrict=~held_out.reshape(mask.shape))
-        fold_trees = _fit_trees(inputs[rows], y[rows], seed, fit)
-        prior[held_out] = regressor.predict_rows(inputs[held_out], fold_trees)
-    return prior
-
-
-def _fit_error_trees(regressor: FeatureRegressor, final: TreeEnsemble, X, inputs, y, mask, seed: int, fit: dict) -> TreeEnsemble:
-    """The error model: the typical (median) |T2 - estimate| of the regressor's ``final`` stage on its own
-    training voxels, from the T1's features and the estimate itself (bright tissue errs more in T2 units).
-
-    On the phantom's right hand, against the refined output's real error: Spearman 0.55 with the
-    estimate as a column, 0.51 without; out-of-fold residuals ranked worse (0.45).
-    """
-    rows = training_samples(mask, fit["max_samples"], seed + 3)
-    estimate = regressor.predict_rows(inputs[rows], final)
-    error_fit = {**fit, **ERROR_FIT, "max_iter": max(20, int(fit["max_iter"]) // 2)}
-    return _fit_trees(np.column_stack([X[rows], estimate]).astype(np.float32), np.abs(y[rows] - estimate), seed, error_fit)
+def _predict_range(model: FeatureRegressor, x, k_start: int, k_stop: int, out: np.ndarray, first=None) -> None:
+    """``model``'s estimate of slices ``k_start..k_stop`` of ``x`` into ``out``, slab by slab; with ``first`` (a
+    first-stage estimate of the whole volume) its auto-context stage reads that estimate's features."""
+    if first is None:
+        model.timings = {"features_s": 0.0, "trees_s": 0.0, "error_trees_s": 0.0}
+        slab = slab_size(x.shape, model.spec)
+        for k0 in range(k_start, k_stop, slab):
+            model._predict_slab(x, k0, min(k_stop, k0 + slab), out, None, lambda done: None)
+        return
+    slab = slab_size(x.shape, model.spec)
+    for k0 in range(k_start, k_stop, slab):
+        k1 = min(k_stop, k0 + slab)
+        t1_rows = np.stack(feature_arrays(x, model.spec, k0, k1), axis=-1)
+        context_rows = np.stack(feature_arrays(first, model.context_spec, k0, k1), axis=-1)
+        both = np.concatenate([t1_rows.reshape(-1, t1_rows.shape[-1]), context_rows.reshape(-1, context_rows.shape[-1])], 1)
+        out[k0:k1] = model.predict_rows(both, model.context_trees).reshape(t1_rows.shape[:-1])
