@@ -329,3 +329,24 @@ def test_anisotropic_zoom_scales_each_axis_on_its_own():
     np.testing.assert_allclose(features[..., names.index("gaussian_2.0")], ndimage.gaussian_filter(x, (4.0, 2.0, 1.0)), atol=1e-6)
     window = features[..., names.index("maximum_5")]
     assert window[10, 10, 10] == 1.0 and window.sum() == 9 * 5 * 3  # odd windows nearest 10, 5 and 2.5 voxels
+
+
+def test_two_stage_prediction_does_not_depend_on_the_slab_size(monkeypatch):
+    """The T1's and the first estimate's features have different widths, so their own slab sizes differ on large
+    volumes (98 and 172 slices on the 0.6 mm phantom); the second stage must read both over the same slices."""
+    from scipy import ndimage
+
+    from T1ToT2Lib.networks import features
+
+    rng = np.random.default_rng(3)
+    t1 = ndimage.gaussian_filter(rng.random((40, 18, 20)).astype(np.float32), 1.5)
+    t2 = np.sqrt(t1) + 0.01 * rng.normal(size=t1.shape).astype(np.float32)
+    regressor, _ = fit_feature_regressor(t1, t2, np.ones(t1.shape, bool), fit={**CHEAP_FIT, "context_stage": True})
+    whole = regressor.predict_volume(t1, with_error=True)
+    per_slice = 18 * 20 * len(feature_names(regressor.context_spec)) * 4
+    monkeypatch.setattr(features, "_SLAB_BYTES", 7 * per_slice)  # context slabs of 7 slices, the T1's fewer
+    monkeypatch.setattr(features, "_MIN_SLAB", 1)
+    assert features.slab_size(t1.shape, regressor.spec) != features.slab_size(t1.shape, regressor.context_spec)
+    slabbed = regressor.predict_volume(t1, with_error=True)
+    np.testing.assert_allclose(slabbed[0], whole[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(slabbed[1], whole[1], rtol=0, atol=1e-6)

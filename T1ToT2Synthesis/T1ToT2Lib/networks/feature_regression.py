@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.errors import T1ToT2Error
-from .features import check_spec, feature_arrays, feature_names, feature_rows, feature_slabs, slab_size
+from .features import check_spec, feature_arrays, feature_names, feature_rows, slab_size
 
 #: Tree fields stored in a model file, with their dtypes.
 _FIELDS = {"value": np.float64, "feature_idx": np.int64, "num_threshold": np.float64,
@@ -307,15 +307,24 @@ class FeatureRegressor:
             out = np.empty(x.shape, np.float32)
             # The T1's features are computed again, slab by slab beside the first estimate's: keeping
             # them would cost tens of GB on a 512x512x491 scan.
-            slabs = zip(feature_slabs(x, self.spec, zoom=zoom), feature_slabs(first, self.context_spec, zoom=zoom))
-            for (k0, k1, block), (_, _, context) in slabs:
-                rows = block.reshape(-1, block.shape[-1])
-                estimate = self.predict_rows(np.concatenate([rows, context.reshape(len(rows), -1)], 1), self.context_trees)
-                out[k0:k1] = estimate.reshape(block.shape[:-1])
-                if with_error and self.error_trees is not None:
-                    error[k0:k1] = self.predict_error_rows(rows, estimate).reshape(block.shape[:-1])
-                tick(x.shape[0] + k1)
+            self._predict_context(x, first, 0, x.shape[0], out, error if with_error else None, zoom,
+                                  lambda k1: tick(x.shape[0] + k1))
         return (out, error) if with_error else out
+
+    def _predict_context(self, x, first, k_start: int, k_stop: int, out, error=None, zoom=None, tick=None) -> None:
+        """The auto-context stage's estimate (and error) of slices ``k_start..k_stop`` into ``out``, slab by slab:
+        the T1's features and those of ``first`` (the first stage's estimate) over the same slices."""
+        for k0 in range(k_start, k_stop, slab_size(x.shape, self.spec)):
+            k1 = min(k_stop, k0 + slab_size(x.shape, self.spec))
+            block = np.stack(feature_arrays(x, self.spec, k0, k1, zoom=zoom), axis=-1)
+            rows = block.reshape(-1, block.shape[-1])
+            context = np.stack(feature_arrays(first, self.context_spec, k0, k1, zoom=zoom), axis=-1).reshape(len(rows), -1)
+            estimate = self.predict_rows(np.concatenate([rows, context], 1), self.context_trees)
+            out[k0:k1] = estimate.reshape(block.shape[:-1])
+            if error is not None and self.error_trees is not None:
+                error[k0:k1] = self.predict_error_rows(rows, estimate).reshape(block.shape[:-1])
+            if tick is not None:
+                tick(k1)
 
     def to_tensors(self, prefix: str = "prior") -> dict:
         tensors = self.trees.to_tensors(prefix)
@@ -468,10 +477,4 @@ def _predict_range(model: FeatureRegressor, x, k_start: int, k_stop: int, out: n
         for k0 in range(k_start, k_stop, slab):
             model._predict_slab(x, k0, min(k_stop, k0 + slab), out, None, lambda done: None)
         return
-    slab = slab_size(x.shape, model.spec)
-    for k0 in range(k_start, k_stop, slab):
-        k1 = min(k_stop, k0 + slab)
-        t1_rows = np.stack(feature_arrays(x, model.spec, k0, k1), axis=-1)
-        context_rows = np.stack(feature_arrays(first, model.context_spec, k0, k1), axis=-1)
-        both = np.concatenate([t1_rows.reshape(-1, t1_rows.shape[-1]), context_rows.reshape(-1, context_rows.shape[-1])], 1)
-        out[k0:k1] = model.predict_rows(both, model.context_trees).reshape(t1_rows.shape[:-1])
+    model._predict_context(x, first, k_start, k_stop, out)
