@@ -75,16 +75,25 @@ def test_train_arguments_need_an_output_model(mrml_scene, tmp_path):
 def test_refiner_training_uses_its_own_schedule_not_the_gan_settings(mrml_scene, tmp_path):
     from T1ToT2Lib.cli import build_parser
 
+    from T1ToT2Lib.cli.train import _check_correction
+    from T1ToT2Lib.training.presets import training_defaults
+
     t1 = Volume.from_geometry(np.ones((4, 8, 8), np.float32), spacing=(1, 1, 1))
-    p = _parameters(trainT1=sc.node_from_volume(t1, "T1"), trainT2=sc.node_from_volume(t1, "T2"), modelType="refiner",
-                    outputModelPath=tmp_path / "r.safetensors", epochs=6)
-    args = panel.train_arguments(p, tmp_path / "work")
-    assert args[args.index("--model") + 1] == "refiner"
-    assert args[args.index("--epochs") + 1] == "6" and args[args.index("--epochs-decay") + 1] == "6"
-    for gan_only in ("--upsample", "--n-blocks", "--lr", "--batch-size", "--ngf", "--context"):
-        assert gan_only not in args
-    parsed = build_parser().parse_args(args)  # the CLI accepts exactly these arguments
-    assert parsed.model == "refiner" and parsed.epochs == 6
+    pair = {"trainT1": sc.node_from_volume(t1, "T1"), "trainT2": sc.node_from_volume(t1, "T2")}
+    validation = {"validationT1": sc.node_from_volume(t1, "V1"), "validationT2": sc.node_from_volume(t1, "V2")}
+    for judged in (True, False):
+        p = _parameters(**pair, **(validation if judged else {}), modelType="refiner",
+                        outputModelPath=tmp_path / "r.safetensors", epochs=6)
+        args = panel.train_arguments(p, tmp_path / "work")
+        assert args[args.index("--model") + 1] == "refiner" and args[args.index("--correction") + 1] == "auto"
+        for gan_only in ("--upsample", "--n-blocks", "--lr", "--batch-size", "--ngf", "--context"):
+            assert gan_only not in args
+        parsed = build_parser().parse_args(args)  # the CLI accepts exactly these arguments...
+        _check_correction(parsed, training_defaults("refiner"))  # ...and its check of the CNN's options passes
+        if judged:  # a validation pair judges the CNN stage: it trains with the panel's epochs
+            assert parsed.epochs == 6 and parsed.epochs_decay == 6 and parsed.checkpoint_dir
+        else:  # one pair alone: the model is its trees, so no epochs or checkpoints are asked for
+            assert "--epochs" not in args and "--checkpoint-dir" not in args
 
 
 def test_a_pair_on_two_grids_needs_the_align_box_and_the_box_passes_align(mrml_scene, tmp_path):

@@ -44,7 +44,8 @@ def few_trees(monkeypatch):
     monkeypatch.setitem(feature_regression.DEFAULT_FIT, "max_samples", 20_000)
 
 
-QUICK = ["--epochs", "1", "--epochs-decay", "0", "--max-steps-per-epoch", "2", "--batch-size", "4", "--progress", "none"]
+QUICK = ["--epochs", "1", "--epochs-decay", "0", "--max-steps-per-epoch", "2", "--batch-size", "4", "--correction", "train",
+         "--progress", "none"]
 
 
 def test_pairs_csv_trains_one_model_on_two_grids(two_grids, tmp_path):

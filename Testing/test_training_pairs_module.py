@@ -171,6 +171,8 @@ def test_one_start_reads_the_pairs_csv_once(modules, tmp_path, monkeypatch):
     p = widget._parameterNode
     first = small_t1()
     p.trainT1, p.trainT2 = sc.node_from_volume(first, "VIBE A"), sc.node_from_volume(first.with_array(first.array * 0.5), "SPACE A")
+    # a validation pair: the recommended refiner trains its CNN stage (what Resume continues) only when one can judge it
+    p.validationT1, p.validationT2 = sc.node_from_volume(first, "VIBE V"), sc.node_from_volume(first, "SPACE V")
     csv = tmp_path / "pairs.csv"
     csv.write_text("t1,t2\nscans/b_t1.nrrd,scans/b_t2.nrrd\n")
     p.pairsCsvPath, p.outputModelPath = csv, tmp_path / "model.safetensors"

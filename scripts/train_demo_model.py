@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=["small", "full"], default="small")
     parser.add_argument("--epochs", type=int, help="constant-rate epochs (default: the recommended schedule)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--prior-stages", type=int, choices=(1, 2), help="tree stages (default: the recommended recipe's)")
     parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "demo_model.safetensors")
     parser.add_argument("--single", action="store_true", help="the demo's left hand only (as t1tot2 demo trains)")
     parser.add_argument("--no-robustness", action="store_true",
@@ -49,6 +50,10 @@ def main(argv=None) -> int:
     schedule = dict(RECOMMENDED["training"])
     if args.epochs:
         schedule["epochs"] = schedule["epochs_decay"] = args.epochs
+    if args.prior_stages:
+        schedule["prior_stages"] = args.prior_stages
+    if args.single:  # one hand gives no held-out hand to judge the CNN stage: train it as `t1tot2 demo --epochs` does
+        schedule["correction"] = "train"
     if args.size == "full":
         network.update(ngf=64)
     with tempfile.TemporaryDirectory() as work:
@@ -77,7 +82,8 @@ def main(argv=None) -> int:
 | | |
 |---|---|
 | file | `{args.out.name}` ({size_mb:.1f} MB, safetensors; metadata holds config, scales, training summary) |
-| architecture | refiner: boosted trees (squared error) on {meta['prior']['n_features']} 3-D multi-scale T1 features ({meta['prior']['n_trees']} trees) give a prior T2; a dilated residual CNN {json.dumps(meta['config'])} corrects it from a 2.5-D input of {RECOMMENDED['context']} T1 slices and the prior's |
+| architecture | refiner: boosted trees (squared error) on {meta['prior']['n_features']} 3-D multi-scale T1 features ({meta['prior']['n_trees']} trees){_context_line(meta)} give a prior T2; a dilated residual CNN {json.dumps(meta['config'])} corrects it from a 2.5-D input of {RECOMMENDED['context']} T1 slices and the prior's |
+| CNN stage | {_correction_line(meta)} |
 | synthesis | plane mode `{RECOMMENDED['synthesis_plane']}` (axial, coronal and sagittal predictions averaged) |
 | data | T1ToT2 phantom `{args.size}` (seed 0): left hand, all axial, coronal and sagittal slices; right hand held out{_data_line(extra)} |
 | budget | {schedule['epochs']} epochs at Adam lr {schedule['lr']} then {schedule['epochs_decay']} decaying to 0, betas {tuple(schedule['betas'])}, batch {schedule['batch_size']}{', patches of ' + str(schedule['patch']) if schedule.get('patch') else ''}, flips, seed 0 |
@@ -133,6 +139,26 @@ def _robustness_section(args) -> str:
 {table(result)}
 ```
 """
+
+
+def _context_line(meta: dict) -> str:
+    context = meta["prior"].get("context")
+    if not context:
+        return ""
+    return (f", then an auto-context stage ({context['n_trees']} trees) on those and {context['n_features'] - meta['prior']['n_features']} "
+            f"features of the first stage's estimate")
+
+
+def _correction_line(meta: dict) -> str:
+    """What the gate decided, from the model file's own record."""
+    record = meta.get("correction")
+    if not record:
+        return "trained and kept (no held-out pair judged it)"
+    if not record.get("trained", True):
+        return f"not trained: {record.get('reason', '')}"
+    scores = lambda r: f"{r['psnr']:.2f} dB / SSIM {r['ssim']:.3f}"  # noqa: E731
+    verdict = "kept" if record["kept"] else "not kept (head zeroed: the model is its trees)"
+    return f"{verdict}: held-out pair {scores(record['refined'])} with it, {scores(record['prior'])} without"
 
 
 def _data_line(extra: dict) -> str:

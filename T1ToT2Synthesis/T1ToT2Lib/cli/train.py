@@ -13,6 +13,7 @@ from ..core.volume import PLANES, Volume
 from ..io.files import read_volume
 from ..training.data import check_planes
 from ..training.train import (
+    CORRECTIONS,
     BarProgress,
     TrainConfig,
     TrainingCancelled,
@@ -63,6 +64,12 @@ def register_cli(subparsers):
     p.add_argument("--n-blocks", type=int, help="ResNet blocks of CycleGAN/UNIT generators")
     p.add_argument("--upsample", choices=("transpose", "resize"), help="up-sampling: transposed or resize convolution")
     p.add_argument("--norm", choices=("batch", "instance"))
+    p.add_argument("--prior-stages", type=int, choices=(1, 2),
+                   help="refiner: 1 = trees on T1 features; 2 = plus an auto-context stage that reads the first stage's T2 "
+                        "estimate (default: 2)")
+    p.add_argument("--correction", choices=CORRECTIONS,
+                   help="refiner's CNN stage: auto = trained only when a held-out pair (--val-t1/--val-t2 or "
+                        "--phantom-subjects) can judge it, else the model is its trees (default); train = always; none = never")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--seed", type=int, default=0)
@@ -113,10 +120,36 @@ def _given_pairs(args) -> list:
     return pairs
 
 
+#: Options that only the refiner's CNN stage reads (argparse names).
+CNN_OPTIONS = ("epochs", "epochs_decay", "lr", "betas", "batch_size", "augment", "patch", "max_steps_per_epoch", "resume",
+               "loss_csv", "checkpoint_dir")
+
+
+def _check_correction(args, defaults: dict) -> None:
+    """Fill in --prior-stages and --correction; refuse CNN options when the CNN stage will not be trained."""
+    if args.model != "refiner":
+        if args.prior_stages is not None or args.correction is not None:
+            raise T1ToT2Error(f"--prior-stages and --correction apply to the refiner only, not {args.model}: leave them out")
+        return
+    args.prior_stages = defaults["prior_stages"] if args.prior_stages is None else args.prior_stages
+    args.correction = defaults["correction"] if args.correction is None else args.correction
+    judged = bool(args.val_t1 and args.val_t2) or bool(args.phantom_subjects)
+    if args.correction == "train" or (args.correction == "auto" and judged):
+        return
+    given = [k for k in CNN_OPTIONS if getattr(args, k) not in (None, False)]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        why = ("--correction none trains no CNN" if args.correction == "none" else
+               "without a held-out pair --correction auto trains no CNN (the model is its trees)")
+        raise T1ToT2Error(f"{option} sets up the refiner's CNN stage, but {why}: add --val-t1/--val-t2, or "
+                          f"--correction train, or drop {option}")
+
+
 def run_train(args) -> int:
     from ..training.presets import training_defaults
 
     defaults = training_defaults(args.model, args.preset)
+    _check_correction(args, defaults)
     explicit = {k: getattr(args, k) for k in ("ngf", "ndf", "depth", "n_blocks", "upsample", "norm", "n_layers")
                 if getattr(args, k, None) is not None}
     if args.model != "refiner" and "n_layers" in explicit:
@@ -160,6 +193,7 @@ def run_train(args) -> int:
         precision=args.precision, seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
         max_steps_per_epoch=args.max_steps_per_epoch, loss_csv=args.loss_csv, augment=args.augment,
         patch=args.patch, prior_cross_fit=defaults["prior_cross_fit"],
+        **({"prior_stages": args.prior_stages, "correction": args.correction} if args.model == "refiner" else {}),
     )
     progress = {"bar": BarProgress(), "json": json_progress(), "none": None}[args.progress]
     cancel = threading.Event()

@@ -19,8 +19,9 @@ import numpy as np
 
 from ..core.errors import T1ToT2Error
 
-#: The demo trains the recommended configuration (T1ToT2Lib.training.presets.RECOMMENDED: feature-regression prior +
-#: dilated residual CNN) with its own schedule; only the width is stated here, for the model card.
+#: The demo trains the recommended configuration (T1ToT2Lib.training.presets.RECOMMENDED: two-stage feature-regression
+#: prior; its dilated residual CNN only with ``--epochs``, for one hand gives no held-out hand to judge it); only the
+#: CNN's width is stated here, for the model card.
 DEMO_TRAINING = {"network": {"ngf": 32}}
 MARKER = "demo_summary.json"
 
@@ -73,9 +74,10 @@ def run_demo(out_dir, epochs: int | None = None, device: str = "auto", size: str
 
         _say("[5/6] figures and report")
         settings = {"data": f"phantom ({size}, seed {seed}): trained on the left hand, scored on the right",
-                    "model": f"recommended: feature-regression prior + residual CNN {json.dumps(config.network)}, "
-                             f"context {RECOMMENDED['context']}, {schedule['epochs'] + schedule['epochs_decay']} epochs, "
-                             f"lr {schedule['lr']}",
+                    "model": "recommended: two-stage feature-regression prior" + (
+                        f" + residual CNN {json.dumps(config.network)}, context {RECOMMENDED['context']}, "
+                        f"{schedule['epochs'] + schedule['epochs_decay']} epochs, lr {schedule['lr']}"
+                        if schedule["correction"] == "train" else ", no CNN stage (no held-out hand to judge it)"),
                     "oracle": "the phantom's noise-free T2 scored by the same code: the ceiling any synthesis can reach",
                     "machine": f"float32 matrix multiply {rate:.0f} GFLOP/s",
                     "times (s, cumulative)": json.dumps(steps)}
@@ -122,10 +124,13 @@ def _train(work: Path, data: dict, epochs, device, seed: int):
 
     schedule = dict(RECOMMENDED["training"])
     if epochs:
-        schedule["epochs"], schedule["epochs_decay"] = int(epochs), int(epochs)
-    n_epochs = schedule["epochs"] + schedule["epochs_decay"]
-    _say(f"[2/6] training the recommended network on the left hand: feature-regression prior, then {n_epochs} epochs "
-         "of the residual CNN on all three planes")
+        schedule.update(epochs=int(epochs), epochs_decay=int(epochs), correction="train")
+        n_epochs = schedule["epochs"] + schedule["epochs_decay"]
+        _say(f"[2/6] training the recommended network on the left hand: two-stage feature-regression prior, then "
+             f"{n_epochs} epochs of the residual CNN on all three planes")
+    else:
+        _say("[2/6] training the recommended network on the left hand: two-stage feature-regression prior (the residual "
+             "CNN needs a held-out hand to judge it: --epochs N trains it anyway)")
     model_path = work / "model.safetensors"
     config = TrainConfig(
         t1=data["left_t1"], t2=data["left_t2"], out=model_path, model=RECOMMENDED["model"],

@@ -342,7 +342,15 @@ def format_duration(seconds) -> str:
 
 
 def progress_text(event, total_epochs=None):
-    """The status line for a training "step" event: epoch, step and the time left (``eta_s``), or None."""
+    """The status line for a training "step" event (epoch, step and the time left, ``eta_s``), for the stages before
+    the first epoch, or None."""
+    if event.get("event") == "prior":
+        return f"Trees fitted ({event.get('stages', 1)} stage(s), {event.get('seconds', 0):.0f} s)."
+    if event.get("event") == "correction" and not event.get("trained", True):
+        return f"CNN stage not trained: {event.get('reason', '')}"
+    if event.get("event") == "gate":
+        return "CNN stage kept: it improved the held-out pair." if event.get("kept") else \
+            "CNN stage not kept: it did not improve the held-out pair, so the model is its trees."
     if event.get("event") != "step":
         return None
     total = event.get("epochs") or total_epochs
@@ -352,6 +360,12 @@ def progress_text(event, total_epochs=None):
     if event.get("eta_s") is not None:
         text += f", about {format_duration(event['eta_s'])} left"
     return text
+
+
+def cnn_stage_outcome(events) -> str:
+    """What became of the refiner's CNN stage in a finished training job's events ("" when they say nothing)."""
+    texts = [progress_text(e) for e in events if isinstance(e, dict) and e.get("event") in ("correction", "gate")]
+    return next((t for t in reversed(texts) if t), "")
 
 
 def record_event(event, loss_plot=None, validation_table=None) -> None:

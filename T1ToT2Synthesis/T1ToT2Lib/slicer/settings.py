@@ -37,7 +37,9 @@ class TrainingSettings:
     """What ``t1tot2 train`` is asked to do from the Training panel.
 
     The refiner trains with its own schedule (rate, batch, patches, 2.5-D input from the presets): only its
-    constant-rate epochs are passed, with as many decaying ones.  The GANs get every panel setting.
+    constant-rate epochs are passed, with as many decaying ones, and only when its CNN stage trains: with the
+    recommended ``correction`` (auto) that needs a held-out pair, the validation pair or phantom subjects
+    (``t1tot2 train`` refuses CNN options otherwise).  The GANs get every panel setting.
     """
 
     model: str = RECOMMENDED["model"]
@@ -58,6 +60,8 @@ class TrainingSettings:
     pairs_csv: str | None = None
     phantom_subjects: int = 0
     randomize: bool = False
+    #: The refiner's CNN stage (``t1tot2 train --correction``); None: the presets' value.
+    correction: str | None = None
 
     def __post_init__(self):
         if path_is_empty(self.pairs_csv):
@@ -69,6 +73,15 @@ class TrainingSettings:
         for field, value in preset.items():
             if getattr(self, field) is None:
                 setattr(self, field, value)
+        if self.correction is None:
+            self.correction = defaults["correction"]
+
+    def trains_cnn(self, validation: bool) -> bool:
+        """Whether ``t1tot2 train`` trains the refiner's CNN stage with these settings (``validation``: a validation
+        pair is given)."""
+        if self.model != "refiner" or self.correction == "train":
+            return True
+        return self.correction == "auto" and (validation or bool(self.phantom_subjects))
 
     @classmethod
     def for_model(cls, model: str, **fields) -> "TrainingSettings":
@@ -127,12 +140,15 @@ class TrainingSettings:
         if checked is None or checked != self._data_key(pairs):
             self.check_data(pairs)
         args = ["train"] + [a for t1, t2 in pairs for a in ("--t1", t1, "--t2", t2)]
-        args += ["--model", self.model, "--planes", ",".join(self.planes),
-                "--device", self.device, "--out", out,
-                "--checkpoint-dir", out.with_name(out.name.replace(".safetensors", "") + ".checkpoints"),
-                "--progress", "json"]
+        args += ["--model", self.model, "--planes", ",".join(self.planes), "--device", self.device, "--out", out,
+                 "--progress", "json"]
+        cnn = self.trains_cnn(val_t1 is not None and val_t2 is not None)
+        if cnn:
+            args += ["--checkpoint-dir", out.with_name(out.name.replace(".safetensors", "") + ".checkpoints")]
         if self.model == "refiner":
-            args += ["--epochs", self.epochs, "--epochs-decay", self.epochs]
+            args += ["--correction", self.correction]
+            if cnn:
+                args += ["--epochs", self.epochs, "--epochs-decay", self.epochs]
         else:
             args += ["--epochs", self.epochs, "--lr", repr(float(self.learning_rate)), "--batch-size", self.batch_size,
                      "--context", self.context, "--upsample", self.upsampling]
@@ -142,7 +158,7 @@ class TrainingSettings:
             args += ["--n-blocks", self.residual_blocks]
         if val_t1 is not None and val_t2 is not None:
             args += ["--val-t1", val_t1, "--val-t2", val_t2]
-        if self.max_steps_per_epoch:
+        if self.max_steps_per_epoch and cnn:
             args += ["--max-steps-per-epoch", self.max_steps_per_epoch]
         if self.align:
             args.append("--align")
@@ -153,6 +169,9 @@ class TrainingSettings:
         if self.randomize:
             args.append("--randomize")
         if resume:
+            if not cnn:
+                raise T1ToT2Error("nothing to resume: without a validation pair or phantom subjects the refiner trains "
+                                  "no CNN stage, only its trees (they take minutes): press Start")
             args.append("--resume")
         return [str(a) for a in args]
 

@@ -291,7 +291,8 @@ class TrainingPanel:
         path = self.jobs.finish_or_show_log(job, self.logic.finishTrainingJob, "Training failed.")
         if path is None:
             return
-        self.ui.statusLabel.text = f"Model saved to {path}; it is offered in T1 to T2 Synthesis."
+        outcome = panel.cnn_stage_outcome(job.events)
+        self.ui.statusLabel.text = f"Model saved to {path}; it is offered in T1 to T2 Synthesis." + (" " + outcome if outcome else "")
         if self.parameters and self.parameters.validationT1 and self.parameters.validationT2:
             self.evaluate()
 

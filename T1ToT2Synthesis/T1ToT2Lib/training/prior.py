@@ -6,6 +6,10 @@ sampled voxels, not with the number or size of the pairs.  The CNN's training pr
 pair*: pairs alternate between two folds and each fold is predicted by trees fitted on the other, so the
 network learns the errors the trees make on another subject (on one pair, the halves of the volume are
 the folds, as :func:`~T1ToT2Lib.networks.feature_regression.fit_feature_regressor` does).
+
+With ``fit["context_stage"]`` the auto-context stage is fitted too, as on one pair: it reads the features of each
+pair's *out-of-fold* first-stage estimate (by pair folds), which errs as the first stage errs on another subject.
+Those estimates are held as one volume per pair until the fit ends.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ def normalised_pair(t1, t2, percentile: float):
 
 
 def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxel_mm=None):
-    """Per pair: (feature rows, T2 values) of up to ``per_pair`` object voxels, and the pair's air rule.
+    """Per pair: (feature rows, T2 values, flat voxel indices) of up to ``per_pair`` object voxels, and the pair's
+    air rule.
 
     Rows come slab by slab (:func:`~T1ToT2Lib.networks.features.feature_rows`): no pair's whole feature volume is held.
     With ``voxel_mm`` (the model's voxel size) a pair of another voxel size has its features zoomed to the same mm."""
@@ -54,7 +59,7 @@ def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxe
         y = t2n.ravel()
         take = training_samples(mask, per_pair, seed + 101 * n)
         zoom = feature_zoom(voxel_mm, t1)
-        rows.append((feature_rows(t1n, spec, take, zoom=zoom), y[take]))
+        rows.append((feature_rows(t1n, spec, take, zoom=zoom), y[take], take))
         air = air_rule(ndimage.maximum_filter(t1n, zoomed_window(size, zoom)).ravel(), feature, y, mask)  # the air feature
         if air is not None:
             airs.append(air)
@@ -76,10 +81,11 @@ def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool =
     """Trees fitted on the voxels of all ``pairs``; returns (regressor, [training prior of each pair]).
 
     With ``cross_fit`` each pair's prior comes from trees that never saw it (two folds of alternating pairs).  With
-    ``voxel_mm`` (the model's voxel size, i, j, k) pairs keep their own grids: features are zoomed to its lengths in mm."""
+    ``voxel_mm`` (the model's voxel size, i, j, k) pairs keep their own grids: features are zoomed to its lengths in mm.
+    With ``fit["context_stage"]`` the model has the auto-context stage (module docstring)."""
     from ..inference.preprocess import feature_zoom
-    from ..networks.feature_regression import DEFAULT_FIT, ERROR_FIT, FeatureRegressor, _fit_trees
-    from ..networks.features import check_spec
+    from ..networks.feature_regression import CONTEXT_SPEC, DEFAULT_FIT, ERROR_FIT, FeatureRegressor, _fit_trees
+    from ..networks.features import check_spec, feature_rows
 
     if len(pairs) < 2:
         raise T1ToT2Error("fit_prior_pairs needs at least two pairs: fit one pair with fit_feature_regressor")
@@ -89,24 +95,50 @@ def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool =
     fit = {**DEFAULT_FIT, "max_iter": PAIRS_MAX_ITER, **(fit or {})}
     per_pair = max(1000, min(int(fit["max_samples"]), PAIRS_MAX_SAMPLES // len(pairs)))
     rows, airs = _sampled_rows(pairs, spec, per_pair, seed, percentile, voxel_mm)
-    X = np.concatenate([r[0] for r in rows])
     y = np.concatenate([r[1] for r in rows])
-    regressor = FeatureRegressor(spec, _fit_trees(X, y, seed, fit), air=_pooled_air(airs))
-    estimate = regressor.predict_rows(X)
-    error_fit = {**fit, **ERROR_FIT, "max_iter": max(20, int(fit["max_iter"]) // 2)}
-    regressor.error_trees = _fit_trees(np.column_stack([X, estimate]).astype(np.float32), np.abs(y - estimate), seed, error_fit)
+    normalised = lambda n: normalised_pair(*pairs[n], percentile)[0]  # noqa: E731 - one volume at a time
+    zooms = [feature_zoom(voxel_mm, t1) for t1, _ in pairs]
     fold_of = np.arange(len(pairs)) % 2
-    predictors = {}
-    for fold in (0, 1):
-        if cross_fit:
-            other = [r for r, f in zip(rows, fold_of) if f != fold]
-            trees = _fit_trees(np.concatenate([r[0] for r in other]), np.concatenate([r[1] for r in other]), seed, fit)
-            predictors[fold] = FeatureRegressor(spec, trees, air=regressor.air)
+
+    def fold_trees(fold: int, inputs: list):
+        """Trees fitted on the pairs outside ``fold``."""
+        other = [n for n in range(len(pairs)) if fold_of[n] != fold]
+        return _fit_trees(np.concatenate([inputs[n] for n in other]), np.concatenate([rows[n][1] for n in other]), seed, fit)
+
+    inputs = [r[0] for r in rows]
+    regressor = FeatureRegressor(spec, _fit_trees(np.concatenate(inputs), y, seed, fit), air=_pooled_air(airs))
+    firsts = None
+    if fit.get("context_stage"):
+        first_stage = {fold: FeatureRegressor(spec, fold_trees(fold, inputs), air=regressor.air) for fold in (0, 1)}
+        firsts = [first_stage[fold_of[n]].predict_volume(normalised(n), zoom=zooms[n]) for n in range(len(pairs))]
+        regressor.context_spec = check_spec(CONTEXT_SPEC)
+        inputs = [np.concatenate([r[0], feature_rows(first, regressor.context_spec, r[2], zoom=z)], 1)
+                  for r, first, z in zip(rows, firsts, zooms)]
+        regressor.context_trees = _fit_trees(np.concatenate(inputs), y, seed, fit)
+    final = regressor.trees if regressor.context_trees is None else regressor.context_trees
+    X = np.concatenate(inputs)
+    estimate = regressor.predict_rows(X, final)
+    error_fit = {**fit, **ERROR_FIT, "max_iter": max(20, int(fit["max_iter"]) // 2)}
+    t1_rows = np.concatenate([r[0] for r in rows])
+    regressor.error_trees = _fit_trees(np.column_stack([t1_rows, estimate]).astype(np.float32), np.abs(y - estimate),
+                                       seed, error_fit)
+    del X, t1_rows
+    priors = []
+    predictors = {fold: FeatureRegressor(spec, fold_trees(fold, inputs), air=regressor.air) if cross_fit else None
+                  for fold in (0, 1)}
+    for n, (z, f) in enumerate(zip(zooms, fold_of)):
+        x = normalised(n)
+        if not cross_fit:
+            priors.append(regressor.predict_volume(x, zoom=z).astype(np.float32))
+        elif firsts is None:
+            priors.append(predictors[f].predict_volume(x, zoom=z).astype(np.float32))
         else:
-            predictors[fold] = regressor
-    priors = [predictors[f].predict_volume(normalised_pair(t1, t2, percentile)[0], zoom=feature_zoom(voxel_mm, t1))
-              .astype(np.float32)
-              for (t1, t2), f in zip(pairs, fold_of)]
+            stage = FeatureRegressor(spec, regressor.trees, air=regressor.air, context_spec=regressor.context_spec,
+                                     context_trees=predictors[f].trees)
+            prior = np.empty(x.shape, np.float32)
+            stage._predict_context(x, firsts[n], 0, x.shape[0], prior, zoom=z)
+            priors.append(prior)
     emit({"event": "prior", "kind": "feature_regression", "pairs": len(pairs), "voxels": int(len(y)),
-          "trees": regressor.trees.metadata()["n_trees"], "seconds": round(time.perf_counter() - tick, 1)})
+          "trees": regressor.trees.metadata()["n_trees"], "stages": 1 if firsts is None else 2,
+          "seconds": round(time.perf_counter() - tick, 1)})
     return regressor, priors

@@ -42,6 +42,8 @@ CHECKPOINT_FORMAT = "t1tot2-checkpoint"
 #: Phantom subjects rendered for training start at this seed (plus the run's seed), away from the seeds the demo and
 #: the robustness matrix score (0, 1, 2...), so no training subject shares their anatomy.
 PHANTOM_SEED_OFFSET = 1000
+#: What ``TrainConfig.correction`` accepts: whether the refiner's CNN stage is trained (see :func:`_skipped_correction`).
+CORRECTIONS = ("auto", "train", "none")
 #: When set, every rank writes a hash of its final generator weights into this folder (used by the DDP test).
 DEBUG_HASH_ENV = "T1TOT2_DEBUG_WEIGHT_HASH_DIR"
 
@@ -83,6 +85,8 @@ class TrainConfig:
     phantom_ranges: dict | None = None  # overrides of T1ToT2Lib.phantom.render.RANDOM_RANGES
     augment_copies: int = 0  # augmented copies of every pair's T1 (intensity, coil field, noise, blur)
     voxel_mm: tuple | None = None  # common voxel size every pair is resampled to (default: the first T1's)
+    prior_stages: int = 1  # refiner: 1 = the trees on T1 features; 2 = plus the auto-context stage
+    correction: str = "train"  # refiner's CNN: "train"; "auto" (only when a held-out pair can judge it); "none"
 
     @property
     def total_epochs(self) -> int:
@@ -104,6 +108,8 @@ class TrainConfig:
         keys = ("model", "network", "planes", "lr", "betas", "batch_size", "context", "seed", "epochs", "epochs_decay", "max_steps_per_epoch", "augment", "patch", "percentile")
         # The data settings of several pairs count only when set, so checkpoints written before they existed still resume.
         many = ("phantom_subjects", "randomize", "phantom_ranges", "augment_copies", "voxel_mm")
+        if int(self.prior_stages) != 1:  # likewise: the CNN of a checkpoint learnt on its own prior
+            many += ("prior_stages",)
         values = {k: getattr(self, k) for k in keys}  # not asdict: it would deep-copy every training volume
         values.update({k: getattr(self, k) for k in many if getattr(self, k)})
         if self.pairs:
@@ -301,6 +307,31 @@ class LossLog:
 
 
 # --- training --------------------------------------------------------------------------
+class _RememberedPrior:
+    """A fitted prior that remembers its estimates: the trees never change during training, so the validation and
+    held-out T1s (the same volumes every epoch) get theirs once.  Keyed on the volume's bytes, zoom and error flag."""
+
+    def __init__(self, regressor):
+        self.regressor = regressor
+        self._estimates = {}
+
+    def __getattr__(self, name):
+        return getattr(self.regressor, name)
+
+    def predict_volume(self, normalised_t1, with_error: bool = False, progress=None, zoom=None):
+        import hashlib
+
+        x = np.ascontiguousarray(normalised_t1, dtype=np.float32)
+        key = (x.shape, hashlib.blake2b(x.data, digest_size=16).hexdigest(), bool(with_error),
+               None if zoom is None else tuple(np.round(np.asarray(zoom, float), 9)))
+        if key not in self._estimates:
+            self._estimates[key] = self.regressor.predict_volume(x, with_error=with_error, progress=progress, zoom=zoom)
+        elif progress is not None:
+            progress(1, 1)
+        estimate = self._estimates[key]
+        return tuple(a.copy() for a in estimate) if isinstance(estimate, tuple) else estimate.copy()
+
+
 @dataclass
 class _Run:
     """What one training run builds before its loop: device, data, model, optimisers."""
@@ -323,6 +354,15 @@ class _Run:
     validation: tuple = None
     gate: tuple = None  # held-out (T1, T2) that decides whether the CNN stage is kept
     native_pairs: list = None  # the pairs on their own grids (the trees' features are zoomed to the model's mm)
+
+    @property
+    def scoring_prior(self):
+        """The prior as validation and the gate use it: its estimate of each held-out T1 made once, not every epoch."""
+        if self.prior_model is None:
+            return None
+        if getattr(self, "_scoring_prior", None) is None or self._scoring_prior.regressor is not self.prior_model:
+            self._scoring_prior = _RememberedPrior(self.prior_model)
+        return self._scoring_prior
 
     @property
     def is_main(self) -> bool:
@@ -354,6 +394,9 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     _build(run, config, emit)
+    skipped = _skipped_correction(config, gate)
+    if skipped is not None:
+        return _write_prior_only(run, config, skipped, started, emit)
     checkpoint_path = config.resolved_checkpoint_dir() / CHECKPOINT_NAME
     start_epoch, history = _resume(run, config, checkpoint_path)
     log = LossLog(config.loss_csv if run.is_main else None, keep_before_epoch=start_epoch + 1 if config.resume else None)
@@ -371,6 +414,37 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
             torch.distributed.destroy_process_group()
     emit({"event": "done", "model": str(out), "seconds": round(time.time() - started, 2)})
     return out
+
+
+def _skipped_correction(config: TrainConfig, gate) -> str | None:
+    """Why the refiner's CNN stage is not trained (the model is then its prior), or None when it is.
+
+    ``auto`` trains it only when a held-out pair (``--val-t1/--val-t2`` or a held-out phantom subject) can judge it:
+    trained on one hand and scored on the other, the CNN lowered the two-stage trees' PSNR on each of five phantom
+    seeds (README), so unjudged it is not worth its cost."""
+    if config.model != "refiner" or config.correction == "train":
+        return None
+    if config.correction == "none":
+        return "--correction none: the model is its trees"
+    if gate is None:
+        return ("no held-out pair to judge the CNN stage (--val-t1/--val-t2 or --phantom-subjects), so the model is its "
+                "trees (--correction train trains the CNN anyway)")
+    return None
+
+
+def _write_prior_only(run: _Run, config: TrainConfig, reason: str, started: float, emit) -> Path:
+    """The refiner's model file with its CNN's head at zero (it returns the prior unchanged): no epoch runs."""
+    emit({"event": "correction", "trained": False, "reason": reason})
+    run.model.generator.reset_head()
+    if run.is_main:
+        _write_model(run, config, {"epochs": []}, [], started, {"kept": False, "trained": False, "reason": reason})
+    if run.distributed:
+        import torch
+
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    emit({"event": "done", "model": str(config.out), "seconds": round(time.time() - started, 2)})
+    return Path(config.out)
 
 
 def _check_config(config: TrainConfig) -> tuple:
@@ -401,6 +475,12 @@ def _check_config(config: TrainConfig) -> tuple:
         raise T1ToT2Error("validation needs both --val-t1 and --val-t2 (or neither)")
     if int(config.phantom_subjects) < 0 or int(config.augment_copies) < 0:
         raise T1ToT2Error("phantom subjects and augmented copies must be at least 0")
+    if config.correction not in CORRECTIONS:
+        raise T1ToT2Error(f"unknown correction {config.correction!r}: use one of {', '.join(CORRECTIONS)}")
+    if int(config.prior_stages) not in (1, 2):
+        raise T1ToT2Error(f"prior stages must be 1 or 2 (got {config.prior_stages})")
+    if config.model != "refiner" and (config.correction != "train" or int(config.prior_stages) != 1):
+        raise T1ToT2Error(f"--correction and --prior-stages apply to the refiner only, not {config.model}: leave them out")
     many = bool(config.pairs) or int(config.phantom_subjects) > 0 or int(config.augment_copies) > 0
     if many and config.model != "refiner":
         raise T1ToT2Error("several training pairs (--pairs, repeated --t1/--t2, --phantom-subjects, --augment-copies) train the refiner only: use --model refiner")
@@ -433,7 +513,7 @@ def _training_pairs(config: TrainConfig, emit) -> tuple:
         validation = checked_pairs([(config.val_t1, config.val_t2)], lambda v, w: _load(v, "val " + w))[0]
     if gate is not None:
         gate = on_common_grid([gate], voxel)[0][0]
-    elif validation is not None and len(pairs) > 1:
+    elif validation is not None:
         gate = validation
     return pairs, validation, gate, natives
 
@@ -508,7 +588,7 @@ def _fit_prior_natively(run: _Run, config: TrainConfig, emit) -> tuple:
 
     voxel = run.pairs[0][0].spacing
     regressor, priors = fit_prior_pairs(run.native_pairs, config.seed, config.percentile, config.prior_cross_fit, emit,
-                                        voxel_mm=voxel)
+                                        fit={"context_stage": int(config.prior_stages) == 2}, voxel_mm=voxel)
     common = []
     for (native, _), (t1, _), prior in zip(run.native_pairs, run.pairs, priors):
         common.append(prior if native.same_geometry(t1, tol=0) else onto_grid(native.with_array(prior), t1).array)
@@ -571,7 +651,7 @@ def _loop(run: _Run, config: TrainConfig, start_epoch: int, history: dict, check
         val_metrics = None
         if run.is_main and run.validation is not None:
             val_metrics = validate(run.model, run.net_config, run.validation, run.planes, run.dataset.t2_scale, config,
-                                   run.device, run.prior_model, voxel_mm=run.pairs[0][0].spacing)
+                                   run.device, run.scoring_prior, voxel_mm=run.pairs[0][0].spacing)
         history["epochs"].append({"epoch": epoch + 1, "losses": mean_losses, "val_metrics": val_metrics})
         written = None
         if run.is_main:
@@ -606,12 +686,13 @@ def _step(run: _Run, config: TrainConfig, epoch: int, step: int, batch, step_tim
 
 
 def _gate_correction(run: _Run, config: TrainConfig, emit) -> dict | None:
-    """The refiner's CNN stage is kept only if it is not worse than its prior on the held-out pair (any of NRMSE,
-    PSNR, SSIM); otherwise its head is zeroed and the model *is* the prior.  None when there is no held-out pair."""
+    """The refiner's CNN stage is kept only if it is not worse than its prior on the held-out pair (a held-out phantom
+    subject, else the validation pair) on any of NRMSE, PSNR, SSIM; otherwise its head is zeroed and the model *is*
+    the prior.  None when there is no held-out pair."""
     if run.gate is None or run.prior_model is None or not hasattr(run.model.generator, "reset_head"):
         return None
     record = correction_gate(run.model.generator, run.net_config, run.gate, run.planes, run.dataset.t2_scale, config,
-                             run.device, run.prior_model, voxel_mm=run.pairs[0][0].spacing)
+                             run.device, run.scoring_prior, voxel_mm=run.pairs[0][0].spacing)
     emit({"event": "gate", **record})
     return record
 
@@ -619,7 +700,7 @@ def _gate_correction(run: _Run, config: TrainConfig, emit) -> dict | None:
 def correction_gate(generator, net_config, held_out, planes, t2_scale, config, device, prior, voxel_mm=None) -> dict:
     """Score ``generator`` (a refiner) and its prior alone on ``held_out`` (synthesised as a model trained at
     ``voxel_mm`` synthesises it); zero its head unless it is at least as good on every metric.
-    Returns {"kept", "refined", "prior"}."""
+    Returns {"kept", "trained", "refined", "prior"}."""
     import copy
 
     holder = type("Holder", (), {})()
@@ -632,7 +713,7 @@ def correction_gate(generator, net_config, held_out, planes, t2_scale, config, d
     kept = refined["psnr"] >= baseline["psnr"] and refined["ssim"] >= baseline["ssim"] and refined["nrmse"] <= baseline["nrmse"]
     if not kept:
         generator.reset_head()
-    return {"kept": bool(kept), "refined": refined, "prior": baseline}
+    return {"kept": bool(kept), "trained": True, "refined": refined, "prior": baseline}
 
 
 def _write_model(run: _Run, config: TrainConfig, history: dict, step_times: list, started: float, correction) -> None:
@@ -641,8 +722,9 @@ def _write_model(run: _Run, config: TrainConfig, history: dict, step_times: list
     from ..networks.modelfile import save_model
 
     t1, t2 = run.pairs[0]
+    trained = correction is None or correction.get("trained", True)
     last_val = next((e["val_metrics"] for e in reversed(history["epochs"]) if e["val_metrics"]), None)
-    steps_per_epoch = len(_batches_of(run, config, 0))
+    steps_per_epoch = len(_batches_of(run, config, 0)) if trained else 0
     metadata = {
         "config": run.net_config,
         "planes": run.planes,
@@ -652,7 +734,8 @@ def _write_model(run: _Run, config: TrainConfig, history: dict, step_times: list
         "training": {
             "t1": _describe(t1), "t2": _describe(t2),
             "validation": [_describe(v) for v in run.validation] if run.validation else None,
-            "slices": len(run.dataset), "epochs": config.epochs, "epochs_decay": config.epochs_decay,
+            "slices": len(run.dataset), "epochs": config.epochs if trained else 0,
+            "epochs_decay": config.epochs_decay if trained else 0, "prior_stages": int(config.prior_stages),
             "lr": config.lr, "betas": list(config.betas), "batch_size": config.batch_size, "seed": config.seed,
             "device": str(run.device), "precision": config.precision, "world_size": run.world,
             "steps_per_epoch": steps_per_epoch, "augment": config.augment, "patch": config.patch,
@@ -694,9 +777,10 @@ def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit):
 
     mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)),
                                    iterations=2)
-    regressor, prior = fit_feature_regressor(t1n, t2n, mask, seed=config.seed, cross_fit=config.prior_cross_fit)
+    regressor, prior = fit_feature_regressor(t1n, t2n, mask, seed=config.seed, cross_fit=config.prior_cross_fit,
+                                             fit={"context_stage": int(config.prior_stages) == 2})
     emit({"event": "prior", "kind": "feature_regression", "trees": regressor.trees.metadata()["n_trees"],
-          "seconds": round(time.perf_counter() - tick, 1)})
+          "stages": int(config.prior_stages), "seconds": round(time.perf_counter() - tick, 1)})
     return regressor, prior
 
 

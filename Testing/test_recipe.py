@@ -1,0 +1,197 @@
+"""The recommended recipe's two choices: a two-stage (auto-context) prior, and a CNN stage trained only when a
+held-out pair can judge it (``t1tot2 train --prior-stages``, ``--correction``), as a user drives them."""
+
+import json
+
+import numpy as np
+import pytest
+
+from T1ToT2Lib.cli import main
+from T1ToT2Lib.io.files import read_volume, write_volume
+from T1ToT2Lib.networks.modelfile import load_model
+from T1ToT2Lib.phantom import render as P
+from T1ToT2Lib.training.presets import RECOMMENDED, training_defaults
+
+
+def _coarse(seed, voxel):
+    acq = P.Acquisition(voxel_mm=voxel, fov_mm=(240.0, 48.0, 120.0))
+    return P.make_phantom("small", seed=seed, acquisition=acq)
+
+
+@pytest.fixture(autouse=True)
+def few_trees(monkeypatch):
+    """Small tree ensembles: these tests check what is trained and written, not the trees' quality."""
+    from T1ToT2Lib.networks import feature_regression
+
+    monkeypatch.setitem(feature_regression.DEFAULT_FIT, "max_iter", 8)
+    monkeypatch.setitem(feature_regression.DEFAULT_FIT, "max_samples", 20_000)
+
+
+@pytest.fixture(scope="module")
+def hands(tmp_path_factory):
+    """One subject's left hand (training) and right hand (validation) at 3 mm, and a second subject at 2.5 mm."""
+    folder = tmp_path_factory.mktemp("hands")
+    for name, (seed, voxel) in {"a": (1, (3.0, 3.0, 3.0)), "b": (2, (2.5, 2.5, 2.5))}.items():
+        vols = _coarse(seed, voxel)
+        for side in ("left", "right"):
+            for kind in ("t1", "t2"):
+                write_volume(vols[f"{side}_{kind}"], folder / f"{name}_{side}_{kind}.nii.gz")
+    return folder
+
+
+def read_metadata(path) -> dict:
+    """The model file's metadata with its JSON-valued entries parsed."""
+    from T1ToT2Lib.networks.modelfile import read_metadata as raw
+
+    return {k: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v for k, v in raw(path).items()}
+
+
+def _train(hands, out, *extra):
+    return main(["train", "--t1", str(hands / "a_left_t1.nii.gz"), "--t2", str(hands / "a_left_t2.nii.gz"),
+                 "--out", str(out), "--progress", "none", *extra])
+
+
+def test_the_recommended_recipe_is_two_stages_and_a_judged_cnn():
+    assert RECOMMENDED["training"]["prior_stages"] == 2 and RECOMMENDED["training"]["correction"] == "auto"
+    assert training_defaults("refiner")["correction"] == "auto"
+    assert training_defaults("pix2pix")["correction"] == "train"  # the GANs have no prior to fall back on
+
+
+def test_one_pair_alone_gives_the_trees_and_says_why(hands, tmp_path, capsys):
+    """No held-out pair: no epoch runs, the CNN's head is zero, so the synthetic is the trees' prior exactly."""
+    import torch
+
+    from T1ToT2Lib.inference.slices import foreground_scale
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+
+    out = tmp_path / "m.safetensors"
+    assert _train(hands, out) == 0
+    meta = read_metadata(out)
+    assert meta["correction"]["trained"] is False and "held-out" in meta["correction"]["reason"]
+    assert meta["training"]["epochs"] == 0 and meta["training"]["prior_stages"] == 2
+    assert meta["prior"]["context"]["n_trees"] >= 1  # the auto-context stage is in the file
+    assert not (tmp_path / "m.checkpoints").exists()  # no epoch, no checkpoint
+    model = load_model(out)
+    head = torch.cat([model.generator.head.weight.flatten(), model.generator.head.bias.flatten()])
+    assert torch.count_nonzero(head) == 0
+    t1 = read_volume(hands / "a_right_t1.nii.gz")
+    synthetic = synthesize_volume(str(out), t1, plane="fuse")
+    normalised = t1.array / np.float32(foreground_scale(t1.array, model.t1_percentile))
+    prior = model.prior.predict_volume(normalised) * model.t2_scale
+    np.testing.assert_allclose(synthetic.array, np.maximum(prior, 0), rtol=1e-4, atol=1e-3 * float(prior.max()))
+
+
+@pytest.mark.parametrize("option", [["--epochs", "3"], ["--lr", "1e-3"], ["--max-steps-per-epoch", "2"], ["--resume"]])
+def test_cnn_options_without_a_cnn_are_refused_in_one_line(hands, tmp_path, capsys, option):
+    out = tmp_path / "m.safetensors"
+    assert _train(hands, out, *option) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and option[0] in err and "--correction train" in err, err
+    assert not out.exists()
+
+
+def test_gan_options_refuse_the_refiners_recipe(hands, tmp_path, capsys):
+    assert _train(hands, tmp_path / "m.safetensors", "--model", "pix2pix", "--prior-stages", "2") == 2
+    assert "refiner only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_validation_pair_trains_the_cnn_and_judges_it(hands, tmp_path):
+    """With --val-t1/--val-t2 on one pair the CNN trains and the gate scores it against its own trees on that pair;
+    the record's numbers are the validation pair's, scored again here by the metrics module."""
+    from T1ToT2Lib.core.metrics import evaluate_volumes
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+
+    out = tmp_path / "m.safetensors"
+    assert _train(hands, out, "--val-t1", str(hands / "a_right_t1.nii.gz"), "--val-t2", str(hands / "a_right_t2.nii.gz"),
+                  "--epochs", "1", "--epochs-decay", "0", "--max-steps-per-epoch", "3", "--batch-size", "4") == 0
+    meta = read_metadata(out)
+    record = meta["correction"]
+    assert record["trained"] is not False and isinstance(record["kept"], bool)
+    assert meta["training"]["epochs"] == 1
+    t1, t2 = read_volume(hands / "a_right_t1.nii.gz"), read_volume(hands / "a_right_t2.nii.gz")
+    scored = evaluate_volumes(synthesize_volume(str(out), t1, plane="fuse"), t2)["overall"]["psnr"]["mean"]
+    expected = record["refined"]["psnr"] if record["kept"] else record["prior"]["psnr"]
+    assert scored == pytest.approx(expected, abs=0.05)
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_prior_stages_on_two_pairs_of_different_grids(hands, tmp_path, stages):
+    """Two subjects on their own grids: the auto-context stage is fitted (or not) over both, and the model
+    synthesises a third grid."""
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+
+    out = tmp_path / "m.safetensors"
+    assert main(["train", "--t1", str(hands / "a_left_t1.nii.gz"), "--t2", str(hands / "a_left_t2.nii.gz"),
+                 "--t1", str(hands / "b_left_t1.nii.gz"), "--t2", str(hands / "b_left_t2.nii.gz"),
+                 "--prior-stages", str(stages), "--correction", "none", "--out", str(out), "--progress", "none"]) == 0
+    meta = read_metadata(out)
+    assert ("context" in meta["prior"]) is (stages == 2)
+    other = _coarse(3, (2.0, 3.0, 2.5))["right_t1"]
+    synthetic = synthesize_volume(str(out), other, plane="fuse")
+    assert synthetic.same_geometry(other, tol=1e-6) and np.isfinite(synthetic.array).all()
+
+
+def test_the_two_stage_training_prior_of_a_pair_comes_from_trees_that_never_saw_it(monkeypatch):
+    """Out-of-fold by pair, for both stages: every tree fit that predicts pair n's training prior (its first-stage
+    estimate and its context stage) saw none of pair n's voxels."""
+    from T1ToT2Lib.networks import feature_regression
+    from T1ToT2Lib.networks.features import check_spec
+    from T1ToT2Lib.training import prior as prior_module
+
+    pairs = [(v["left_t1"], v["left_t2"]) for v in (_coarse(s, (3.0, 3.0, 3.0)) for s in (1, 2, 3))]
+    fits = []
+    real = feature_regression._fit_trees
+
+    def recording(X, y, seed, fit):
+        trees = real(X, y, seed, fit)
+        fits.append((len(y), trees))
+        return trees
+
+    monkeypatch.setattr(feature_regression, "_fit_trees", recording)
+    rows, _ = prior_module._sampled_rows(pairs, check_spec(None), 20_000, 0, 50.0)
+    counts = [len(r[1]) for r in rows]
+    regressor, priors = prior_module.fit_prior_pairs(pairs, 0, 50.0, cross_fit=True, fit={"context_stage": True})
+    assert regressor.context_trees is not None and len(priors) == 3
+    sizes = [n for n, _ in fits]
+    # all voxels (first stage), then folds {0, 2} and {1} each fitted without the other, twice (per stage)
+    fold_sizes = {counts[1], counts[0] + counts[2]}
+    assert sizes[0] == sum(counts) and set(sizes[1:3]) == fold_sizes and sizes[3] == sum(counts)
+    assert set(sizes[-2:]) == fold_sizes
+    for prior, (t1, _) in zip(priors, pairs):
+        assert prior.shape == t1.shape and np.isfinite(prior).all()
+
+
+def test_validation_scores_the_held_out_pair_with_one_prior_estimate(hands, tmp_path, monkeypatch):
+    """The trees do not change while the CNN trains: the validation T1's prior is estimated once for every epoch's
+    score and the gate, not once per epoch (on a 0.8 mm held-out hand that estimate is most of an epoch)."""
+    from T1ToT2Lib.networks.feature_regression import FeatureRegressor
+
+    val_shape = read_volume(hands / "b_right_t1.nii.gz").shape
+    calls = []
+    real = FeatureRegressor.predict_volume
+
+    def counting(self, normalised_t1, *args, **kwargs):
+        calls.append(tuple(np.shape(normalised_t1)))
+        return real(self, normalised_t1, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureRegressor, "predict_volume", counting)
+    out = tmp_path / "m.safetensors"
+    assert _train(hands, out, "--val-t1", str(hands / "b_right_t1.nii.gz"), "--val-t2", str(hands / "b_right_t2.nii.gz"),
+                  "--epochs", "2", "--epochs-decay", "1", "--max-steps-per-epoch", "1", "--batch-size", "2") == 0
+    meta = read_metadata(out)
+    assert len(meta["training"]["losses"]) >= 1 and meta["correction"]["trained"] is not False
+    assert calls.count(tuple(val_shape)) == 1, calls
+
+
+def test_the_training_panel_says_what_became_of_the_cnn_stage(hands, tmp_path, capsys):
+    """The events ``t1tot2 train --progress json`` prints (what the Slicer job reads) tell the panel's status line."""
+    from T1ToT2Lib.slicer import panel
+
+    assert main(["train", "--t1", str(hands / "a_left_t1.nii.gz"), "--t2", str(hands / "a_left_t2.nii.gz"),
+                 "--out", str(tmp_path / "m.safetensors"), "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert any(e.get("event") == "correction" for e in events)
+    outcome = panel.cnn_stage_outcome(events)
+    assert outcome.startswith("CNN stage not trained") and "held-out" in outcome
+    assert panel.cnn_stage_outcome([{"event": "gate", "kept": False}]).startswith("CNN stage not kept")
