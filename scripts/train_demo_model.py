@@ -16,7 +16,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +29,6 @@ def main(argv=None) -> int:
     from T1ToT2Lib.networks.modelfile import read_metadata
     from T1ToT2Lib.phantom.render import make_phantom
     from T1ToT2Lib.inference.synthesize import synthesize_volume
-    from T1ToT2Lib.training.train import BarProgress, TrainConfig, train
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["small", "full"], default="small")
@@ -39,13 +37,14 @@ def main(argv=None) -> int:
     parser.add_argument("--prior-stages", type=int, choices=(1, 2), help="tree stages (default: the recommended recipe's)")
     parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "demo_model.safetensors")
     parser.add_argument("--single", action="store_true", help="the demo's left hand only (as t1tot2 demo trains)")
+    parser.add_argument("--card-only", action="store_true",
+                        help="keep the model file at --out as it is: score it, export its ONNX and write its card")
     parser.add_argument("--no-robustness", action="store_true",
                         help="leave the robustness matrix (t1tot2 analyze robustness, several minutes) out of the card")
     args = parser.parse_args(argv)
 
-    started = time.perf_counter()
     vols = make_phantom(args.size, seed=0)
-    extra = {} if args.single else _other_acquisitions()
+    extra = {} if args.single or args.card_only else _other_acquisitions()
     network = {**RECOMMENDED["network"], **DEMO_TRAINING["network"]}
     schedule = dict(RECOMMENDED["training"])
     if args.epochs:
@@ -56,15 +55,10 @@ def main(argv=None) -> int:
         schedule["correction"] = "train"
     if args.size == "full":
         network.update(ngf=64)
-    with tempfile.TemporaryDirectory() as work:
-        config = TrainConfig(
-            t1=vols["left_t1"], t2=vols["left_t2"],
-            out=args.out, model=RECOMMENDED["model"], network=network, planes=tuple(RECOMMENDED["planes"]),
-            context=RECOMMENDED["context"], **schedule, seed=0, device=args.device,
-            checkpoint_dir=Path(work) / "checkpoints", **extra,
-        )
-        train(config, progress=BarProgress())
-    train_s = time.perf_counter() - started
+    if args.card_only and not args.out.is_file():
+        parser.error(f"--card-only needs the model file {args.out}")
+    if not args.card_only:
+        _train(args, vols, network, schedule, extra)
     synthetic = synthesize_volume(args.out, vols["right_t1"], plane=RECOMMENDED["synthesis_plane"], device=args.device)
     result = metrics.evaluate_volumes(synthetic, vols["right_t2"], mask=metrics.foreground_mask(vols["right_labels"]))
     meta = read_metadata(args.out)
@@ -85,9 +79,9 @@ def main(argv=None) -> int:
 | architecture | refiner: boosted trees (squared error) on {meta['prior']['n_features']} 3-D multi-scale T1 features ({meta['prior']['n_trees']} trees){_context_line(meta)} give a prior T2; a dilated residual CNN {json.dumps(meta['config'])} corrects it from a 2.5-D input of {RECOMMENDED['context']} T1 slices and the prior's |
 | CNN stage | {_correction_line(meta)} |
 | synthesis | plane mode `{RECOMMENDED['synthesis_plane']}` (axial, coronal and sagittal predictions averaged) |
-| data | T1ToT2 phantom `{args.size}` (seed 0): left hand, all axial, coronal and sagittal slices; right hand held out{_data_line(extra)} |
+| data | T1ToT2 phantom `{args.size}` (seed 0): left hand, all axial, coronal and sagittal slices; right hand held out{_data_line(not args.single)} |
 | budget | {schedule['epochs']} epochs at Adam lr {schedule['lr']} then {schedule['epochs_decay']} decaying to 0, betas {tuple(schedule['betas'])}, batch {schedule['batch_size']}{', patches of ' + str(schedule['patch']) if schedule.get('patch') else ''}, flips, seed 0 |
-| training time | {train_s / 60:.1f} min on {platform.machine()} ({args.device}) |
+| training time | {meta['training']['seconds'] / 60:.1f} min on {platform.machine()} ({meta['training']['device']}) |
 | intensity | T1 divided by the {meta['intensity']['t1_percentile']:g}th percentile of its foreground (voxels above Otsu's threshold); output × T2 scale {meta['intensity'].get('t2_scale', 'n/a'):.4g} |
 
 ## Metrics on the held-out right hand (inside the dilated hand mask)
@@ -141,6 +135,20 @@ def _robustness_section(args) -> str:
 """
 
 
+def _train(args, vols, network: dict, schedule: dict, extra: dict) -> None:
+    from T1ToT2Lib.training.presets import RECOMMENDED
+    from T1ToT2Lib.training.train import BarProgress, TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as work:
+        config = TrainConfig(
+            t1=vols["left_t1"], t2=vols["left_t2"],
+            out=args.out, model=RECOMMENDED["model"], network=network, planes=tuple(RECOMMENDED["planes"]),
+            context=RECOMMENDED["context"], **schedule, seed=0, device=args.device,
+            checkpoint_dir=Path(work) / "checkpoints", **extra,
+        )
+        train(config, progress=BarProgress())
+
+
 def _context_line(meta: dict) -> str:
     context = meta["prior"].get("context")
     if not context:
@@ -161,8 +169,8 @@ def _correction_line(meta: dict) -> str:
     return f"{verdict}: held-out pair {scores(record['refined'])} with it, {scores(record['prior'])} without"
 
 
-def _data_line(extra: dict) -> str:
-    if not extra:
+def _data_line(several: bool) -> str:
+    if not several:
         return ""
     subjects = ", ".join(f"seed {seed} at {voxel:g} mm" for seed, voxel in SUBJECTS)
     return (f"; plus the left hands of phantom subjects {subjects} (noise and coil field drawn from the seed), trees on "

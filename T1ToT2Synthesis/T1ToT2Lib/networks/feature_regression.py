@@ -211,7 +211,7 @@ class FeatureRegressor:
     ``context_trees`` (optional; older files have none) are a second, *auto-context* stage: they
     read the T1's features and the :attr:`context_spec` features of the first stage's T2 estimate,
     so where the first stage put fat, bone and tendon around a voxel informs its T2 (the auto-context
-    of forest-based MR-to-CT synthesis).  On the phantom's right hand: 24.8 -> 25.8 dB.
+    of forest-based MR-to-CT synthesis).
     """
 
     spec: dict
@@ -404,10 +404,9 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
 
     With ``fit["context_stage"]`` a second, auto-context stage is fitted on the T1's features and
     those of the first stage's *out-of-fold* estimate, which errs as the first stage errs on a new
-    hand.  It is off by default: the refiner's CNN trained on the two stages' out-of-fold estimate lowered
-    their score on the other hand (README), so the recommended refiner keeps one stage; ``t1tot2 analyze
-    feature-baseline --auto-context`` writes the two-stage model.  Both paths hold feature rows of the sampled
-    voxels only, never the volume's features.
+    hand.  It is off in :data:`DEFAULT_FIT`; the recommended refiner asks for it (``TrainConfig.prior_stages``), and
+    ``t1tot2 analyze feature-baseline --auto-context`` writes the two-stage baseline.  Both paths hold feature rows of
+    the sampled voxels only, never the volume's features.
     """
     spec = check_spec(spec)
     fit = {**DEFAULT_FIT, **(fit or {})}

@@ -27,7 +27,7 @@ FORMAT = "t1tot2-model"
 FORMAT_VERSION = 1
 SYNTHETIC_NOTICE = "outputs are synthetic images, not acquired; not for diagnosis"
 REQUIRED_KEYS = ("format", "format_version", "config", "planes", "in_channels", "intensity")
-_JSON_KEYS = ("config", "intensity", "training", "validation_metrics", "prior")
+_JSON_KEYS = ("config", "intensity", "training", "validation_metrics", "prior", "preprocessing", "correction")
 #: Tensors under this prefix belong to the model's feature-regression prior, not to the generator.
 PRIOR_PREFIX = "prior."
 
