@@ -55,18 +55,20 @@ def foreground_threshold(array: np.ndarray) -> float:
     return float(threshold_otsu(hist=_otsu_histogram(values)))
 
 
-def foreground_scale(array: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> float:
+def foreground_scale(array: np.ndarray, percentile: float = DEFAULT_PERCENTILE, threshold: float | None = None) -> float:
     """The ``percentile`` of the foreground intensities: divide by it to bring a volume to ~[0, 1].
 
-    The foreground is everything above the Otsu threshold, so the background's
-    extent does not change the scale.  Never returns 0 (or a non-finite value).
+    The foreground is everything above the Otsu threshold (``threshold``, when the caller has it already), so the
+    background's extent does not change the scale.  Never returns 0 (or a non-finite value).
     """
     if not 0.0 < percentile <= 100.0:
         raise T1ToT2Error(f"intensity percentile {percentile} is outside (0, 100]: use e.g. 99.5")
     values = _finite_values(array)
     if values.size == 0:
         raise T1ToT2Error("the volume has no finite voxels: check the input image")
-    foreground = values[values > foreground_threshold(values)]  # a copy: the percentile may reorder it in place
+    if threshold is None:
+        threshold = foreground_threshold(values)
+    foreground = values[values > threshold]  # a copy: the percentile may reorder it in place
     if foreground.size == 0:
         foreground = values.copy()
     scale = float(np.percentile(foreground, percentile, overwrite_input=True))

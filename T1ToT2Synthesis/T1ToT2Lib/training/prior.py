@@ -28,16 +28,18 @@ PAIRS_MAX_ITER = 300
 
 
 def normalised_pair(t1, t2, percentile: float):
-    """(t1 / its foreground scale, t2 / its foreground scale, object mask dilated by two voxels)."""
+    """(t1 / its foreground scale, t2 / its foreground scale, object mask dilated by two voxels): each volume's Otsu
+    threshold, computed once, gives both its foreground scale and its part of the mask."""
     from scipy import ndimage
 
     from ..inference.slices import foreground_scale, foreground_threshold
 
-    t1n = t1.array / np.float32(foreground_scale(t1.array, percentile))
-    t2n = t2.array / np.float32(foreground_scale(t2.array, percentile))
-    mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)),
-                                   iterations=2)
-    return t1n, t2n, mask
+    normalised, objects = [], []
+    for volume in (t1, t2):
+        threshold = foreground_threshold(volume.array)
+        normalised.append(volume.array / np.float32(foreground_scale(volume.array, percentile, threshold)))
+        objects.append(volume.array > threshold)
+    return normalised[0], normalised[1], ndimage.binary_dilation(objects[0] | objects[1], iterations=2)
 
 
 def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxel_mm=None):

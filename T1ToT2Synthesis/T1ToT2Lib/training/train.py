@@ -767,16 +767,11 @@ def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit):
     The network learns to correct the prior, so it must see the prior's errors as they are on an unseen
     hand: the training prior is cross-fitted (each half of the volume predicted by trees fitted on the other).
     """
-    from ..inference.slices import foreground_scale, foreground_threshold
     from ..networks.feature_regression import fit_feature_regressor
+    from .prior import normalised_pair
 
     tick = time.perf_counter()
-    t1n = t1.array / np.float32(foreground_scale(t1.array, config.percentile))
-    t2n = t2.array / np.float32(foreground_scale(t2.array, config.percentile))
-    from scipy import ndimage
-
-    mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)),
-                                   iterations=2)
+    t1n, t2n, mask = normalised_pair(t1, t2, config.percentile)
     regressor, prior = fit_feature_regressor(t1n, t2n, mask, seed=config.seed, cross_fit=config.prior_cross_fit,
                                              fit={"context_stage": int(config.prior_stages) == 2})
     emit({"event": "prior", "kind": "feature_regression", "trees": regressor.trees.metadata()["n_trees"],
