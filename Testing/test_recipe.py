@@ -8,7 +8,7 @@ import pytest
 
 from T1ToT2Lib.cli import main
 from T1ToT2Lib.io.files import read_volume, write_volume
-from T1ToT2Lib.networks.modelfile import load_model
+from T1ToT2Lib.networks.modelfile import load_model, read_metadata
 from T1ToT2Lib.phantom import render as P
 from T1ToT2Lib.training.presets import RECOMMENDED, training_defaults
 
@@ -37,13 +37,6 @@ def hands(tmp_path_factory):
             for kind in ("t1", "t2"):
                 write_volume(vols[f"{side}_{kind}"], folder / f"{name}_{side}_{kind}.nii.gz")
     return folder
-
-
-def read_metadata(path) -> dict:
-    """The model file's metadata with its JSON-valued entries parsed."""
-    from T1ToT2Lib.networks.modelfile import read_metadata as raw
-
-    return {k: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v for k, v in raw(path).items()}
 
 
 def _train(hands, out, *extra):

@@ -12,8 +12,8 @@ from ..core.errors import T1ToT2Error
 from ..core.volume import PLANES, Volume
 from ..io.files import read_volume
 from ..training.data import check_planes
+from ..training.presets import CORRECTIONS, correction_trains
 from ..training.train import (
-    CORRECTIONS,
     BarProgress,
     TrainConfig,
     TrainingCancelled,
@@ -127,14 +127,11 @@ CNN_OPTIONS = ("epochs", "epochs_decay", "lr", "betas", "batch_size", "augment",
 
 def _check_correction(args, defaults: dict) -> None:
     """Fill in --prior-stages and --correction; refuse CNN options when the CNN stage will not be trained."""
-    if args.model != "refiner":
-        if args.prior_stages is not None or args.correction is not None:
-            raise T1ToT2Error(f"--prior-stages and --correction apply to the refiner only, not {args.model}: leave them out")
-        return
+    if args.model != "refiner" and (args.prior_stages is not None or args.correction is not None):
+        raise T1ToT2Error(f"--prior-stages and --correction apply to the refiner only, not {args.model}: leave them out")
     args.prior_stages = defaults["prior_stages"] if args.prior_stages is None else args.prior_stages
     args.correction = defaults["correction"] if args.correction is None else args.correction
-    judged = bool(args.val_t1 and args.val_t2) or bool(args.phantom_subjects)
-    if args.correction == "train" or (args.correction == "auto" and judged):
+    if correction_trains(args.model, args.correction, bool(args.val_t1 and args.val_t2) or bool(args.phantom_subjects)):
         return
     given = [k for k in CNN_OPTIONS if getattr(args, k) not in (None, False)]
     if given:
@@ -193,7 +190,7 @@ def run_train(args) -> int:
         precision=args.precision, seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
         max_steps_per_epoch=args.max_steps_per_epoch, loss_csv=args.loss_csv, augment=args.augment,
         patch=args.patch, prior_cross_fit=defaults["prior_cross_fit"],
-        **({"prior_stages": args.prior_stages, "correction": args.correction} if args.model == "refiner" else {}),
+        prior_stages=args.prior_stages, correction=args.correction,
     )
     progress = {"bar": BarProgress(), "json": json_progress(), "none": None}[args.progress]
     cancel = threading.Event()

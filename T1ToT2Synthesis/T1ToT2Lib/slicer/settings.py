@@ -15,7 +15,7 @@ import pathlib
 
 from ..core.errors import T1ToT2Error
 from ..core.volume import PLANES
-from ..training.presets import RECOMMENDED, training_defaults
+from ..training.presets import RECOMMENDED, correction_trains, training_defaults
 
 #: Parameter-node attribute -> settings field, for the fields the panel shows.
 _PARAMETER_FIELDS = {"modelType": "model", "epochs": "epochs", "learningRate": "learning_rate",
@@ -79,9 +79,7 @@ class TrainingSettings:
     def trains_cnn(self, validation: bool) -> bool:
         """Whether ``t1tot2 train`` trains the refiner's CNN stage with these settings (``validation``: a validation
         pair is given)."""
-        if self.model != "refiner" or self.correction == "train":
-            return True
-        return self.correction == "auto" and (validation or bool(self.phantom_subjects))
+        return correction_trains(self.model, self.correction, validation or bool(self.phantom_subjects))
 
     @classmethod
     def for_model(cls, model: str, **fields) -> "TrainingSettings":

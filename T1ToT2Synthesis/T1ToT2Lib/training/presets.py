@@ -27,6 +27,18 @@ RECOMMENDED = {
 }
 
 
+#: What ``TrainConfig.correction`` (``t1tot2 train --correction``) accepts: whether the refiner's CNN stage is trained.
+CORRECTIONS = ("auto", "train", "none")
+
+
+def correction_trains(model: str, correction: str, judged: bool) -> bool:
+    """Whether a run trains the network: always for the GANs and with ``train``; the refiner's CNN stage with ``auto``
+    only when ``judged`` (a held-out pair, ``--val-t1/--val-t2`` or a held-out phantom subject, can judge it): trained
+    on one hand and scored on the other, the CNN lowered the two-stage trees' PSNR on each of five phantom seeds
+    (README), so unjudged it is not worth its cost.  The CLI and the Slicer panel ask this before a run starts."""
+    return model != "refiner" or correction == "train" or (correction == "auto" and judged)
+
+
 #: The foreground percentile each model's T1 and T2 are divided by.  The refiner's trees read absolute normalised
 #: intensities, so its scale must not move with the acquisition: a high percentile of the foreground is set by a
 #: few small bright structures whose partial volume changes with voxel size and pose, while the median of the

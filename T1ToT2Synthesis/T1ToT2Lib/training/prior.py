@@ -27,17 +27,24 @@ PAIRS_MAX_SAMPLES = 1_000_000
 PAIRS_MAX_ITER = 300
 
 
+def normalised_t1(t1, percentile: float, threshold: float | None = None) -> np.ndarray:
+    """The T1 divided by its foreground scale (its Otsu threshold, when the caller has it already)."""
+    from ..inference.slices import foreground_scale
+
+    return t1.array / np.float32(foreground_scale(t1.array, percentile, threshold))
+
+
 def normalised_pair(t1, t2, percentile: float):
     """(t1 / its foreground scale, t2 / its foreground scale, object mask dilated by two voxels): each volume's Otsu
     threshold, computed once, gives both its foreground scale and its part of the mask."""
     from scipy import ndimage
 
-    from ..inference.slices import foreground_scale, foreground_threshold
+    from ..inference.slices import foreground_threshold
 
     normalised, objects = [], []
     for volume in (t1, t2):
         threshold = foreground_threshold(volume.array)
-        normalised.append(volume.array / np.float32(foreground_scale(volume.array, percentile, threshold)))
+        normalised.append(normalised_t1(volume, percentile, threshold))
         objects.append(volume.array > threshold)
     return normalised[0], normalised[1], ndimage.binary_dilation(objects[0] | objects[1], iterations=2)
 
@@ -98,7 +105,7 @@ def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool =
     per_pair = max(1000, min(int(fit["max_samples"]), PAIRS_MAX_SAMPLES // len(pairs)))
     rows, airs = _sampled_rows(pairs, spec, per_pair, seed, percentile, voxel_mm)
     y = np.concatenate([r[1] for r in rows])
-    normalised = lambda n: normalised_pair(*pairs[n], percentile)[0]  # noqa: E731 - one volume at a time
+    normalised = lambda n: normalised_t1(pairs[n][0], percentile)  # noqa: E731 - one volume at a time
     zooms = [feature_zoom(voxel_mm, t1) for t1, _ in pairs]
     fold_of = np.arange(len(pairs)) % 2
 

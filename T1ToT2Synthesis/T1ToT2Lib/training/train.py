@@ -33,6 +33,7 @@ import numpy as np
 from ..core.atomic import atomic_path
 from ..inference.slices import check_context
 from .data import PairsDataset, SliceDataset, check_paired, check_planes
+from .presets import CORRECTIONS, correction_trains
 from ..core.errors import T1ToT2Error
 from ..core.volume import PLANES, Volume, check_image
 from ..io.files import read_volume
@@ -42,8 +43,6 @@ CHECKPOINT_FORMAT = "t1tot2-checkpoint"
 #: Phantom subjects rendered for training start at this seed (plus the run's seed), away from the seeds the demo and
 #: the robustness matrix score (0, 1, 2...), so no training subject shares their anatomy.
 PHANTOM_SEED_OFFSET = 1000
-#: What ``TrainConfig.correction`` accepts: whether the refiner's CNN stage is trained (see :func:`_skipped_correction`).
-CORRECTIONS = ("auto", "train", "none")
 #: When set, every rank writes a hash of its final generator weights into this folder (used by the DDP test).
 DEBUG_HASH_ENV = "T1TOT2_DEBUG_WEIGHT_HASH_DIR"
 
@@ -354,15 +353,7 @@ class _Run:
     validation: tuple = None
     gate: tuple = None  # held-out (T1, T2) that decides whether the CNN stage is kept
     native_pairs: list = None  # the pairs on their own grids (the trees' features are zoomed to the model's mm)
-
-    @property
-    def scoring_prior(self):
-        """The prior as validation and the gate use it: its estimate of each held-out T1 made once, not every epoch."""
-        if self.prior_model is None:
-            return None
-        if getattr(self, "_scoring_prior", None) is None or self._scoring_prior.regressor is not self.prior_model:
-            self._scoring_prior = _RememberedPrior(self.prior_model)
-        return self._scoring_prior
+    scoring_prior: object = None  # the prior as validation and the gate use it (_RememberedPrior)
 
     @property
     def is_main(self) -> bool:
@@ -395,15 +386,20 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
     torch.manual_seed(config.seed)
     _build(run, config, emit)
     skipped = _skipped_correction(config, gate)
-    if skipped is not None:
-        return _write_prior_only(run, config, skipped, started, emit)
     checkpoint_path = config.resolved_checkpoint_dir() / CHECKPOINT_NAME
-    start_epoch, history = _resume(run, config, checkpoint_path)
-    log = LossLog(config.loss_csv if run.is_main else None, keep_before_epoch=start_epoch + 1 if config.resume else None)
+    start_epoch, history = _resume(run, config, checkpoint_path) if skipped is None else (0, {"epochs": []})
+    log = LossLog(config.loss_csv if run.is_main and skipped is None else None,
+                  keep_before_epoch=start_epoch + 1 if config.resume else None)
     try:
-        step_times = _loop(run, config, start_epoch, history, checkpoint_path, log, emit, cancel_event)
+        if skipped is None:
+            step_times = _loop(run, config, start_epoch, history, checkpoint_path, log, emit, cancel_event)
+        else:  # no epoch runs: the CNN's head at zero returns the prior unchanged
+            step_times = []
+            emit({"event": "correction", "trained": False, "reason": skipped})
+            run.model.generator.reset_head()
         if run.is_main:
-            correction = _gate_correction(run, config, emit)
+            correction = _gate_correction(run, config, emit) if skipped is None else \
+                {"kept": False, "trained": False, "reason": skipped}
             _write_model(run, config, history, step_times, started, correction)
         _write_debug_hash(run.model, run.rank)
         if run.distributed:
@@ -417,34 +413,13 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
 
 
 def _skipped_correction(config: TrainConfig, gate) -> str | None:
-    """Why the refiner's CNN stage is not trained (the model is then its prior), or None when it is.
-
-    ``auto`` trains it only when a held-out pair (``--val-t1/--val-t2`` or a held-out phantom subject) can judge it:
-    trained on one hand and scored on the other, the CNN lowered the two-stage trees' PSNR on each of five phantom
-    seeds (README), so unjudged it is not worth its cost."""
-    if config.model != "refiner" or config.correction == "train":
+    """Why the refiner's CNN stage is not trained (the model is then its prior), or None when it is."""
+    if correction_trains(config.model, config.correction, gate is not None):
         return None
     if config.correction == "none":
         return "--correction none: the model is its trees"
-    if gate is None:
-        return ("no held-out pair to judge the CNN stage (--val-t1/--val-t2 or --phantom-subjects), so the model is its "
-                "trees (--correction train trains the CNN anyway)")
-    return None
-
-
-def _write_prior_only(run: _Run, config: TrainConfig, reason: str, started: float, emit) -> Path:
-    """The refiner's model file with its CNN's head at zero (it returns the prior unchanged): no epoch runs."""
-    emit({"event": "correction", "trained": False, "reason": reason})
-    run.model.generator.reset_head()
-    if run.is_main:
-        _write_model(run, config, {"epochs": []}, [], started, {"kept": False, "trained": False, "reason": reason})
-    if run.distributed:
-        import torch
-
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    emit({"event": "done", "model": str(config.out), "seconds": round(time.time() - started, 2)})
-    return Path(config.out)
+    return ("no held-out pair to judge the CNN stage (--val-t1/--val-t2 or --phantom-subjects), so the model is its "
+            "trees (--correction train trains the CNN anyway)")
 
 
 def _check_config(config: TrainConfig) -> tuple:
@@ -560,6 +535,7 @@ def _build(run: _Run, config: TrainConfig, emit) -> None:
             run.prior_model, priors[0] = fit_prior(*run.pairs[0], config, emit)
         else:
             run.prior_model, priors = _fit_prior_natively(run, config, emit)
+        run.scoring_prior = _RememberedPrior(run.prior_model)
     datasets = [SliceDataset(a, b, run.planes, context=run.context, multiple=multiple, percentile=config.percentile,
                              augment=config.augment, prior=prior, patch=config.patch) for (a, b), prior in zip(run.pairs, priors)]
     run.dataset = datasets[0] if len(datasets) == 1 else PairsDataset(datasets)
