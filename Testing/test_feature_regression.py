@@ -92,6 +92,25 @@ def test_trees_predict_the_mean_where_the_t2_is_uncertain():
     assert abs(trees.predict(np.array([[0.0]], np.float32))[0] - 0.5) < 0.01
 
 
+def test_each_split_of_the_default_fit_draws_a_subset_of_the_features():
+    """``max_features``: a split may only choose among a random fifth of the features (as a random forest draws
+    them), so a strong feature cannot win every split; with all features drawn every tree's root splits on it."""
+    from T1ToT2Lib.networks.feature_regression import DEFAULT_FIT, _fit_trees
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5000, 10)).astype(np.float32)
+    y = (3 * X[:, 0] + 0.1 * X[:, 1:].sum(1)).astype(np.float32)
+    cheap = {**DEFAULT_FIT, "max_iter": 25, "early_stopping": False}
+
+    def roots(fit):
+        trees = _fit_trees(X, y, 0, fit)
+        return trees.fields["feature_idx"][trees.offsets[:-1]]
+
+    assert np.all(roots({**cheap, "max_features": 1.0}) == 0)
+    subsampled = roots(cheap)
+    assert 0 < DEFAULT_FIT["max_features"] < 1 and np.any(subsampled != 0) and np.any(subsampled == 0)
+
+
 def test_error_trees_that_read_only_the_features_still_load_and_predict(hands):
     """Model files written before the error trees read the T2 estimate as a column keep their error maps."""
     import dataclasses

@@ -24,34 +24,36 @@ from ..core.errors import T1ToT2Error
 #: the trees may grow longer, for they learn several acquisitions (splitting one pair's sample between the pairs cost
 #: every acquisition accuracy).
 PAIRS_MAX_SAMPLES = 1_000_000
-PAIRS_MAX_ITER = 300
+#: The trees' settings over several pairs: those the bundled model was fitted and measured with.  The one-pair fit's
+#: smaller rate and feature subsampling (:data:`~T1ToT2Lib.networks.feature_regression.DEFAULT_FIT`) are not measured
+#: over several pairs yet.
+PAIRS_FIT = {"max_iter": 300, "learning_rate": 0.2, "max_features": 1.0}
 
 
-def normalised_t1(t1, percentile: float, threshold: float | None = None) -> np.ndarray:
-    """The T1 divided by its foreground scale (its Otsu threshold, when the caller has it already)."""
-    from ..inference.slices import foreground_scale
+def pair_scales(t1, t2, percentile: float):
+    """(T1's foreground scale, T2's, object mask dilated by two voxels): each volume's Otsu threshold, computed once,
+    gives both its foreground scale and its part of the mask."""
+    from scipy import ndimage
 
-    return t1.array / np.float32(foreground_scale(t1.array, percentile, threshold))
+    from ..inference.slices import foreground_scale, foreground_threshold
+
+    scales, objects = [], []
+    for volume in (t1, t2):
+        threshold = foreground_threshold(volume.array)
+        scales.append(foreground_scale(volume.array, percentile, threshold))
+        objects.append(volume.array > threshold)
+    return scales[0], scales[1], ndimage.binary_dilation(objects[0] | objects[1], iterations=2)
 
 
 def normalised_pair(t1, t2, percentile: float):
-    """(t1 / its foreground scale, t2 / its foreground scale, object mask dilated by two voxels): each volume's Otsu
-    threshold, computed once, gives both its foreground scale and its part of the mask."""
-    from scipy import ndimage
-
-    from ..inference.slices import foreground_threshold
-
-    normalised, objects = [], []
-    for volume in (t1, t2):
-        threshold = foreground_threshold(volume.array)
-        normalised.append(normalised_t1(volume, percentile, threshold))
-        objects.append(volume.array > threshold)
-    return normalised[0], normalised[1], ndimage.binary_dilation(objects[0] | objects[1], iterations=2)
+    """(t1 / its foreground scale, t2 / its foreground scale, object mask dilated by two voxels)."""
+    t1_scale, t2_scale, mask = pair_scales(t1, t2, percentile)
+    return t1.array / np.float32(t1_scale), t2.array / np.float32(t2_scale), mask
 
 
 def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxel_mm=None):
-    """Per pair: (feature rows, T2 values, flat voxel indices) of up to ``per_pair`` object voxels, and the pair's
-    air rule.
+    """Per pair: (feature rows, T2 values, flat voxel indices) of up to ``per_pair`` object voxels; the pairs' air
+    rules; and each pair's T1 scale (what its T1 is divided by).
 
     Rows come slab by slab (:func:`~T1ToT2Lib.networks.features.feature_rows`): no pair's whole feature volume is held.
     With ``voxel_mm`` (the model's voxel size) a pair of another voxel size has its features zoomed to the same mm."""
@@ -62,17 +64,19 @@ def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxe
     from ..networks.features import feature_rows, zoomed_window
 
     feature, size = air_feature(spec)
-    rows, airs = [], []
+    rows, airs, t1_scales = [], [], []
     for n, (t1, t2) in enumerate(pairs):
-        t1n, t2n, mask = normalised_pair(t1, t2, percentile)
-        y = t2n.ravel()
+        t1_scale, t2_scale, mask = pair_scales(t1, t2, percentile)
+        t1n = t1.array / np.float32(t1_scale)
+        y = (t2.array / np.float32(t2_scale)).ravel()
+        t1_scales.append(t1_scale)
         take = training_samples(mask, per_pair, seed + 101 * n)
         zoom = feature_zoom(voxel_mm, t1)
         rows.append((feature_rows(t1n, spec, take, zoom=zoom), y[take], take))
         air = air_rule(ndimage.maximum_filter(t1n, zoomed_window(size, zoom)).ravel(), feature, y, mask)  # the air feature
         if air is not None:
             airs.append(air)
-    return rows, airs
+    return rows, airs, t1_scales
 
 
 def _pooled_air(airs):
@@ -101,11 +105,11 @@ def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool =
     emit = emit or (lambda event: None)
     tick = time.perf_counter()
     spec = check_spec(spec)
-    fit = {**DEFAULT_FIT, "max_iter": PAIRS_MAX_ITER, **(fit or {})}
+    fit = {**DEFAULT_FIT, **PAIRS_FIT, **(fit or {})}
     per_pair = max(1000, min(int(fit["max_samples"]), PAIRS_MAX_SAMPLES // len(pairs)))
-    rows, airs = _sampled_rows(pairs, spec, per_pair, seed, percentile, voxel_mm)
+    rows, airs, t1_scales = _sampled_rows(pairs, spec, per_pair, seed, percentile, voxel_mm)
     y = np.concatenate([r[1] for r in rows])
-    normalised = lambda n: normalised_t1(pairs[n][0], percentile)  # noqa: E731 - one volume at a time
+    normalised = lambda n: pairs[n][0].array / np.float32(t1_scales[n])  # noqa: E731 - one volume at a time
     zooms = [feature_zoom(voxel_mm, t1) for t1, _ in pairs]
     fold_of = np.arange(len(pairs)) % 2
 
