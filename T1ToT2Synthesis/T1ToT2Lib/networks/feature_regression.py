@@ -33,7 +33,7 @@ MAX_TREES, MAX_NODES = 5000, 5_000_000
 #: refiner trains on then errs the way the final trees err on a new hand.  The held-out voxels lie beside training
 #: voxels, so the stop rarely comes; what keeps the trees general is the smaller rate over more trees and a fifth of the
 #: features per split (``max_features``, as a random forest draws them): trees that cannot always reach for the same
-#: fine-scale feature lean less on one hand's noise and more on the smoother scales (README, "Robustness").
+#: fine-scale feature lean less on one hand's noise and more on the smoother scales (README, "What the demo does").
 #: ``context_stage``: fit the auto-context stage too (see :func:`fit_feature_regressor`).
 DEFAULT_FIT = {"max_iter": 400, "max_leaf_nodes": 127, "learning_rate": 0.1, "max_features": 0.2, "max_samples": 160_000,
                "early_stopping": True, "loss": "squared_error", "context_stage": False}
