@@ -142,7 +142,7 @@ def test_the_two_stage_training_prior_of_a_pair_comes_from_trees_that_never_saw_
         return trees
 
     monkeypatch.setattr(feature_regression, "_fit_trees", recording)
-    rows, _ = prior_module._sampled_rows(pairs, check_spec(None), 20_000, 0, 50.0)
+    rows, _, _ = prior_module._sampled_rows(pairs, check_spec(None), 20_000, 0, 50.0)
     counts = [len(r[1]) for r in rows]
     regressor, priors = prior_module.fit_prior_pairs(pairs, 0, 50.0, cross_fit=True, fit={"context_stage": True})
     assert regressor.context_trees is not None and len(priors) == 3

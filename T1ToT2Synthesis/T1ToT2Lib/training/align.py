@@ -191,6 +191,8 @@ def register(fixed: Volume, moving: Volume, affine: bool = False, *, bins: int =
     _check_overlap(fixed, moving)
     if not 0.0 < float(sampling) <= 1.0:
         raise T1ToT2Error(f"sampling fraction {sampling} must be in (0, 1]")
+    if int(seed) < 0:
+        raise T1ToT2Error(f"registration seed {seed} is negative: use 0 or a positive integer")
     started = time.perf_counter()
     f_img, m_img = volume_to_sitk(fixed), volume_to_sitk(moving)
     centre = _centre_lps(f_img)
@@ -212,7 +214,8 @@ def register(fixed: Volume, moving: Volume, affine: bool = False, *, bins: int =
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) if mask is not None else int(np.prod(fixed.shape))
         fractions = [min(1.0, max(float(sampling), DEFAULTS["min_samples"] / max(voxels / s ** 3, 1.0))) for s in shrink]
         method.SetMetricSamplingStrategy(method.RANDOM)
-        method.SetMetricSamplingPercentagePerLevel(fractions, int(seed))
+        # SimpleITK reads a seed of 0 as sitkWallClock (a new sample every run): shift by one so every seed repeats.
+        method.SetMetricSamplingPercentagePerLevel(fractions, int(seed) + 1)
         method.SetInterpolator(sitk.sitkLinear)
         method.SetOptimizerAsRegularStepGradientDescent(
             learningRate=1.0, minStep=1e-4, numberOfIterations=int(iterations), relaxationFactor=0.6,
