@@ -338,10 +338,8 @@ def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0
     """
     import time
 
-    from scipy import ndimage
-
-    from ..inference.slices import foreground_scale, foreground_threshold
     from ..training.data import check_paired
+    from ..training.prior import pair_scales
     from ..training.presets import normalisation_percentile
     from ..networks.feature_regression import DEFAULT_FIT, fit_feature_regressor
     from ..networks.modelfile import save_model
@@ -349,10 +347,8 @@ def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0
     check_paired(t1, t2)
     started = time.perf_counter()
     percentile = normalisation_percentile("refiner")
-    t1_scale, t2_scale = foreground_scale(t1.array, percentile), foreground_scale(t2.array, percentile)
-    if mask is None:
-        mask = ndimage.binary_dilation((t1.array > foreground_threshold(t1.array)) | (t2.array > foreground_threshold(t2.array)), iterations=2)
-    mask = np.asarray(mask.array > 0 if isinstance(mask, Volume) else mask, bool)
+    t1_scale, t2_scale, objects = pair_scales(t1, t2, percentile)
+    mask = objects if mask is None else np.asarray(mask.array > 0 if isinstance(mask, Volume) else mask, bool)
     if regressor is None:
         regressor, _ = fit_feature_regressor(t1.array / np.float32(t1_scale), t2.array / np.float32(t2_scale), mask, seed=seed,
                                              fit={"context_stage": bool(auto_context)})
