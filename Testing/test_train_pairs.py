@@ -157,3 +157,22 @@ def test_the_trees_learn_each_pair_on_its_own_grid_at_the_models_lengths_in_mm(t
     first, second = (read_volume(two_grids / f"p{n}_t1.nii.gz") for n in range(2))
     assert seen[0] == (first.shape, [1.0, 1.0, 1.0])
     assert seen[1] == (second.shape, np.round([3.0 / 2.0, 3.0 / 3.5, 3.0 / 2.5], 6).tolist())
+
+
+def test_a_model_file_records_the_fit_its_trees_were_made_with(two_grids, tmp_path):
+    """Trees fitted on several pairs with a chosen fit: the baseline file states that fit (not the one-pair default),
+    and the loaded regressor carries it again."""
+    from T1ToT2Lib.networks.modelfile import load_model
+    from T1ToT2Lib.research.analysis import save_feature_baseline
+    from T1ToT2Lib.training.prior import fit_prior_pairs
+
+    pairs = [(read_volume(two_grids / f"p{n}_t1.nii.gz"), read_volume(two_grids / f"p{n}_t2.nii.gz")) for n in range(2)]
+    chosen = {"max_iter": 5, "learning_rate": 0.37, "max_leaf_nodes": 9}
+    regressor, _ = fit_prior_pairs(pairs, seed=0, percentile=50.0, cross_fit=False, fit=chosen, voxel_mm=(3.0, 3.0, 3.0))
+    path = save_feature_baseline(tmp_path / "trees.safetensors", *pairs[0], regressor=regressor)
+    meta = read_metadata(path)
+    training = meta["training"] if isinstance(meta["training"], dict) else json.loads(meta["training"])
+    assert {k: training["fit"][k] for k in chosen} == chosen
+    loaded = load_model(path).prior
+    assert {k: loaded.fit[k] for k in chosen} == chosen
+    assert loaded.trees.metadata()["n_trees"] <= chosen["max_iter"]

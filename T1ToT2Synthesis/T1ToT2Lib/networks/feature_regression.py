@@ -214,6 +214,9 @@ class FeatureRegressor:
     read the T1's features and the :attr:`context_spec` features of the first stage's T2 estimate,
     so where the first stage put fat, bone and tendon around a voxel informs its T2 (the auto-context
     of forest-based MR-to-CT synthesis).
+
+    ``fit`` (optional; older files have none): the settings the trees were fitted with, kept with them so a model
+    file says how it was made whichever path fitted it (one pair, several pairs).
     """
 
     spec: dict
@@ -222,6 +225,7 @@ class FeatureRegressor:
     air: Air | None = None
     context_spec: dict | None = None
     context_trees: TreeEnsemble | None = None
+    fit: dict | None = None
 
     @property
     def error_reads_estimate(self) -> bool:
@@ -344,6 +348,8 @@ class FeatureRegressor:
             meta["air"] = self.air.metadata()
         if self.context_trees is not None:
             meta["context"] = {"features": self.context_spec, **self.context_trees.metadata()}
+        if self.fit is not None:
+            meta["fit"] = dict(self.fit)
         return meta
 
     @classmethod
@@ -368,7 +374,8 @@ class FeatureRegressor:
                 raise T1ToT2Error("the model file's auto-context trees and feature lists disagree: the file is damaged, re-export it")
             context_trees = TreeEnsemble.from_tensors(tensors, f"{prefix}.context", meta["context"], n_context)
         return cls(spec, TreeEnsemble.from_tensors(tensors, prefix, meta, n_features), error_trees,
-                   Air.from_metadata(meta.get("air"), n_features), context_spec, context_trees)
+                   Air.from_metadata(meta.get("air"), n_features), context_spec, context_trees,
+                   meta.get("fit") if isinstance(meta.get("fit"), dict) else None)
 
 
 def training_samples(mask: np.ndarray, max_samples: int, seed: int, restrict=None) -> np.ndarray:
@@ -437,7 +444,7 @@ def _fit_sampled(x, y, mask, spec: dict, seed: int, fit: dict, cross_fit: bool):
     rows = {name: np.searchsorted(union, idx) for name, idx in samples.items()}
     feature, size = air_feature(spec)
     air = air_rule(ndimage.maximum_filter(x, size).ravel(), feature, y, mask)  # = the feature, over the volume
-    regressor = FeatureRegressor(spec, _fit_trees(X[rows["trees"]], y[samples["trees"]], seed, fit), air=air)
+    regressor = FeatureRegressor(spec, _fit_trees(X[rows["trees"]], y[samples["trees"]], seed, fit), air=air, fit=fit)
     folds = ((0, half), (half, x.shape[0]))
     inputs, first = X, None
     if context:

@@ -341,7 +341,7 @@ def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0
     from ..training.data import check_paired
     from ..training.prior import pair_scales
     from ..training.presets import normalisation_percentile
-    from ..networks.feature_regression import DEFAULT_FIT, fit_feature_regressor
+    from ..networks.feature_regression import fit_feature_regressor
     from ..networks.modelfile import save_model
 
     check_paired(t1, t2)
@@ -363,7 +363,7 @@ def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0
             "method": "gradient-boosted trees (scikit-learn HistGradientBoostingRegressor, squared error) on multi-scale 3-D T1 features"
                       + (", then an auto-context stage that also reads features of the first stage's T2 estimate"
                          if regressor.context_trees is not None else ""),
-            "fit": {**DEFAULT_FIT, "context_stage": regressor.context_trees is not None}, "epochs": 0, "seed": int(seed),
+            "fit": regressor.fit, "epochs": 0, "seed": int(seed),
             "shape": list(t1.shape), "spacing_mm": [float(s) for s in t1.spacing],
             "voxels_in_mask": int(mask.sum()), "seconds": round(time.perf_counter() - started, 1),
         },

@@ -119,7 +119,7 @@ def fit_prior_pairs(pairs: list, seed: int, percentile: float, cross_fit: bool =
         return _fit_trees(np.concatenate([inputs[n] for n in other]), np.concatenate([rows[n][1] for n in other]), seed, fit)
 
     inputs = [r[0] for r in rows]
-    regressor = FeatureRegressor(spec, _fit_trees(np.concatenate(inputs), y, seed, fit), air=_pooled_air(airs))
+    regressor = FeatureRegressor(spec, _fit_trees(np.concatenate(inputs), y, seed, fit), air=_pooled_air(airs), fit=fit)
     firsts = None
     if fit.get("context_stage"):
         first_stage = {fold: FeatureRegressor(spec, fold_trees(fold, inputs), air=regressor.air) for fold in (0, 1)}
