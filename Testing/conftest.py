@@ -28,6 +28,18 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture
+def few_trees(monkeypatch):
+    """Small tree ensembles on a small voxel sample, for one pair and for several: for tests of what is trained,
+    written and shown, not of the trees' quality."""
+    from T1ToT2Lib.networks import feature_regression
+    from T1ToT2Lib.training import prior
+
+    monkeypatch.setitem(feature_regression.DEFAULT_FIT, "max_iter", 8)
+    monkeypatch.setitem(feature_regression.DEFAULT_FIT, "max_samples", 20_000)
+    monkeypatch.setitem(prior.PAIRS_FIT, "max_iter", 8)
+
+
 def oblique_direction(angles_deg=(20.0, -35.0, 50.0)) -> np.ndarray:
     """A proper rotation (det +1) well away from any axis-aligned orientation."""
     from scipy.spatial.transform import Rotation

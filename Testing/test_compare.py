@@ -11,7 +11,7 @@ from T1ToT2Lib.cli import main
 
 
 @pytest.mark.slow
-def test_tiny_comparison_writes_a_complete_report(tmp_path, capsys):
+def test_tiny_comparison_writes_a_complete_report(tmp_path, capsys, few_trees):
     from test_report import check_report_in_browser
 
     from T1ToT2Lib.research import compare

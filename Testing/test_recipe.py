@@ -18,13 +18,8 @@ def _coarse(seed, voxel):
     return P.make_phantom("small", seed=seed, acquisition=acq)
 
 
-@pytest.fixture(autouse=True)
-def few_trees(monkeypatch):
-    """Small tree ensembles: these tests check what is trained and written, not the trees' quality."""
-    from T1ToT2Lib.networks import feature_regression
-
-    monkeypatch.setitem(feature_regression.DEFAULT_FIT, "max_iter", 8)
-    monkeypatch.setitem(feature_regression.DEFAULT_FIT, "max_samples", 20_000)
+#: Small tree ensembles (conftest): these tests check what is trained and written, not the trees' quality.
+pytestmark = pytest.mark.usefixtures("few_trees")
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,8 @@ def two_grids(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def few_trees(monkeypatch):
-    """Small tree ensembles: these tests check the plumbing of several pairs, not the trees' quality."""
-    from T1ToT2Lib.networks import feature_regression
-
-    monkeypatch.setitem(feature_regression.DEFAULT_FIT, "max_iter", 8)
-    monkeypatch.setitem(feature_regression.DEFAULT_FIT, "max_samples", 20_000)
+#: Small tree ensembles (conftest): these tests check the plumbing of several pairs, not the trees' quality.
+pytestmark = pytest.mark.usefixtures("few_trees")
 
 
 QUICK = ["--epochs", "1", "--epochs-decay", "0", "--max-steps-per-epoch", "2", "--batch-size", "4", "--correction", "train",
