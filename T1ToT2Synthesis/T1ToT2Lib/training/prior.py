@@ -25,8 +25,9 @@ from ..core.errors import T1ToT2Error
 #: every acquisition accuracy).
 PAIRS_MAX_SAMPLES = 1_000_000
 #: The trees' settings over several pairs: those the bundled model was fitted and measured with.  The one-pair fit's
-#: smaller rate and feature subsampling (:data:`~T1ToT2Lib.networks.feature_regression.DEFAULT_FIT`) are not measured
-#: over several pairs yet.
+#: smaller rate and feature subsampling (:data:`~T1ToT2Lib.networks.feature_regression.DEFAULT_FIT`) do not carry
+#: over: the bundled recipe refitted with them moved its robustness rows both ways, lost SSIM on most of them and
+#: needs a third more trees (README, robustness).
 PAIRS_FIT = {"max_iter": 300, "learning_rate": 0.2, "max_features": 1.0}
 
 
