@@ -40,6 +40,16 @@ def few_trees(monkeypatch):
     monkeypatch.setitem(prior.PAIRS_FIT, "max_iter", 8)
 
 
+def cropped(volume, k=slice(None), j=slice(None), i=slice(None)):
+    """The sub-volume ``array[k, j, i]`` at its place in RAS: same axes and spacing, the corner moved to voxel
+    (i.start, j.start, k.start)."""
+    from T1ToT2Lib.core.volume import Volume
+
+    matrix = volume.ijk_to_ras.copy()
+    matrix[:, 3] = volume.ijk_to_ras @ np.array([i.start or 0, j.start or 0, k.start or 0, 1.0])
+    return Volume(np.ascontiguousarray(volume.array[k, j, i]), matrix, {})
+
+
 def oblique_direction(angles_deg=(20.0, -35.0, 50.0)) -> np.ndarray:
     """A proper rotation (det +1) well away from any axis-aligned orientation."""
     from scipy.spatial.transform import Rotation

@@ -14,8 +14,9 @@ pytest.importorskip("onnx")
 
 from T1ToT2Lib.inference import onnx_engine
 from T1ToT2Lib.core.errors import T1ToT2Error
-from T1ToT2Lib.core.volume import Volume
 from T1ToT2Lib.io.files import read_volume, write_volume
+
+from conftest import cropped  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "Resources" / "demo_model.safetensors"
@@ -53,12 +54,8 @@ def hand(tmp_path_factory):
     volumes = make_phantom("small", seed=0)
     t1 = volumes["right_t1"]
     k, j, i = (np.array(t1.shape) // 2)
-    crop = (slice(k - 20, k + 20), slice(None), slice(i - 24, i + 24))
-    ijk_origin = np.array([crop[2].start, 0, crop[0].start, 1.0])
-    matrix = t1.ijk_to_ras.copy()
-    matrix[:, 3] = t1.ijk_to_ras @ ijk_origin
     folder = tmp_path_factory.mktemp("onnx")
-    path = write_volume(Volume(np.ascontiguousarray(t1.array[crop]), matrix, {}), folder / "t1.nrrd")
+    path = write_volume(cropped(t1, k=slice(k - 20, k + 20), i=slice(i - 24, i + 24)), folder / "t1.nrrd")
     return folder, path
 
 

@@ -14,8 +14,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from T1ToT2Lib.core.progress import StageProgress
-from T1ToT2Lib.core.volume import Volume
 from T1ToT2Lib.io.files import read_volume, write_volume
+
+from conftest import cropped  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "Resources" / "demo_model.safetensors"
@@ -39,11 +40,8 @@ def hand(tmp_path_factory):
 
     t1 = make_phantom("small", seed=0)["right_t1"]
     k, j, i = np.array(t1.shape) // 2
-    crop = (slice(k - 16, k + 16), slice(None), slice(i - 20, i + 20))
-    matrix = t1.ijk_to_ras.copy()
-    matrix[:, 3] = t1.ijk_to_ras @ np.array([crop[2].start, 0, crop[0].start, 1.0])
     folder = tmp_path_factory.mktemp("pipeline")
-    return folder, write_volume(Volume(np.ascontiguousarray(t1.array[crop]), matrix, {}), folder / "t1.nrrd")
+    return folder, write_volume(cropped(t1, k=slice(k - 16, k + 16), i=slice(i - 20, i + 20)), folder / "t1.nrrd")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ pytest.importorskip("slicer")
 
 import slicer  # noqa: E402
 import slicer_module_shim  # noqa: E402
-from conftest import oblique_direction  # noqa: E402
+from conftest import cropped, oblique_direction  # noqa: E402
 from slicer_scene import mrml_scene  # noqa: E402,F401  (fixture)
 
 from T1ToT2Lib.slicer import scene as sc
@@ -845,9 +845,7 @@ def _cropped_right_hand(spacing_mm=None):
 
     t1 = make_phantom("small", seed=0)["right_t1"]
     k, _, i = np.array(t1.shape) // 2
-    matrix = t1.ijk_to_ras.copy()
-    matrix[:, 3] = t1.ijk_to_ras @ np.array([i - 24, 0, k - 20, 1.0])
-    crop = Volume(np.ascontiguousarray(t1.array[k - 20:k + 20, :, i - 24:i + 24]), matrix, {})
+    crop = cropped(t1, k=slice(k - 20, k + 20), i=slice(i - 24, i + 24))
     return crop if spacing_mm is None else resample_to_spacing(crop, (spacing_mm,) * 3)
 
 
