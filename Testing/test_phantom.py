@@ -51,7 +51,7 @@ def test_files_written_twice_are_byte_identical(written, tmp_path):
     code, first = written
     assert code == 0
     second = P.write_phantom(tmp_path / "again", size="small", seed=0)
-    assert len(second) == 9
+    assert len(second) == 11  # 8 volumes, the two T1s' BIDS sidecars and landmarks.json
     for name, path in second.items():
         assert path.read_bytes() == (first / path.name).read_bytes(), name
 
@@ -206,11 +206,14 @@ def test_misregistration_moves_t2_against_t1_and_is_recorded(hands):
 
 
 # --- files and command line ------------------------------------------------------------------------
-def test_cli_writes_nine_files_with_the_returned_geometry_labelled_synthetic(written, hands, capsys):
+def test_cli_writes_its_files_with_the_returned_geometry_labelled_synthetic(written, hands, capsys):
     code, out = written
     assert code == 0
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted([f"{n}.nii.gz" for n in NAMES] + ["landmarks.json"])
+    assert files == sorted([f"{n}.nii.gz" for n in NAMES] + ["landmarks.json", "left_t1.json", "right_t1.json"])
+    for side in ("left", "right"):  # each T1's VIBE, read back from its BIDS sidecar
+        assert read_volume(out / f"{side}_t1.nii.gz").meta["sequence_parameters"] == {"TR": P.VIBE["TR"], "TE": P.VIBE["TE"],
+                                                                                     "flip_deg": P.VIBE["flip_deg"]}
     for name in NAMES:
         vol = read_volume(out / f"{name}.nii.gz")
         assert vol.same_geometry(hands[name], tol=1e-5), name

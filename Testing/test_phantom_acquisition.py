@@ -120,7 +120,14 @@ def test_cli_subjects_randomized_are_recorded_reproducible_and_listed_in_pairs_c
         assert info["sequences"]["T1 VIBE"]["TR"] == pytest.approx(drawn["vibe"]["TR"], abs=1e-6)
         t1 = read_volume(tmp_path / "a" / f"subject_{seed:03d}" / "right_t1.nii.gz")
         assert np.allclose(t1.spacing, acq["voxel_mm_RAS"], atol=1e-5)
-        for name in ("left_t1.nii.gz", "right_t2.nii.gz", "landmarks.json"):
+        # The drawn VIBE also sits beside the T1 as a BIDS sidecar (seconds, degrees), which read_volume reads back.
+        sidecar = json.loads((tmp_path / "a" / f"subject_{seed:03d}" / "right_t1.json").read_text())
+        assert sidecar["RepetitionTime"] * 1000 == pytest.approx(drawn["vibe"]["TR"], abs=1e-5)
+        assert sidecar["EchoTime"] * 1000 == pytest.approx(drawn["vibe"]["TE"], abs=1e-5)
+        assert sidecar["FlipAngle"] == pytest.approx(drawn["vibe"]["flip_deg"], abs=1e-5)
+        assert t1.meta["sequence_parameters"] == pytest.approx({"TR": drawn["vibe"]["TR"], "TE": drawn["vibe"]["TE"],
+                                                                "flip_deg": drawn["vibe"]["flip_deg"]}, abs=1e-5)
+        for name in ("left_t1.nii.gz", "left_t1.json", "right_t2.nii.gz", "landmarks.json"):
             first = (tmp_path / "a" / f"subject_{seed:03d}" / name).read_bytes()
             assert first == (tmp_path / "b" / f"subject_{seed:03d}" / name).read_bytes(), name
 

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..core import sequence
 from ..core.errors import T1ToT2Error
 from ..core.progress import StageProgress
 from ..core.volume import PLANES, Volume, check_image, check_memory
@@ -124,6 +125,9 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
     from .preprocess import prepare_input
 
     check_request(t1, plane, batch_size)
+    contrast = sequence.mismatch(sequence.of(t1), sequence.trained(getattr(model, "metadata", {})))
+    if contrast is not None:
+        print(f"note: {contrast}", file=sys.stderr)
     with StageProgress(progress, "prepare", 1) as stage:
         prepared = prepare_input(t1, model)  # what the model file says it was trained with: N4, voxel size
         stage.update(1)
@@ -134,7 +138,7 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
         results = _synthesize_across_voxel_sizes(model, prepared, predictor, plane, batch_size, progress, cancel_event,
                                                  uncertainty)
         results = [prepared.restore(v) for v in results]
-        return tuple(results) if uncertainty else results[0]
+        return _finished(results, uncertainty, contrast)
     planes = PLANES if plane == "fuse" else (plane,)
     normalised = work.array / np.float32(foreground_scale(work.array, model.t1_percentile))
     prior, prior_error = predict_prior(model, normalised, uncertainty, progress)
@@ -150,6 +154,14 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
         results.append(error_map(work, spread, prior_error, model))
     if prepared is not None:
         results = [prepared.restore(v) for v in results]
+    return _finished(results, uncertainty, contrast)
+
+
+def _finished(results: list, uncertainty: bool, contrast: str | None):
+    """What :func:`synthesize` returns; a T1 of another contrast than the model's is noted on every output."""
+    if contrast is not None:
+        for volume in results:
+            volume.meta["notes"] = [contrast, *(volume.meta.get("notes") or [])]
     return tuple(results) if uncertainty else results[0]
 
 
@@ -160,6 +172,7 @@ def _synthetic(grid: Volume, normalised_t2: np.ndarray, model, plane: str, predi
     np.maximum(normalised_t2, 0.0, out=normalised_t2)
     synthetic = grid.with_array(normalised_t2, synthetic=True, model=model.name,
                                 plane=plane, description=synthetic_description(model.name), engine=predictor.engine)
+    synthetic.meta.pop(sequence.META_KEY, None)  # the T1's sequence, not this image's
     if notes:
         synthetic.meta["notes"] = notes
     return synthetic

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import sequence
 from ..core.errors import T1ToT2Error
 from ..core.volume import Volume
 
@@ -427,6 +428,9 @@ def read_dicom_series(folder, series_uid: str | None = None) -> Volume:
     volume = Volume(array, np.diag(np.r_[_LPS_RAS, 1.0]) @ ijk_to_lps)
     volume.meta["dicom"] = tags
     volume.meta["source_path"] = str(folder)
+    acquired_with = sequence.from_dicom(header)
+    if acquired_with is not None:
+        volume.meta[sequence.META_KEY] = acquired_with
     if notes:
         volume.meta["notes"] = notes
     return volume

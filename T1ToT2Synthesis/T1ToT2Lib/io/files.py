@@ -65,7 +65,33 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
         raise T1ToT2Error(f"cannot read '{path}' ({first}): is it a valid image file?") from None
     volume = volume_from_sitk(image)
     volume.meta["source_path"] = str(path)
+    _read_sidecar(path, volume)
     return volume
+
+
+def sidecar_path(path: Path) -> Path:
+    """The BIDS sidecar of an image file: the same name with ``.json`` for its extension (dcm2niix writes one)."""
+    return path.with_name(path.name[: -len(_extension(path))] + ".json")
+
+
+def _read_sidecar(path: Path, volume: Volume) -> None:
+    """The sequence parameters of a BIDS sidecar beside ``path``, into ``volume.meta``; a sidecar that cannot be read
+    leaves them unknown, with a note."""
+    import json
+
+    from ..core import sequence
+
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return
+    try:
+        acquired_with = sequence.from_bids(json.loads(sidecar.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        volume.meta.setdefault("notes", []).append(f"its sidecar '{sidecar.name}' could not be read ({exc.__class__.__name__}): "
+                                                   "its sequence parameters are unknown")
+        return
+    if acquired_with is not None:
+        volume.meta[sequence.META_KEY] = acquired_with
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import sequence
 from ..core.atomic import atomic_path
 from ..core.errors import T1ToT2Error
 from ..core.volume import Volume, volume_to_sitk
@@ -416,6 +417,11 @@ class Acquisition:
                 "fov_mm_SAR": [round(v, 6) for v in self.fov_mm], "pose_deg_xyz": [round(v, 6) for v in self.pose_deg]}
 
 
+def vibe_parameters(acquisition: Acquisition) -> dict:
+    """The T1 VIBE's TR, TE and flip as :mod:`~T1ToT2Lib.core.sequence` records them."""
+    return sequence.make(acquisition.vibe["TR"], acquisition.vibe["TE"], acquisition.vibe["flip_deg"])
+
+
 def as_acquisition(size) -> Acquisition:
     return size if isinstance(size, Acquisition) else Acquisition.preset(size)
 
@@ -531,7 +537,8 @@ def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = Fal
             m = hand_geometry(acquisition, side)
             base = {"synthetic": True, "description": SYNTHETIC_NOTE, "phantom_seed": int(seed), "phantom_size": size, "hand": side,
                     "acquisition": acquisition.record()}
-            out[f"{side}_t1"] = Volume(np.ascontiguousarray(t1), m.copy(), {**base, "sequence": "T1 VIBE (simulated)"})
+            t1_meta = {**base, "sequence": "T1 VIBE (simulated)", sequence.META_KEY: vibe_parameters(acquisition)}
+            out[f"{side}_t1"] = Volume(np.ascontiguousarray(t1), m.copy(), t1_meta)
             t2_meta = {**base, "sequence": "T2 SPACE (simulated)"}
             if motion:
                 t2_meta["misregistration"] = motion
@@ -592,6 +599,11 @@ def write_phantom(outdir, size: str = "small", seed: int = 0, misregistration: b
             continue
         note = f"SYNTHETIC phantom {name} ({volume.meta.get('sequence', 'tissue labels')})"
         paths[name] = _write_labelled(volume, outdir / f"{name}.nii.gz", note if kind != "labels" else f"SYNTHETIC phantom {name}")
+        if kind == "t1":  # the T1's sequence, where dcm2niix would put it: a BIDS sidecar that read_volume reads
+            sidecar = {**sequence.to_bids(volume.meta[sequence.META_KEY]), "ImageComments": SYNTHETIC_NOTE}
+            with atomic_path(outdir / f"{name}.json") as tmp:
+                tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+            paths[f"{name}_sidecar"] = outdir / f"{name}.json"
     voxel = acquisition.voxel_mm
     info = {
         "synthetic": True,

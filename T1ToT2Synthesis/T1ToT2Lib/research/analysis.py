@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import sequence
 from ..core.atomic import atomic_path
 from ..core.errors import T1ToT2Error
 from ..core.volume import PLANES, Volume
@@ -319,6 +320,7 @@ def save_lookup_model(path, t1: Volume, t2: Volume, bins=256, mask=None, plane="
             "shape": list(t1.shape),
             "spacing_mm": [float(s) for s in t1.spacing],
             "voxels_fitted": n_fitted,
+            "t1_sequences": sequence.recorded([t1]),
         },
     }
     metadata.update(extra_metadata or {})
@@ -366,6 +368,7 @@ def save_feature_baseline(path, t1: Volume, t2: Volume, mask=None, seed: int = 0
             "fit": regressor.fit, "epochs": 0, "seed": int(seed),
             "shape": list(t1.shape), "spacing_mm": [float(s) for s in t1.spacing],
             "voxels_in_mask": int(mask.sum()), "seconds": round(time.perf_counter() - started, 1),
+            "t1_sequences": sequence.recorded([t1]),
         },
     }
     metadata.update(extra_metadata or {})

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import sequence
 from ..core.atomic import atomic_path
 from ..inference.slices import check_context
 from .data import PairsDataset, SliceDataset, check_paired, check_planes
@@ -718,6 +719,7 @@ def _write_model(run: _Run, config: TrainConfig, history: dict, step_times: list
             "seconds": round(time.time() - started, 1),
             "mean_step_seconds": round(float(np.mean(step_times)), 4) if step_times else None,
             "losses": history["epochs"][-1]["losses"] if history["epochs"] else None,
+            "t1_sequences": sequence.recorded(a for a, _ in (run.native_pairs or run.pairs)),
         },
         "validation_metrics": last_val or {},
         # voxel size, N4 and whether the trees learnt an interpolated T1, repeated at synthesis (inference.preprocess)

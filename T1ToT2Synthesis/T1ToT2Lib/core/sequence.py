@@ -1,0 +1,130 @@
+"""The sequence parameters an image was acquired with: repetition time, echo time and flip angle.
+
+A T1 VIBE's contrast is set by them: at a shorter echo time tendon (T2* of a few ms) stops being dark and reads
+between fat and marrow, which are bright on the T2.  A model learns one contrast, so the T1 sequence it learnt from
+is recorded in its file and compared with the sequence of every T1 it synthesises from, wherever that is known:
+a DICOM series (RepetitionTime, EchoTime, FlipAngle; the MR functional groups of an enhanced object), a BIDS
+sidecar beside a NIfTI file (dcm2niix writes one: times in seconds), or the phantom's acquisition.
+
+A sequence is a dict ``{"TR": ms, "TE": ms, "flip_deg": degrees}`` and lives in ``Volume.meta[META_KEY]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+KEYS = ("TR", "TE", "flip_deg")
+META_KEY = "sequence_parameters"
+#: A parameter further than this fraction from the trained one changes the contrast enough to say so.  It is looser
+#: than a protocol's rounding and tighter than the change the robustness table's "another VIBE" row fails on.
+RELATIVE_TOLERANCE = 0.10
+_UNITS = {"TR": "ms", "TE": "ms", "flip_deg": "°"}
+_NAMES = {"TR": "TR", "TE": "TE", "flip_deg": "flip"}
+
+
+def make(tr_ms, te_ms, flip_deg) -> dict | None:
+    """A sequence from its three parameters, or None when one is missing, not a number or not positive."""
+    values = {}
+    for key, value in zip(KEYS, (tr_ms, te_ms, flip_deg)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(number) or number <= 0:
+            return None
+        values[key] = round(number, 6)
+    return values
+
+
+def checked(record) -> dict | None:
+    """A sequence as stored in JSON (a model's metadata, a volume's meta), or None when it is absent or incomplete."""
+    if not isinstance(record, dict):
+        return None
+    return make(*(record.get(key) for key in KEYS))
+
+
+def of(volume) -> dict | None:
+    """The sequence a volume was acquired with, when known."""
+    return checked(getattr(volume, "meta", {}).get(META_KEY))
+
+
+def from_bids(sidecar: dict) -> dict | None:
+    """From a BIDS sidecar (RepetitionTime and EchoTime in seconds, FlipAngle in degrees)."""
+    if not isinstance(sidecar, dict):
+        return None
+    seconds = [sidecar.get("RepetitionTime"), sidecar.get("EchoTime")]
+    if any(isinstance(v, (list, tuple)) for v in seconds):  # multi-echo: the first echo
+        seconds = [v[0] if isinstance(v, (list, tuple)) and v else v for v in seconds]
+    try:
+        tr_ms, te_ms = (float(v) * 1000.0 for v in seconds)
+    except (TypeError, ValueError):
+        return None
+    return make(tr_ms, te_ms, sidecar.get("FlipAngle"))
+
+
+def to_bids(sequence: dict) -> dict:
+    """The BIDS sidecar fields of a sequence (seconds, degrees)."""
+    return {"RepetitionTime": round(sequence["TR"] / 1000.0, 9), "EchoTime": round(sequence["TE"] / 1000.0, 9),
+            "FlipAngle": sequence["flip_deg"]}
+
+
+def from_dicom(dataset) -> dict | None:
+    """From a DICOM header: the classic attributes, else an enhanced MR object's shared or first per-frame groups."""
+    found = {"TR": dataset.get("RepetitionTime"), "TE": dataset.get("EchoTime"), "flip_deg": dataset.get("FlipAngle")}
+    groups = [dataset.get("SharedFunctionalGroupsSequence"), dataset.get("PerFrameFunctionalGroupsSequence")]
+    for group in (g[0] for g in groups if g):
+        timing = group.get("MRTimingAndRelatedParametersSequence")
+        echo = group.get("MREchoSequence")
+        if timing:
+            found["TR"] = found["TR"] if found["TR"] not in (None, "") else timing[0].get("RepetitionTime")
+            found["flip_deg"] = found["flip_deg"] if found["flip_deg"] not in (None, "") else timing[0].get("FlipAngle")
+        if echo:
+            found["TE"] = found["TE"] if found["TE"] not in (None, "") else echo[0].get("EffectiveEchoTime")
+    return make(*(found[key] for key in KEYS))
+
+
+def describe(sequence: dict) -> str:
+    return ", ".join(f"{_NAMES[k]} {sequence[k]:g}{'' if _UNITS[k] == '°' else ' '}{_UNITS[k]}" for k in KEYS)
+
+
+def differing(sequence: dict, trained: dict) -> list[str]:
+    """The parameters of ``sequence`` further than :data:`RELATIVE_TOLERANCE` from ``trained``'s."""
+    return [key for key in KEYS if abs(sequence[key] - trained[key]) > RELATIVE_TOLERANCE * trained[key]]
+
+
+def distinct(sequences) -> list[dict]:
+    """The known sequences among ``sequences``, one of each (within the tolerance), in order of first appearance."""
+    kept: list[dict] = []
+    for s in sequences:
+        if s is not None and not any(not differing(s, k) for k in kept):
+            kept.append(s)
+    return kept
+
+
+def recorded(volumes) -> list[dict]:
+    """What a model file records of its training T1s' sequences (``training.t1_sequences``): each known one once."""
+    return distinct(of(v) for v in volumes)
+
+
+def trained(metadata: dict) -> list[dict]:
+    """The sequences a model's file says its T1s were acquired with (none for files that predate the record)."""
+    training = (metadata or {}).get("training") or {}
+    if isinstance(training, str):
+        import json
+
+        training = json.loads(training)
+    return [s for s in (checked(r) for r in training.get("t1_sequences") or []) if s is not None]
+
+
+def mismatch(sequence: dict | None, trained: list) -> str | None:
+    """One line when a T1's known sequence is none of the (known) sequences a model learnt from, else None."""
+    trained = [t for t in (checked(t) for t in trained or []) if t is not None]
+    if sequence is None or not trained or any(not differing(sequence, t) for t in trained):
+        return None
+    nearest = min(trained, key=lambda t: sum(abs(sequence[k] / t[k] - 1.0) for k in KEYS))
+    names = [_NAMES[k] for k in differing(sequence, nearest)]
+    which = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return (f"this T1 was acquired with {describe(sequence)}, the model's training T1s with "
+            f"{'; '.join(describe(t) for t in trained)}: {'another' if len(names) == 1 else 'other'} {which} "
+            f"{'changes' if len(names) == 1 else 'change'} the T1's tissue contrast, so the "
+            "synthetic T2 can be wrong (train a model on pairs of this protocol)")
