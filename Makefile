@@ -11,7 +11,7 @@ demo: setup
 
 test:
 	scripts/setup.sh --system
-	.venv/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -rs -n auto --dist loadfile $(PYTEST_ARGS)
 
 bench: setup
 	.venv/bin/t1tot2 bench --json bench.json

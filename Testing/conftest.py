@@ -9,8 +9,21 @@ a pass: such skips are turned into failures.  Skips for other reasons (a GPU pre
 import os
 import re
 
-import numpy as np
-import pytest
+
+def _threads() -> int:
+    """Threads per test process: the cores shared among pytest-xdist's workers (``make test`` runs one per core)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, (os.cpu_count() or 1) // workers))
+
+
+# Before numpy, torch or scikit-learn load their thread pools (OpenBLAS, OpenMP read these once); children inherit them.
+# Two workers with two threads each on two cores would spin against each other in OpenMP's barriers.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_name] = str(_threads())
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
@@ -20,7 +33,7 @@ def pytest_configure(config):
         import torch
     except ImportError:
         return
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(_threads())
 
 
 @pytest.fixture
