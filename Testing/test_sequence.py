@@ -105,3 +105,27 @@ def test_each_parameter_alone_beyond_the_tolerance_is_named():
 @pytest.mark.parametrize("sidecar", [{"RepetitionTime": [0.009], "EchoTime": [0.003, 0.006], "FlipAngle": 12}])
 def test_a_multi_echo_sidecar_is_read_at_its_first_echo(sidecar):
     assert sequence.from_bids(sidecar) == {"TR": 9.0, "TE": 3.0, "flip_deg": 12.0}
+
+
+@pytest.mark.parametrize("model, engine", [("demo_model.safetensors", "torch"), ("demo_model.onnx", "onnx")])
+def test_the_bundled_model_notes_another_vibe_on_both_engines(tmp_path, capsys, model, engine):
+    """The bundled model predates the record: its phantom pairs' acquisitions give its VIBE (TR 13.5 ms, TE 6 ms,
+    flip 10°, render.VIBE), so the robustness table's "another VIBE" T1 is noted on either engine, on stderr and in
+    the "done" event the Slicer panel and the browser read."""
+    from pathlib import Path
+
+    from T1ToT2Lib.phantom.render import VIBE
+
+    bundled = Path(__file__).resolve().parents[1] / "Resources" / model
+    assert sequence.trained(load_model(bundled.with_suffix(".safetensors")).metadata) == [
+        {"TR": VIBE["TR"], "TE": VIBE["TE"], "flip_deg": VIBE["flip_deg"]}]
+    t1, _ = tiny_pair()
+    t1_path = _with_sidecar(t1, tmp_path / "t1.nii.gz", OTHER)
+    out, error = tmp_path / "syn.nii.gz", tmp_path / "err.nii.gz"
+    code = main(["synthesize", str(bundled), str(t1_path), str(out), "--device", "cpu", "--engine", engine,
+                 "--uncertainty", str(error), "--progress", "json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    (note,) = [n for n in json.loads(captured.out.splitlines()[-1])["notes"] if "tissue contrast" in n]
+    assert "TR 9 ms, TE 3 ms, flip 12°" in note and "TR 13.5 ms, TE 6 ms, flip 10°" in note
+    assert captured.err.count(note) == 1

@@ -113,7 +113,13 @@ def trained(metadata: dict) -> list[dict]:
         import json
 
         training = json.loads(training)
-    return [s for s in (checked(r) for r in training.get("t1_sequences") or []) if s is not None]
+    if "t1_sequences" in training:
+        return [s for s in (checked(r) for r in training["t1_sequences"] or []) if s is not None]
+    # Files written before the record: phantom pairs carry their acquisition (the bundled model's do).
+    vibes = [((p.get("meta") or {}).get("acquisition") or {}).get("vibe") for p in training.get("pairs") or []]
+    if not vibes or any(v is None for v in vibes):
+        return []
+    return distinct(make(v.get("TR"), v.get("TE"), v.get("flip_deg")) for v in vibes)
 
 
 def mismatch(sequence: dict | None, trained: list) -> str | None:
