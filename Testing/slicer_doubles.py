@@ -99,6 +99,31 @@ def run_unit_test(module, testname: str) -> unittest.TestResult:
     return unittest.TextTestRunner(verbosity=0, stream=io.StringIO()).run(suite)
 
 
+# --- DICOM database ----------------------------------------------------------------------------------
+class DICOMDatabase:
+    """``slicer.dicomDatabase`` (CTK's ctkDICOMDatabase) as the DICOM module leaves it after loading a series.
+
+    DICOMScalarVolumePlugin.load puts the loaded files' SOP instance UIDs on the volume node, space-separated, in
+    slice order, "Unknown" for a file whose UID the database could not give (Modules/Scripted/DICOMPlugins/
+    DICOMScalarVolumePlugin.py:500-510 at v5.8.0 and v5.10.0); DICOMUtils.loadByInstanceUID refuses to ask a
+    database that is not open and then calls ``fileForInstance(instanceUID)`` (Modules/Scripted/DICOMLib/
+    DICOMUtils.py:278-282 at v5.8.0, 277-281 at v5.10.0).  ``fileForInstance`` takes one UID string and gives
+    the file's path, or an empty string for an instance the database does not hold."""
+
+    def __init__(self, files_by_uid: dict, is_open: bool = True):
+        self._files = {str(uid): str(path) for uid, path in files_by_uid.items()}
+        self.isOpen = is_open
+        self.asked: list = []
+
+    def fileForInstance(self, sopInstanceUID):
+        if not isinstance(sopInstanceUID, str):
+            raise TypeError(f"fileForInstance(QString): got {type(sopInstanceUID).__name__}")
+        if not self.isOpen:
+            raise AssertionError("fileForInstance asked of a closed database (DICOMUtils checks isOpen first)")
+        self.asked.append(sopInstanceUID)
+        return self._files.get(sopInstanceUID, "")
+
+
 # --- PyTorchUtils ------------------------------------------------------------------------------------
 class PyTorchUtilsLogic:
     """fepegar/SlicerPyTorch ``PyTorchUtils/PyTorchUtils.py`` at e1c85cc: ``torchInstalled()`` is static,

@@ -967,3 +967,53 @@ def test_synthesis_panel_shows_the_voxel_size_note_of_a_1mm_t1(modules, tmp_path
     assert widget.logic.synthesisNotes(in_process) == [] and widget.logic.synthesisNotesText(in_process) == ""
     again = widget.logic.synthesize(p.inputT1, widget.logic.bundledModelPath(), plane="coronal", device="cpu")
     assert again.GetID() == node.GetID() and widget.logic.synthesisNotes(again) == [note]  # in-process synthesis keeps its note too
+
+
+def test_a_t1_from_slicers_dicom_module_is_noted_when_the_model_learnt_another_vibe(modules, tmp_path, slicer_installers,
+                                                                                  monkeypatch):
+    """The DICOM module leaves the series' instance UIDs on the node and its files in the database (a double that
+    follows Slicer 5.8/5.10, Testing/slicer_doubles.py): the T1's TR, TE and flip are read from there, travel to the
+    background job beside the T1 it writes, and the status says the bundled model learnt another VIBE; a database
+    that is closed or does not hold the files leaves the sequence unknown and nothing is said."""
+    import pydicom
+    from slicer_doubles import DICOMDatabase
+    from test_dicom import write_fake_t1
+
+    synthesis, _ = modules
+    widget = _synthesis_widget(synthesis)
+    paths = write_fake_t1(_cropped_right_hand(), tmp_path / "series")
+    uids = {}
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.RepetitionTime, ds.EchoTime, ds.FlipAngle = "9", "3", "12"
+        ds.save_as(path)
+        uids[str(ds.SOPInstanceUID)] = path
+    node = sc.node_from_volume(read_volume(tmp_path / "series"), "T1 VIBE other")
+    node.SetAttribute("DICOM.instanceUIDs", " ".join(["Unknown", *uids]))
+    database = DICOMDatabase(uids)
+    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
+    assert sc.volume_from_node(node).meta["sequence_parameters"] == {"TR": 9.0, "TE": 3.0, "flip_deg": 12.0}
+    assert database.asked[0] != "Unknown" and widget.logic.dicomReferenceFolder(node) == tmp_path / "series"
+
+    p = widget._parameterNode
+    p.inputT1, p.useBundledModel, p.plane, p.device = node, True, "coronal", "cpu"
+    widget.panel.updateButtons()
+    widget.panel.synthesize()
+    import time
+
+    deadline = time.time() + 300  # a hang guard, not a speed bound
+    while widget.panel.jobs.job is not None:
+        assert time.time() < deadline
+        widget.panel.jobs.poll()
+        time.sleep(0.05)
+    synthetic = p.syntheticT2
+    assert synthetic is not None, widget.ui.statusLabel.text
+    (note,) = [n for n in widget.logic.synthesisNotes(synthetic) if "tissue contrast" in n]
+    assert "TR 9 ms, TE 3 ms, flip 12°" in note and "TR 13.5 ms, TE 6 ms, flip 10°" in note
+    assert f"Note: {note.rstrip('.')}." in widget.ui.statusLabel.text
+
+    database.isOpen = False
+    assert "sequence_parameters" not in sc.volume_from_node(node).meta
+    database.isOpen = True
+    node.SetAttribute("DICOM.instanceUIDs", "1.2.3.4")  # an instance the database does not hold
+    assert "sequence_parameters" not in sc.volume_from_node(node).meta

@@ -74,6 +74,18 @@ def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name[: -len(_extension(path))] + ".json")
 
 
+def write_sidecar(path: str | os.PathLike, acquired_with: dict, **fields) -> Path:
+    """The BIDS sidecar of the image file ``path``, giving its sequence parameters (and ``fields``), written atomically."""
+    import json
+
+    from ..core import sequence
+
+    sidecar = sidecar_path(Path(path))
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps({**sequence.to_bids(acquired_with), **fields}, indent=2, sort_keys=True) + "\n")
+    return sidecar
+
+
 def _read_sidecar(path: Path, volume: Volume) -> None:
     """The sequence parameters of a BIDS sidecar beside ``path``, into ``volume.meta``; a sidecar that cannot be read
     leaves them unknown, with a note."""

@@ -589,6 +589,8 @@ def write_phantom(outdir, size: str = "small", seed: int = 0, misregistration: b
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise T1ToT2Error(f"'{outdir}' is a file: give a folder for the phantom")
+    from ..io.files import write_sidecar
+
     volumes = make_phantom(size, seed, misregistration, progress=progress, acquisition=acquisition)
     paths = {}
     for name, volume in volumes.items():
@@ -600,10 +602,7 @@ def write_phantom(outdir, size: str = "small", seed: int = 0, misregistration: b
         note = f"SYNTHETIC phantom {name} ({volume.meta.get('sequence', 'tissue labels')})"
         paths[name] = _write_labelled(volume, outdir / f"{name}.nii.gz", note if kind != "labels" else f"SYNTHETIC phantom {name}")
         if kind == "t1":  # the T1's sequence, where dcm2niix would put it: a BIDS sidecar that read_volume reads
-            sidecar = {**sequence.to_bids(volume.meta[sequence.META_KEY]), "ImageComments": SYNTHETIC_NOTE}
-            with atomic_path(outdir / f"{name}.json") as tmp:
-                tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
-            paths[f"{name}_sidecar"] = outdir / f"{name}.json"
+            paths[f"{name}_sidecar"] = write_sidecar(paths[name], volume.meta[sequence.META_KEY], ImageComments=SYNTHETIC_NOTE)
     voxel = acquisition.voxel_mm
     info = {
         "synthetic": True,

@@ -16,6 +16,7 @@ import shutil
 from . import jobs, scene
 from .settings import SynthesisSettings, TrainingSettings, path_is_empty
 from ..io import files
+from ..core import sequence
 from ..core.errors import T1ToT2Error
 
 PLANES = ("axial", "coronal", "sagittal")
@@ -81,7 +82,10 @@ def start_synthesis_job(t1_node, model_path, plane, device, precision, work_dir,
     """
     work_dir = pathlib.Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    t1_path = files.write_volume(scene.volume_from_node(t1_node), work_dir / "t1.nrrd")
+    t1 = scene.volume_from_node(t1_node)
+    t1_path = files.write_volume(t1, work_dir / "t1.nrrd")
+    if sequence.of(t1) is not None:  # the job compares it with the model's
+        files.write_sidecar(t1_path, sequence.of(t1))
     output = work_dir / "synthetic_t2.nrrd"
     error_map = work_dir / "synthetic_t2_error_map.nrrd"
     settings = SynthesisSettings(pathlib.Path(model_path), plane=plane, device=device, precision=precision)

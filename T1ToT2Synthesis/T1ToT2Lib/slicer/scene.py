@@ -22,6 +22,7 @@ import slicer
 import slicer.util
 import vtk
 
+from ..core import sequence
 from ..core.errors import T1ToT2Error
 from ..core.volume import Volume
 
@@ -109,12 +110,46 @@ def _check_scalar_volume(node, what="volume"):
 
 
 def volume_from_node(node) -> Volume:
-    """A :class:`Volume` copy of a scalar volume node, in world geometry (linear parent transform included)."""
+    """A :class:`Volume` copy of a scalar volume node, in world geometry (linear parent transform included), with the
+    sequence parameters of the DICOM series it was loaded from, when Slicer's DICOM database still has it."""
     _check_scalar_volume(node)
     array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32, copy=True)
     if array.ndim != 3:
         raise T1ToT2Error(f"'{node.GetName()}' is not a 3-D volume: choose a 3-D scalar volume")
-    return Volume(array, world_ijk_to_ras(node), {"node_name": node.GetName(), "node_id": node.GetID()})
+    meta = {"node_name": node.GetName(), "node_id": node.GetID()}
+    acquired_with = dicom_sequence(node)
+    if acquired_with is not None:
+        meta[sequence.META_KEY] = acquired_with
+    return Volume(array, world_ijk_to_ras(node), meta)
+
+
+def dicom_file(node):
+    """A file of the DICOM series a node was loaded from, or None.  Slicer's DICOM module keeps the series' SOP
+    instance UIDs on the node (attribute ``DICOM.instanceUIDs``, space-separated, "Unknown" for a file whose UID it
+    could not read) and the files in its database (``slicer.dicomDatabase.fileForInstance``, an empty string for an
+    instance it does not hold; nothing to ask while the database is closed)."""
+    import pathlib
+
+    uids = [uid for uid in (node.GetAttribute("DICOM.instanceUIDs") or "").split() if uid != "Unknown"]
+    database = getattr(slicer, "dicomDatabase", None)
+    if not uids or database is None or not database.isOpen:
+        return None
+    path = database.fileForInstance(uids[0])
+    return pathlib.Path(path) if path else None
+
+
+def dicom_sequence(node) -> dict | None:
+    """TR, TE and flip from the header of the DICOM file a node was loaded from (:func:`dicom_file`), or None."""
+    path = dicom_file(node)
+    if path is None or not path.is_file():
+        return None
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return sequence.from_dicom(pydicom.dcmread(path, stop_before_pixels=True))
+    except (InvalidDicomError, OSError, EOFError, ValueError):
+        return None
 
 
 def auto_window_level(array, low=1.0, high=99.5):

@@ -161,12 +161,8 @@ class SynthesisLogic:
     @staticmethod
     def dicomReferenceFolder(volumeNode):
         """The folder of the DICOM files a volume was loaded from, or None."""
-        uids = volumeNode.GetAttribute("DICOM.instanceUIDs")
-        database = getattr(slicer, "dicomDatabase", None)
-        if not uids or database is None:
-            return None
-        path = database.fileForInstance(uids.split()[0])
-        return pathlib.Path(path).parent if path else None
+        path = scene.dicom_file(volumeNode)
+        return None if path is None else path.parent
 
 
 def export_folder(folder, series_name: str) -> pathlib.Path:
