@@ -123,3 +123,25 @@ def test_a_session_whose_page_is_gone_ends_and_its_folder_is_deleted(tmp_path):
         assert launcher.sessions == {} and second.process.returncode is not None and not second.work_dir.exists()
 
     asyncio.run(scenario())
+
+
+def test_a_t1_whose_sidecar_names_another_vibe_is_noted_in_the_browsers_status(tmp_path, phantom):
+    """A data-folder T1 with its BIDS sidecar (the sequence dcm2niix records): the node the browser shows keeps the
+    sequence, the background job gets it, and the status after synthesis says the bundled model learnt another VIBE."""
+    import json
+
+    from conftest import cropped
+
+    from T1ToT2Lib.io.files import write_volume
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_volume(cropped(phantom["right_t1"], k=slice(80, 120)), data / "t1.nii.gz")
+    (data / "t1.json").write_text(json.dumps({"RepetitionTime": 0.009, "EchoTime": 0.003, "FlipAngle": 12}))
+    session = new_session(tmp_path, data_dir=data)
+    session.load_data_file("t1", "t1.nii.gz")
+    session.start_synthesis()
+    status = session.wait_synthesis(timeout=300)
+    assert status["state"] == "done", status["text"]
+    assert "TR 9 ms, TE 3 ms, flip 12°" in status["text"] and "TR 13.5 ms, TE 6 ms, flip 10°" in status["text"]
+    session.close()

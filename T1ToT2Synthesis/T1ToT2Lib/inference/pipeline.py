@@ -159,8 +159,9 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
 
 def _finished(results: list, uncertainty: bool, contrast: str | None):
     """What :func:`synthesize` returns; a T1 of another contrast than the model's is noted on every output."""
-    if contrast is not None:
-        for volume in results:
+    for volume in results:
+        volume.meta.pop(sequence.META_KEY, None)  # the T1's sequence, not these images'
+        if contrast is not None:
             volume.meta["notes"] = [contrast, *(volume.meta.get("notes") or [])]
     return tuple(results) if uncertainty else results[0]
 
@@ -172,7 +173,6 @@ def _synthetic(grid: Volume, normalised_t2: np.ndarray, model, plane: str, predi
     np.maximum(normalised_t2, 0.0, out=normalised_t2)
     synthetic = grid.with_array(normalised_t2, synthetic=True, model=model.name,
                                 plane=plane, description=synthetic_description(model.name), engine=predictor.engine)
-    synthetic.meta.pop(sequence.META_KEY, None)  # the T1's sequence, not this image's
     if notes:
         synthetic.meta["notes"] = notes
     return synthetic

@@ -69,9 +69,12 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     return volume
 
 
-def sidecar_path(path: Path) -> Path:
-    """The BIDS sidecar of an image file: the same name with ``.json`` for its extension (dcm2niix writes one)."""
-    return path.with_name(path.name[: -len(_extension(path))] + ".json")
+def sidecar_path(path: Path) -> Path | None:
+    """The BIDS sidecar of an image file: the same name with ``.json`` for its extension (dcm2niix writes one); None
+    for a name without one of :data:`VOLUME_EXTENSIONS`."""
+    path = Path(path)
+    ext = _extension(path)
+    return path.with_name(path.name[: -len(ext)] + ".json") if ext else None
 
 
 def write_sidecar(path: str | os.PathLike, acquired_with: dict, **fields) -> Path:

@@ -41,6 +41,8 @@ ALIGNED_REFERENCE_ROLE = "T1ToT2.AlignedT2"
 ALIGNMENT_ATTRIBUTE = "T1ToT2.Alignment"
 #: ID of the T1 node an aligned T2 node lies on.
 ALIGNED_TO_ATTRIBUTE = "T1ToT2.AlignedTo"
+#: The sequence parameters (JSON, core.sequence) of a volume made into a node, which a node loses otherwise.
+SEQUENCE_ATTRIBUTE = "T1ToT2.SequenceParameters"
 DIVERGING_COLOR_NAME = "T1ToT2 DivergingBlueWhiteRed"
 DISTANCE_COLUMN = "Distance (mm)"
 
@@ -110,14 +112,14 @@ def _check_scalar_volume(node, what="volume"):
 
 
 def volume_from_node(node) -> Volume:
-    """A :class:`Volume` copy of a scalar volume node, in world geometry (linear parent transform included), with the
-    sequence parameters of the DICOM series it was loaded from, when Slicer's DICOM database still has it."""
+    """A :class:`Volume` copy of a scalar volume node, in world geometry (linear parent transform included), with its
+    sequence parameters when known: those of the volume it was made from, or of the DICOM series it was loaded from."""
     _check_scalar_volume(node)
     array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32, copy=True)
     if array.ndim != 3:
         raise T1ToT2Error(f"'{node.GetName()}' is not a 3-D volume: choose a 3-D scalar volume")
     meta = {"node_name": node.GetName(), "node_id": node.GetID()}
-    acquired_with = dicom_sequence(node)
+    acquired_with = sequence.checked(json.loads(node.GetAttribute(SEQUENCE_ATTRIBUTE) or "null")) or dicom_sequence(node)
     if acquired_with is not None:
         meta[sequence.META_KEY] = acquired_with
     return Volume(array, world_ijk_to_ras(node), meta)
@@ -177,6 +179,11 @@ def node_from_volume(volume: Volume, name: str, node=None, scene=None):
         node.SetName(name)
     array = np.ascontiguousarray(volume.array, dtype=np.float32)
     _fill_volume_node(node, array, vtk.VTK_FLOAT, volume.ijk_to_ras)
+    acquired_with = sequence.of(volume)
+    if acquired_with is None:
+        node.RemoveAttribute(SEQUENCE_ATTRIBUTE)
+    else:
+        node.SetAttribute(SEQUENCE_ATTRIBUTE, json.dumps(acquired_with))
     display = node.GetDisplayNode()
     window, level = auto_window_level(array)
     display.AutoWindowLevelOff()

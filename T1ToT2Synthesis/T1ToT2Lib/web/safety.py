@@ -215,7 +215,7 @@ def read_uploaded_volume(path, work_dir, limit: int = DEFAULT_UPLOAD_LIMIT, disp
     ``work_dir`` receives the renamed file (or the unpacked DICOM files);
     the caller removes it.
     """
-    from ..io.files import read_volume
+    from ..io.files import read_volume, sidecar_path
 
     path = Path(path)
     shown = display_name or path.name
@@ -230,6 +230,9 @@ def read_uploaded_volume(path, work_dir, limit: int = DEFAULT_UPLOAD_LIMIT, disp
         else:
             source = work_dir / f"volume{_SUFFIX[kind]}"
             shutil.copyfile(path, source)
+            sidecar = sidecar_path(path)
+            if sidecar is not None and sidecar.is_file() and not sidecar.is_symlink():  # a data-folder file's sequence
+                shutil.copyfile(sidecar, sidecar_path(source))
         volume = read_volume(source)
     except WebInputError:
         raise
