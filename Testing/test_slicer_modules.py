@@ -849,7 +849,8 @@ def _cropped_right_hand(spacing_mm=None):
     return crop if spacing_mm is None else resample_to_spacing(crop, (spacing_mm,) * 3)
 
 
-def _run_training_widget_job(widget):
+def _run_widget_job(widget):
+    """Poll a module widget's background job (training or synthesis) to its end."""
     import time
 
     deadline = time.time() + 300  # a hang guard, not a speed bound
@@ -907,7 +908,7 @@ def test_training_panel_asks_for_the_align_box_then_aligns_and_shows_the_pair(mo
     red = sc._slice_composite_node(slicer.mrmlScene, "Red")  # the headless scene has no views of its own
     widget.panel.showAligned()
     assert widget.panel.jobs.kind == "align" and widget.panel.jobs.timer.active and not widget.ui.showAlignedButton.enabled
-    _run_training_widget_job(widget)
+    _run_widget_job(widget)
     aligned = p.trainT2.GetNodeReference(sc.ALIGNED_REFERENCE_ROLE)
     assert aligned is not None and aligned.GetName() == "SPACE aligned to VIBE"
     assert np.array_equal(sc.world_ijk_to_ras(aligned), sc.world_ijk_to_ras(p.trainT1))  # the T1's exact grid
@@ -945,13 +946,7 @@ def test_synthesis_panel_shows_the_voxel_size_note_of_a_1mm_t1(modules, tmp_path
     widget.panel.updateButtons()
     widget.panel.synthesize()
     assert slicer_installers["asked"] == []
-    import time
-
-    deadline = time.time() + 300  # a hang guard, not a speed bound
-    while widget.panel.jobs.job is not None:
-        assert time.time() < deadline
-        widget.panel.jobs.poll()
-        time.sleep(0.05)
+    _run_widget_job(widget)
     node = p.syntheticT2
     assert node is not None, widget.ui.statusLabel.text
     assert np.array_equal(sc.world_ijk_to_ras(node), sc.world_ijk_to_ras(p.inputT1))  # on the 1 mm T1's own grid
@@ -988,7 +983,10 @@ def test_a_t1_from_slicers_dicom_module_is_noted_when_the_model_learnt_another_v
         ds.RepetitionTime, ds.EchoTime, ds.FlipAngle = "9", "3", "12"
         ds.save_as(path)
         uids[str(ds.SOPInstanceUID)] = path
-    node = sc.node_from_volume(read_volume(tmp_path / "series"), "T1 VIBE other")
+    loaded = read_volume(tmp_path / "series")
+    loaded.meta.clear()  # as the DICOM module loads it: pixels, geometry and the UIDs, nothing of T1ToT2's
+    node = sc.node_from_volume(loaded, "T1 VIBE other")
+    assert node.GetAttribute(sc.SEQUENCE_ATTRIBUTE) is None
     node.SetAttribute("DICOM.instanceUIDs", " ".join(["Unknown", *uids]))
     database = DICOMDatabase(uids)
     monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
@@ -999,13 +997,7 @@ def test_a_t1_from_slicers_dicom_module_is_noted_when_the_model_learnt_another_v
     p.inputT1, p.useBundledModel, p.plane, p.device = node, True, "coronal", "cpu"
     widget.panel.updateButtons()
     widget.panel.synthesize()
-    import time
-
-    deadline = time.time() + 300  # a hang guard, not a speed bound
-    while widget.panel.jobs.job is not None:
-        assert time.time() < deadline
-        widget.panel.jobs.poll()
-        time.sleep(0.05)
+    _run_widget_job(widget)
     synthetic = p.syntheticT2
     assert synthetic is not None, widget.ui.statusLabel.text
     (note,) = [n for n in widget.logic.synthesisNotes(synthetic) if "tissue contrast" in n]
