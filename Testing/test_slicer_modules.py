@@ -992,6 +992,11 @@ def test_a_t1_from_slicers_dicom_module_is_noted_when_the_model_learnt_another_v
     monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
     assert sc.volume_from_node(node).meta["sequence_parameters"] == {"TR": 9.0, "TE": 3.0, "flip_deg": 12.0}
     assert database.asked[0] != "Unknown" and widget.logic.dicomReferenceFolder(node) == tmp_path / "series"
+    # Every background job (synthesis, training) gets its volumes through one writer, which puts the sequence beside.
+    from T1ToT2Lib.slicer import panel
+
+    written = read_volume(panel._write_node(node, tmp_path / "job", "t1"))
+    assert written.meta["sequence_parameters"] == {"TR": 9.0, "TE": 3.0, "flip_deg": 12.0}
 
     p = widget._parameterNode
     p.inputT1, p.useBundledModel, p.plane, p.device = node, True, "coronal", "cpu"

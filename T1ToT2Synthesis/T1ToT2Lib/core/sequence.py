@@ -68,19 +68,21 @@ def to_bids(sequence: dict) -> dict:
             "FlipAngle": sequence["flip_deg"]}
 
 
+#: Where each parameter is: the classic attribute, then (functional group macro, attribute) of an enhanced MR object.
+_DICOM = {"TR": ("RepetitionTime", "MRTimingAndRelatedParametersSequence", "RepetitionTime"),
+          "TE": ("EchoTime", "MREchoSequence", "EffectiveEchoTime"),
+          "flip_deg": ("FlipAngle", "MRTimingAndRelatedParametersSequence", "FlipAngle")}
+
+
 def from_dicom(dataset) -> dict | None:
     """From a DICOM header: the classic attributes, else an enhanced MR object's shared or first per-frame groups."""
-    found = {"TR": dataset.get("RepetitionTime"), "TE": dataset.get("EchoTime"), "flip_deg": dataset.get("FlipAngle")}
-    groups = [dataset.get("SharedFunctionalGroupsSequence"), dataset.get("PerFrameFunctionalGroupsSequence")]
-    for group in (g[0] for g in groups if g):
-        timing = group.get("MRTimingAndRelatedParametersSequence")
-        echo = group.get("MREchoSequence")
-        if timing:
-            found["TR"] = found["TR"] if found["TR"] not in (None, "") else timing[0].get("RepetitionTime")
-            found["flip_deg"] = found["flip_deg"] if found["flip_deg"] not in (None, "") else timing[0].get("FlipAngle")
-        if echo:
-            found["TE"] = found["TE"] if found["TE"] not in (None, "") else echo[0].get("EffectiveEchoTime")
-    return make(*(found[key] for key in KEYS))
+    groups = [g[0] for g in (dataset.get("SharedFunctionalGroupsSequence"), dataset.get("PerFrameFunctionalGroupsSequence")) if g]
+
+    def value(classic, macro, keyword):
+        candidates = [dataset.get(classic)] + [(group.get(macro) or [{}])[0].get(keyword) for group in groups]
+        return next((v for v in candidates if v not in (None, "")), None)
+
+    return make(*(value(*_DICOM[key]) for key in KEYS))
 
 
 def describe(sequence: dict) -> str:
@@ -119,12 +121,11 @@ def trained(metadata: dict) -> list[dict]:
     vibes = [((p.get("meta") or {}).get("acquisition") or {}).get("vibe") for p in training.get("pairs") or []]
     if not vibes or any(v is None for v in vibes):
         return []
-    return distinct(make(v.get("TR"), v.get("TE"), v.get("flip_deg")) for v in vibes)
+    return distinct(checked(v) for v in vibes)
 
 
 def mismatch(sequence: dict | None, trained: list) -> str | None:
-    """One line when a T1's known sequence is none of the (known) sequences a model learnt from, else None."""
-    trained = [t for t in (checked(t) for t in trained or []) if t is not None]
+    """One line when a T1's known sequence is none of the sequences a model learnt from (:func:`trained`), else None."""
     if sequence is None or not trained or any(not differing(sequence, t) for t in trained):
         return None
     nearest = min(trained, key=lambda t: sum(abs(sequence[k] / t[k] - 1.0) for k in KEYS))

@@ -417,11 +417,6 @@ class Acquisition:
                 "fov_mm_SAR": [round(v, 6) for v in self.fov_mm], "pose_deg_xyz": [round(v, 6) for v in self.pose_deg]}
 
 
-def vibe_parameters(acquisition: Acquisition) -> dict:
-    """The T1 VIBE's TR, TE and flip as :mod:`~T1ToT2Lib.core.sequence` records them."""
-    return sequence.make(acquisition.vibe["TR"], acquisition.vibe["TE"], acquisition.vibe["flip_deg"])
-
-
 def as_acquisition(size) -> Acquisition:
     return size if isinstance(size, Acquisition) else Acquisition.preset(size)
 
@@ -537,7 +532,7 @@ def make_phantom(size: str = "small", seed: int = 0, misregistration: bool = Fal
             m = hand_geometry(acquisition, side)
             base = {"synthetic": True, "description": SYNTHETIC_NOTE, "phantom_seed": int(seed), "phantom_size": size, "hand": side,
                     "acquisition": acquisition.record()}
-            t1_meta = {**base, "sequence": "T1 VIBE (simulated)", sequence.META_KEY: vibe_parameters(acquisition)}
+            t1_meta = {**base, "sequence": "T1 VIBE (simulated)", sequence.META_KEY: sequence.checked(acquisition.vibe)}
             out[f"{side}_t1"] = Volume(np.ascontiguousarray(t1), m.copy(), t1_meta)
             t2_meta = {**base, "sequence": "T2 SPACE (simulated)"}
             if motion:

@@ -81,11 +81,7 @@ def start_synthesis_job(t1_node, model_path, plane, device, precision, work_dir,
     ``work_dir/synthetic_t2.nrrd`` (:attr:`outputPath`).
     """
     work_dir = pathlib.Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    t1 = scene.volume_from_node(t1_node)
-    t1_path = files.write_volume(t1, work_dir / "t1.nrrd")
-    if sequence.of(t1) is not None:  # the job compares it with the model's
-        files.write_sidecar(t1_path, sequence.of(t1))
+    t1_path = _write_node(t1_node, work_dir, "t1")
     output = work_dir / "synthetic_t2.nrrd"
     error_map = work_dir / "synthetic_t2_error_map.nrrd"
     settings = SynthesisSettings(pathlib.Path(model_path), plane=plane, device=device, precision=precision)
@@ -249,9 +245,14 @@ def train_arguments(parameters, work_dir, resume=False, checked=None) -> list:
 
 
 def _write_node(node, work_dir, name) -> pathlib.Path:
-    """A volume node written to ``work_dir/name.nrrd`` with its exact geometry, for a background job."""
+    """A volume node written to ``work_dir/name.nrrd`` with its exact geometry, for a background job, and its sequence
+    parameters beside it when known (the job compares or records them)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    return files.write_volume(scene.volume_from_node(node), work_dir / f"{name}.nrrd")
+    volume = scene.volume_from_node(node)
+    path = files.write_volume(volume, work_dir / f"{name}.nrrd")
+    if sequence.of(volume) is not None:
+        files.write_sidecar(path, sequence.of(volume))
+    return path
 
 
 def start_training_job(parameters, work_dir, resume=False, python=None, checked=None):
