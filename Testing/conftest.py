@@ -55,12 +55,12 @@ def few_trees(monkeypatch):
 
 def cropped(volume, k=slice(None), j=slice(None), i=slice(None)):
     """The sub-volume ``array[k, j, i]`` at its place in RAS: same axes and spacing, the corner moved to voxel
-    (i.start, j.start, k.start)."""
+    (i.start, j.start, k.start); the acquisition it came from (its meta) goes with it."""
     from T1ToT2Lib.core.volume import Volume
 
     matrix = volume.ijk_to_ras.copy()
     matrix[:, 3] = volume.ijk_to_ras @ np.array([i.start or 0, j.start or 0, k.start or 0, 1.0])
-    return Volume(np.ascontiguousarray(volume.array[k, j, i]), matrix, {})
+    return Volume(np.ascontiguousarray(volume.array[k, j, i]), matrix, dict(volume.meta))
 
 
 def oblique_direction(angles_deg=(20.0, -35.0, 50.0)) -> np.ndarray:

@@ -143,7 +143,10 @@ def test_onnx_synthesis_reports_the_voxel_size_note_in_its_done_event(hand):
     assert result.returncode == 0, result.stderr
     done = json.loads(result.stdout.strip().splitlines()[-1])
     assert done["event"] == "done" and done["engine"] == "onnx"
-    (note,) = done["notes"]  # the trees ran on the 1.5 mm it was acquired at: no voxel-size note besides
+    # An NRRD carries no sequence parameters: that is said too, as the torch engine says it.
+    (unchecked,) = [n for n in done["notes"] if "no sequence parameters" in n]
+    assert f"note: {unchecked}" in result.stderr
+    (note,) = [n for n in done["notes"] if n != unchecked]  # the trees ran on the acquired 1.5 mm: no other voxel note
     assert "looks interpolated from about [1.5, 1.5, 1.5] mm onto its [1.0, 1.0, 1.0] mm grid" in note
     assert f"note: {note}" in result.stderr
     assert read_volume(out).same_geometry(read_volume(fine_path), tol=1e-6)  # back on the 1 mm T1's own grid

@@ -64,7 +64,7 @@ def test_a_bids_sidecar_gives_the_sequence_in_milliseconds_and_a_broken_one_a_no
     assert sequence.META_KEY not in read_volume(tmp_path / "t1.nii.gz").meta
 
 
-def test_a_model_records_its_t1s_sequence_and_notes_a_t1_of_another(tmp_path, capsys):
+def test_a_model_records_its_t1s_sequence_and_notes_a_t1_of_another_or_of_none(tmp_path, capsys):
     t1, t2 = tiny_pair()
     trained_t1 = read_volume(_with_sidecar(t1, tmp_path / "left_t1.nii.gz", TRAINED))
     model = save_lookup_model(tmp_path / "lookup.safetensors", trained_t1, t2, bins=16)
@@ -84,11 +84,16 @@ def test_a_model_records_its_t1s_sequence_and_notes_a_t1_of_another(tmp_path, ca
     (note,) = [n for n in notes if "TE 3 ms" in n]
     assert "TR 9 ms, TE 3 ms, flip 12°" in note and "TR 13.5 ms, TE 6 ms, flip 10°" in note
     assert err.count(note) == 1
-    # Within a protocol's rounding (TE 6.2 ms, flip 10.5°) nothing is said; nor when the T1's sequence is unknown.
+    # Within a protocol's rounding (TE 6.2 ms, flip 10.5°) nothing is said.
     near = {"RepetitionTime": 0.0135, "EchoTime": 0.0062, "FlipAngle": 10.5}
-    for name, sidecar in (("same", TRAINED), ("near", near), ("unknown", None)):
+    for name, sidecar in (("same", TRAINED), ("near", near)):
         notes, err = synthesize(name, sidecar)
         assert not any("tissue contrast" in n for n in notes) and "tissue contrast" not in err, name
+    # A T1 without any record (a bare NIfTI) is said to be unchecked, naming what the model learnt from and the fix.
+    notes, err = synthesize("unknown", None)
+    (note,) = [n for n in notes if "tissue contrast" in n]
+    assert "no sequence parameters" in note and "TR 13.5 ms, TE 6 ms, flip 10°" in note and "sidecar" in note
+    assert err.count(note) == 1
 
 
 def test_each_parameter_alone_beyond_the_tolerance_is_named():
@@ -100,6 +105,8 @@ def test_each_parameter_alone_beyond_the_tolerance_is_named():
     # A model trained on several protocols accepts a T1 of any of them.
     assert sequence.mismatch(sequence.make(9.0, 3.0, 12.0), [trained, sequence.make(9.1, 3.0, 12.0)]) is None
     assert sequence.make(13.5, float("nan"), 10.0) is None and sequence.make(13.5, 0, 10.0) is None
+    # Nothing to say where there is nothing to compare: a known T1 sequence, or a model file without the record.
+    assert sequence.unchecked(trained, [trained]) is None and sequence.unchecked(None, []) is None
 
 
 @pytest.mark.parametrize("sidecar", [{"RepetitionTime": [0.009], "EchoTime": [0.003, 0.006], "FlipAngle": 12}])

@@ -124,6 +124,16 @@ def trained(metadata: dict) -> list[dict]:
     return distinct(checked(v) for v in vibes)
 
 
+def unchecked(sequence: dict | None, trained: list) -> str | None:
+    """One line when a T1 carries no sequence record while its model knows what it learnt from, else None."""
+    if sequence is not None or not trained:
+        return None
+    return (f"this T1 carries no sequence parameters (no DICOM header, BIDS sidecar or Slicer node record), so it is "
+            f"not checked against the model's training T1s ({'; '.join(describe(t) for t in trained)}): another TR, "
+            "TE or flip changes the T1's tissue contrast and can make the synthetic T2 wrong (keep the series' DICOM "
+            "or a BIDS sidecar, x.json beside x.nii.gz, with the T1)")
+
+
 def mismatch(sequence: dict | None, trained: list) -> str | None:
     """One line when a T1's known sequence is none of the sequences a model learnt from (:func:`trained`), else None."""
     if sequence is None or not trained or any(not differing(sequence, t) for t in trained):

@@ -125,7 +125,8 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
     from .preprocess import prepare_input
 
     check_request(t1, plane, batch_size)
-    contrast = sequence.mismatch(sequence.of(t1), sequence.trained(getattr(model, "metadata", {})))
+    acquired_with, learnt = sequence.of(t1), sequence.trained(getattr(model, "metadata", {}))
+    contrast = sequence.mismatch(acquired_with, learnt) or sequence.unchecked(acquired_with, learnt)
     if contrast is not None:
         print(f"note: {contrast}", file=sys.stderr)
     with StageProgress(progress, "prepare", 1) as stage:
@@ -158,7 +159,8 @@ def synthesize(model, t1: Volume, predictor: Predictor, plane: str = "axial", ba
 
 
 def _finished(results: list, uncertainty: bool, contrast: str | None):
-    """What :func:`synthesize` returns; a T1 of another contrast than the model's is noted on every output."""
+    """What :func:`synthesize` returns; a T1 of another contrast than the model's, or of one it cannot check, is noted
+    on every output."""
     for volume in results:
         volume.meta.pop(sequence.META_KEY, None)  # the T1's sequence, not these images'
         if contrast is not None:
