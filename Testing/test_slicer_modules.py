@@ -846,7 +846,11 @@ def _cropped_right_hand(spacing_mm=None):
     t1 = make_phantom("small", seed=0)["right_t1"]
     k, _, i = np.array(t1.shape) // 2
     crop = cropped(t1, k=slice(k - 20, k + 20), i=slice(i - 24, i + 24))
-    return crop if spacing_mm is None else resample_to_spacing(crop, (spacing_mm,) * 3)
+    if spacing_mm is None:
+        return crop
+    fine = resample_to_spacing(crop, (spacing_mm,) * 3)
+    fine.meta = dict(crop.meta)  # interpolated by a console, it keeps its acquisition's header (the VIBE's timing)
+    return fine
 
 
 def _run_widget_job(widget):
@@ -969,7 +973,7 @@ def test_a_t1_from_slicers_dicom_module_is_noted_when_the_model_learnt_another_v
     """The DICOM module leaves the series' instance UIDs on the node and its files in the database (a double that
     follows Slicer 5.8/5.10, Testing/slicer_doubles.py): the T1's TR, TE and flip are read from there, travel to the
     background job beside the T1 it writes, and the status says the bundled model learnt another VIBE; a database
-    that is closed or does not hold the files leaves the sequence unknown and nothing is said."""
+    that is closed or does not hold the files leaves the sequence unknown (synthesis then says it is unchecked)."""
     import pydicom
     from slicer_doubles import DICOMDatabase
     from test_dicom import write_fake_t1
@@ -1013,4 +1017,22 @@ def test_a_t1_from_slicers_dicom_module_is_noted_when_the_model_learnt_another_v
     assert "sequence_parameters" not in sc.volume_from_node(node).meta
     database.isOpen = True
     node.SetAttribute("DICOM.instanceUIDs", "1.2.3.4")  # an instance the database does not hold
+    assert "sequence_parameters" not in sc.volume_from_node(node).meta
+
+
+def test_a_t1_added_from_a_file_brings_the_sequence_of_its_bids_sidecar(mrml_scene, tmp_path):
+    """Add Data loads a file through the volumes logic, whose storage node keeps the file's name
+    (vtkSlicerVolumesLogic.cxx: InitializeStorageNode's SetFileName and AddArchetypeVolume's ReadData, lines 502 and
+    615 at v5.8.0, 463 and 570 at v5.10.0): the BIDS sidecar beside that file (dcm2niix writes one) gives the T1's
+    TR, TE and flip; without one, or with one that cannot be read, they stay unknown."""
+    from T1ToT2Lib.io.files import write_sidecar, write_volume
+
+    path = write_volume(_cropped_right_hand(), tmp_path / "t1.nii.gz")
+    logic = mrml_scene._t1tot2_logics[1]["Volumes"]
+    node = logic.AddArchetypeVolume(str(path), "T1 from a file")
+    assert node is not None and node.GetAttribute(sc.SEQUENCE_ATTRIBUTE) is None
+    assert "sequence_parameters" not in sc.volume_from_node(node).meta
+    write_sidecar(path, {"TR": 9.0, "TE": 3.0, "flip_deg": 12.0})
+    assert sc.volume_from_node(node).meta["sequence_parameters"] == {"TR": 9.0, "TE": 3.0, "flip_deg": 12.0}
+    (tmp_path / "t1.json").write_text("{\"RepetitionTime\": 0.009,")  # cut short
     assert "sequence_parameters" not in sc.volume_from_node(node).meta

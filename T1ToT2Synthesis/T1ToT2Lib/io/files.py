@@ -89,18 +89,27 @@ def write_sidecar(path: str | os.PathLike, acquired_with: dict, **fields) -> Pat
     return sidecar
 
 
-def _read_sidecar(path: Path, volume: Volume) -> None:
-    """The sequence parameters of a BIDS sidecar beside ``path``, into ``volume.meta``; a sidecar that cannot be read
-    leaves them unknown, with a note."""
+def sidecar_sequence(path: str | os.PathLike) -> dict | None:
+    """The sequence parameters in the BIDS sidecar beside the image file ``path``; None without one (or without all
+    three parameters).  A sidecar that cannot be read raises OSError, UnicodeDecodeError or ValueError."""
     import json
 
     from ..core import sequence
 
+    sidecar = sidecar_path(Path(path))
+    if sidecar is None or not sidecar.is_file():
+        return None
+    return sequence.from_bids(json.loads(sidecar.read_text(encoding="utf-8")))
+
+
+def _read_sidecar(path: Path, volume: Volume) -> None:
+    """The sequence parameters of a BIDS sidecar beside ``path``, into ``volume.meta``; a sidecar that cannot be read
+    leaves them unknown, with a note."""
+    from ..core import sequence
+
     sidecar = sidecar_path(path)
-    if not sidecar.is_file():
-        return
     try:
-        acquired_with = sequence.from_bids(json.loads(sidecar.read_text(encoding="utf-8")))
+        acquired_with = sidecar_sequence(path)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         volume.meta.setdefault("notes", []).append(f"its sidecar '{sidecar.name}' could not be read ({exc.__class__.__name__}): "
                                                    "its sequence parameters are unknown")

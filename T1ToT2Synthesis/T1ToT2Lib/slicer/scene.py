@@ -113,13 +113,15 @@ def _check_scalar_volume(node, what="volume"):
 
 def volume_from_node(node) -> Volume:
     """A :class:`Volume` copy of a scalar volume node, in world geometry (linear parent transform included), with its
-    sequence parameters when known: those of the volume it was made from, or of the DICOM series it was loaded from."""
+    sequence parameters when known: those of the volume it was made from, of the DICOM series it was loaded from, or
+    of the BIDS sidecar beside the file it was loaded from."""
     _check_scalar_volume(node)
     array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32, copy=True)
     if array.ndim != 3:
         raise T1ToT2Error(f"'{node.GetName()}' is not a 3-D volume: choose a 3-D scalar volume")
     meta = {"node_name": node.GetName(), "node_id": node.GetID()}
-    acquired_with = sequence.checked(json.loads(node.GetAttribute(SEQUENCE_ATTRIBUTE) or "null")) or dicom_sequence(node)
+    acquired_with = (sequence.checked(json.loads(node.GetAttribute(SEQUENCE_ATTRIBUTE) or "null")) or dicom_sequence(node)
+                     or file_sequence(node))
     if acquired_with is not None:
         meta[sequence.META_KEY] = acquired_with
     return Volume(array, world_ijk_to_ras(node), meta)
@@ -151,6 +153,21 @@ def dicom_sequence(node) -> dict | None:
     try:
         return sequence.from_dicom(pydicom.dcmread(path, stop_before_pixels=True))
     except (InvalidDicomError, OSError, EOFError, ValueError):
+        return None
+
+
+def file_sequence(node) -> dict | None:
+    """TR, TE and flip from the BIDS sidecar beside the file a node was loaded from (its storage node's file name, as
+    Add Data leaves it), or None; a sidecar that cannot be read leaves them unknown."""
+    from ..io import files
+
+    storage = node.GetStorageNode()
+    path = storage.GetFileName() if storage is not None else None
+    if not path:
+        return None
+    try:
+        return files.sidecar_sequence(path)
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
 
 
