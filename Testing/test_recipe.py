@@ -183,3 +183,21 @@ def test_the_training_panel_says_what_became_of_the_cnn_stage(hands, tmp_path, c
     outcome = panel.cnn_stage_outcome(events)
     assert outcome.startswith("CNN stage not trained") and "held-out" in outcome
     assert panel.cnn_stage_outcome([{"event": "gate", "kept": False}]).startswith("CNN stage not kept")
+
+
+def test_several_pairs_sample_the_air_that_the_air_rule_leaves_to_the_trees():
+    """The trees learn from the hand and a 2-voxel rim; the air rule takes only voxels with no tissue within its cube.
+    The air between is sampled too, so the trees have seen what they will be asked there (a model fitted without it
+    brightened that air): each pair's rows include voxels outside its mask, all of them where the air rule (at half
+    its level, as pooling the pairs' rules lowers it) leaves them to the trees."""
+    from T1ToT2Lib.networks.features import check_spec
+    from T1ToT2Lib.training import prior as prior_module
+
+    pairs = [(v["left_t1"], v["left_t2"]) for v in (_coarse(s, (3.0, 3.0, 3.0)) for s in (1, 2))]
+    rows, airs, _ = prior_module._sampled_rows(pairs, check_spec(None), 20_000, 0, 50.0)
+    assert len(airs) == len(pairs)
+    for (t1, t2), (X, _, take), air in zip(pairs, rows, airs):
+        mask = prior_module.pair_scales(t1, t2, 50.0)[2].ravel()
+        outside = ~mask[take]
+        assert 0 < outside.sum() <= 0.1 * (~outside).sum() + 1
+        assert np.all(X[outside, air.feature] >= 0.5 * air.level)

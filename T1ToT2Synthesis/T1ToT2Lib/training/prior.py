@@ -73,10 +73,16 @@ def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxe
         t1_scales.append(t1_scale)
         take = training_samples(mask, per_pair, seed + 101 * n)
         zoom = feature_zoom(voxel_mm, t1)
-        rows.append((feature_rows(t1n, spec, take, zoom=zoom), y[take], take))
-        air = air_rule(ndimage.maximum_filter(t1n, zoomed_window(size, zoom)).ravel(), feature, y, mask)  # the air feature
+        reach = ndimage.maximum_filter(t1n, zoomed_window(size, zoom)).ravel()
+        air = air_rule(reach, feature, y, mask)  # the air feature
         if air is not None:
             airs.append(air)
+            # The air beside the object that the air rule leaves to the trees: a tenth more voxels from it, or they
+            # never learn it (several subjects' trees brightened it).
+            near = ~mask.ravel() & (reach >= 0.5 * air.level)
+            if near.any():
+                take = np.union1d(take, training_samples(near.reshape(mask.shape), max(1, per_pair // 10), seed + 101 * n + 7))
+        rows.append((feature_rows(t1n, spec, take, zoom=zoom), y[take], take))
     return rows, airs, t1_scales
 
 
