@@ -114,7 +114,7 @@ Grid-artefact energy of the residual: E_2 {result['grid_energy']['2']:.2e}, E_4 
 #: else changes).  Their noise level and coil field are drawn from the seed; the held-out one decides whether the
 #: CNN stage is kept.  The trees read each on its own grid, at the trained lengths in mm, so a 0.6 mm scan meets
 #: a 0.6 mm acquisition's partial volume and noise texture it has seen.
-SUBJECTS = ((21, 1.0), (22, 0.6))
+SUBJECTS = ((21, 1.0), (22, 0.6), (23, 1.5), (25, 1.5), (26, 1.0))
 HELD_OUT = (24, 0.8)
 
 
@@ -195,9 +195,9 @@ def _other_acquisitions() -> dict:
     pairs = []
     for seed, voxel in SUBJECTS:
         vols = _subject(seed, voxel)
-        pairs.append((vols["left_t1"], vols["left_t2"]))
+        pairs += [(vols["left_t1"], vols["left_t2"]), (vols["right_t1"], vols["right_t2"])]
     held = _subject(*HELD_OUT)
-    return {"pairs": tuple(pairs), "val_t1": held["right_t1"], "val_t2": held["right_t2"], "max_steps_per_epoch": 24}
+    return {"pairs": tuple(pairs), "val_t1": held["right_t1"], "val_t2": held["right_t2"], "max_steps_per_epoch": 64}
 
 
 if __name__ == "__main__":
