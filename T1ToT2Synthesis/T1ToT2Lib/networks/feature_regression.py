@@ -154,8 +154,8 @@ class TreeEnsemble:
 @dataclass
 class Air:
     """Where the trees are not asked: voxels whose ``feature`` (a local maximum of the T1) is below
-    ``level`` lie in air, far from anything the trees were fitted on (they see only the object and a
-    rim).  They get the air's typical normalised T2 ``value`` and its typical |error| ``error``
+    ``level`` lie in air, far from anything the trees were fitted on (they see the object and a rim;
+    fitted on several pairs, the air nearer the object than that too: :data:`..training.prior.AIR_BAND_SHARE`).  They get the air's typical normalised T2 ``value`` and its typical |error| ``error``
     instead of a tree walk: about a third of the phantom's volume, which synthesis and the
     cross-fitted training prior then skip (the trees' own guess there was ~80 T2 units, air is ~14)."""
 

@@ -24,6 +24,10 @@ from ..core.errors import T1ToT2Error
 #: the trees may grow longer, for they learn several acquisitions (splitting one pair's sample between the pairs cost
 #: every acquisition accuracy).
 PAIRS_MAX_SAMPLES = 1_000_000
+#: The air beside an object that the air rule leaves to the trees (its local maximum above half the rule's level: the
+#: pooled rule takes the lowest pair's level) gives each pair this share of ``per_pair`` voxels more; fitted on the
+#: object and its rim alone, a six-subject model brightened that air.
+AIR_BAND_SHARE, AIR_BAND_LEVEL = 0.1, 0.5
 #: The trees' settings over several pairs: those the bundled model was fitted and measured with.  The one-pair fit's
 #: smaller rate and feature subsampling (:data:`~T1ToT2Lib.networks.feature_regression.DEFAULT_FIT`) do not carry
 #: over: the bundled recipe refitted with them moved its robustness rows both ways, lost SSIM on most of them and
@@ -53,8 +57,8 @@ def normalised_pair(t1, t2, percentile: float):
 
 
 def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxel_mm=None):
-    """Per pair: (feature rows, T2 values, flat voxel indices) of up to ``per_pair`` object voxels; the pairs' air
-    rules; and each pair's T1 scale (what its T1 is divided by).
+    """Per pair: (feature rows, T2 values, flat voxel indices) of up to ``per_pair`` object voxels and the air beside
+    it (:data:`AIR_BAND_SHARE`); the pairs' air rules; and each pair's T1 scale (what its T1 is divided by).
 
     Rows come slab by slab (:func:`~T1ToT2Lib.networks.features.feature_rows`): no pair's whole feature volume is held.
     With ``voxel_mm`` (the model's voxel size) a pair of another voxel size has its features zoomed to the same mm."""
@@ -77,11 +81,10 @@ def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxe
         air = air_rule(reach, feature, y, mask)  # the air feature
         if air is not None:
             airs.append(air)
-            # The air beside the object that the air rule leaves to the trees: a tenth more voxels from it, or they
-            # never learn it (several subjects' trees brightened it).
-            near = ~mask.ravel() & (reach >= 0.5 * air.level)
+            near = ~mask.ravel() & (reach >= AIR_BAND_LEVEL * air.level)
             if near.any():
-                take = np.union1d(take, training_samples(near.reshape(mask.shape), max(1, per_pair // 10), seed + 101 * n + 7))
+                band = training_samples(near.reshape(mask.shape), max(1, int(AIR_BAND_SHARE * per_pair)), seed + 101 * n + 7)
+                take = np.union1d(take, band)
         rows.append((feature_rows(t1n, spec, take, zoom=zoom), y[take], take))
     return rows, airs, t1_scales
 
