@@ -231,6 +231,26 @@ def test_trees_are_skipped_only_in_air_far_from_the_hand(hands):
         FeatureRegressor.from_tensors(regressor.to_tensors(), damaged)
 
 
+def test_trees_fitted_on_one_hand_learn_the_air_beside_it(hands):
+    """The trees are fitted on the hand and a 2-voxel rim, and the air rule takes only voxels with nothing bright
+    within its cube: the air between is what the trees are asked about without having seen it unless it is sampled
+    too.  Fitted on one hand, the air 3 to 12 voxels from the other hand comes out at the acquired air's level."""
+    from scipy import ndimage
+
+    from T1ToT2Lib.inference.slices import foreground_scale
+
+    def normalised(name):
+        array = hands[name].array
+        return array / np.float32(foreground_scale(array))
+
+    mask = ndimage.binary_dilation(hands["left_labels"].array > 0, iterations=2)
+    regressor, _ = fit_feature_regressor(normalised("left_t1"), normalised("left_t2"), mask, fit=CHEAP_FIT)
+    hand = hands["right_labels"].array > 0
+    beside = ndimage.binary_dilation(hand, iterations=12) & ~ndimage.binary_dilation(hand, iterations=3)
+    synthetic, acquired = regressor.predict_volume(normalised("right_t1"))[beside], normalised("right_t2")[beside]
+    assert synthetic.mean() < 3 * acquired.mean(), (synthetic.mean(), acquired.mean())  # 7-8 times before
+
+
 def test_an_untrained_refiner_returns_its_prior_and_its_model_file_carries_the_trees(hands, tmp_path):
     from T1ToT2Lib import networks
 

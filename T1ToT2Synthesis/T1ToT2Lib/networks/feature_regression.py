@@ -154,10 +154,10 @@ class TreeEnsemble:
 @dataclass
 class Air:
     """Where the trees are not asked: voxels whose ``feature`` (a local maximum of the T1) is below
-    ``level`` lie in air, far from anything the trees were fitted on (they see the object and a rim;
-    fitted on several pairs, the air nearer the object than that too: :data:`..training.prior.AIR_BAND_SHARE`).  They get the air's typical normalised T2 ``value`` and its typical |error| ``error``
-    instead of a tree walk: about a third of the phantom's volume, which synthesis and the
-    cross-fitted training prior then skip (the trees' own guess there was ~80 T2 units, air is ~14)."""
+    ``level`` lie in air, far from anything the trees were fitted on (they see the object, a rim and the air
+    nearer the object than that: :func:`air_band_samples`).  They get the air's typical normalised T2 ``value``
+    and its typical |error| ``error`` instead of a tree walk: about a third of the phantom's volume, which
+    synthesis and the cross-fitted training prior then skip (the trees' own guess there was ~80 T2 units, air is ~14)."""
 
     feature: int
     level: float
@@ -378,6 +378,28 @@ class FeatureRegressor:
                    meta.get("fit") if isinstance(meta.get("fit"), dict) else None)
 
 
+#: The air beside the object that the air rule leaves to the trees (outside the object's mask, its local maximum at or
+#: above this fraction of the rule's level: pooled over several pairs the rule takes the lowest pair's level) gives
+#: each fit this share of its object voxels more; fitted on the object and its rim alone, the trees' guess there was
+#: unconstrained (a six-subject model brightened it; one pair left it at two to three times the acquired air's level).
+AIR_BAND_SHARE, AIR_BAND_LEVEL = 0.1, 0.5
+
+
+def air_band_samples(mask: np.ndarray, reach: np.ndarray, air: Air | None, object_samples: int, seed: int,
+                     restrict=None) -> np.ndarray:
+    """Flat indices of up to :data:`AIR_BAND_SHARE` × ``object_samples`` voxels of the air beside the object: outside
+    ``mask`` (and inside ``restrict``), where the air feature ``reach`` (shaped like ``mask``) is at least
+    :data:`AIR_BAND_LEVEL` × ``air.level``; none without an air rule or such voxels."""
+    if air is None:
+        return np.empty(0, np.int64)
+    near = ~mask & (reach >= AIR_BAND_LEVEL * air.level)
+    if restrict is not None:
+        near &= restrict
+    if not near.any():
+        return np.empty(0, np.int64)
+    return training_samples(near, max(1, int(AIR_BAND_SHARE * object_samples)), seed)
+
+
 def training_samples(mask: np.ndarray, max_samples: int, seed: int, restrict=None) -> np.ndarray:
     """Flat voxel indices to fit on: inside ``mask`` (and ``restrict``), at most ``max_samples``, seeded."""
     selection = mask if restrict is None else (mask & restrict)
@@ -434,16 +456,23 @@ def _fit_sampled(x, y, mask, spec: dict, seed: int, fit: dict, cross_fit: bool):
     half = mask.shape[0] // 2
     in_half = np.zeros(mask.shape, bool)
     in_half[:half] = True
-    samples = {"trees": training_samples(mask, fit["max_samples"], seed),
-               "errors": training_samples(mask, fit["max_samples"], seed + 3)}
+    feature, size = air_feature(spec)
+    reach = ndimage.maximum_filter(x, size)  # = the air feature, over the volume
+    air = air_rule(reach.ravel(), feature, y, mask)
+
+    def sampled(count: int, seed_: int, restrict=None):
+        """Object voxels and the air beside the object, in proportion."""
+        band = air_band_samples(mask, reach, air, count, seed_ + 7, restrict)
+        return np.union1d(training_samples(mask, count, seed_, restrict=restrict), band)
+
+    samples = {"trees": sampled(fit["max_samples"], seed), "errors": sampled(fit["max_samples"], seed + 3)}
     if cross_fit or context:
         for fold, held_out in enumerate((in_half, ~in_half)):
-            samples[fold] = training_samples(mask, fit["max_samples"] // 2, seed + 1 + fold, restrict=~held_out)
+            samples[fold] = sampled(fit["max_samples"] // 2, seed + 1 + fold, restrict=~held_out)
+    del reach
     union = np.unique(np.concatenate(list(samples.values())))
     X = feature_rows(x, spec, union)
     rows = {name: np.searchsorted(union, idx) for name, idx in samples.items()}
-    feature, size = air_feature(spec)
-    air = air_rule(ndimage.maximum_filter(x, size).ravel(), feature, y, mask)  # = the feature, over the volume
     regressor = FeatureRegressor(spec, _fit_trees(X[rows["trees"]], y[samples["trees"]], seed, fit), air=air, fit=fit)
     folds = ((0, half), (half, x.shape[0]))
     inputs, first = X, None

@@ -24,10 +24,6 @@ from ..core.errors import T1ToT2Error
 #: the trees may grow longer, for they learn several acquisitions (splitting one pair's sample between the pairs cost
 #: every acquisition accuracy).
 PAIRS_MAX_SAMPLES = 1_000_000
-#: The air beside an object that the air rule leaves to the trees (its local maximum above half the rule's level: the
-#: pooled rule takes the lowest pair's level) gives each pair this share of ``per_pair`` voxels more; fitted on the
-#: object and its rim alone, a six-subject model brightened that air.
-AIR_BAND_SHARE, AIR_BAND_LEVEL = 0.1, 0.5
 #: The trees' settings over several pairs: those the bundled model was fitted and measured with.  The one-pair fit's
 #: smaller rate and feature subsampling (:data:`~T1ToT2Lib.networks.feature_regression.DEFAULT_FIT`) do not carry
 #: over: the bundled recipe refitted with them moved its robustness rows both ways, lost SSIM on most of them and
@@ -58,13 +54,14 @@ def normalised_pair(t1, t2, percentile: float):
 
 def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxel_mm=None):
     """Per pair: (feature rows, T2 values, flat voxel indices) of up to ``per_pair`` object voxels and the air beside
-    it (:data:`AIR_BAND_SHARE`); the pairs' air rules; and each pair's T1 scale (what its T1 is divided by).
+    it (:func:`~T1ToT2Lib.networks.feature_regression.air_band_samples`); the pairs' air rules; and each pair's T1
+    scale (what its T1 is divided by).
 
     Rows come slab by slab (:func:`~T1ToT2Lib.networks.features.feature_rows`): no pair's whole feature volume is held.
     With ``voxel_mm`` (the model's voxel size) a pair of another voxel size has its features zoomed to the same mm."""
     from scipy import ndimage
 
-    from ..networks.feature_regression import air_feature, air_rule, training_samples
+    from ..networks.feature_regression import air_band_samples, air_feature, air_rule, training_samples
     from ..inference.preprocess import feature_zoom
     from ..networks.features import feature_rows, zoomed_window
 
@@ -81,10 +78,7 @@ def _sampled_rows(pairs, spec, per_pair: int, seed: int, percentile: float, voxe
         air = air_rule(reach, feature, y, mask)  # the air feature
         if air is not None:
             airs.append(air)
-            near = ~mask.ravel() & (reach >= AIR_BAND_LEVEL * air.level)
-            if near.any():
-                band = training_samples(near.reshape(mask.shape), max(1, int(AIR_BAND_SHARE * per_pair)), seed + 101 * n + 7)
-                take = np.union1d(take, band)
+            take = np.union1d(take, air_band_samples(mask, reach.reshape(mask.shape), air, per_pair, seed + 101 * n + 7))
         rows.append((feature_rows(t1n, spec, take, zoom=zoom), y[take], take))
     return rows, airs, t1_scales
 
