@@ -96,6 +96,42 @@ def test_export_then_synthesize_without_torch_matches_torch(hand):
 
 
 @needs_demo_model
+def test_a_trained_cnn_stage_exports_and_leaves_the_air_to_the_trees_on_both_engines(hand):
+    """The bundled model with a CNN stage that corrects (its head set to non-zero values): its ONNX export gives what
+    torch gives, and where the trees' estimate is air, beyond a 2-voxel rim, both give the trees' estimate."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from scipy import ndimage
+
+    from T1ToT2Lib.networks.refiner import FOREGROUND_LEVEL
+
+    folder, t1_path = hand
+    tensors = load_file(str(DEMO_MODEL))
+    with safe_open(str(DEMO_MODEL), framework="pt") as handle:
+        header = handle.metadata()
+    (weight,) = [k for k in tensors if k.endswith("head.weight")]
+    tensors[weight] = torch.randn(tensors[weight].shape, generator=torch.Generator().manual_seed(0)) * 0.05
+    tensors[weight.replace("weight", "bias")] = torch.full_like(tensors[weight.replace("weight", "bias")], 0.02)
+    corrected = folder / "corrected.safetensors"
+    save_file(tensors, str(corrected), metadata=header)
+    assert cli("export-onnx", corrected, folder / "corrected.onnx").returncode == 0
+    outputs = {}
+    for name, model, engine in (("trees", DEMO_MODEL, "torch"), ("torch", corrected, "torch"),
+                                ("onnx", folder / "corrected.onnx", "onnx")):
+        result = cli("synthesize", model, t1_path, folder / f"{name}.nrrd", "--plane", "axial", "--engine", engine,
+                     "--progress", "none")
+        assert result.returncode == 0, result.stderr
+        outputs[name] = read_volume(folder / f"{name}.nrrd").array
+    np.testing.assert_allclose(outputs["onnx"], outputs["torch"], rtol=1e-4, atol=0.05)
+    changed = np.abs(outputs["torch"] - outputs["trees"]) > 0.05
+    assert changed.mean() > 0.2  # the correction is there
+    level = FOREGROUND_LEVEL * float(json.loads(header["intensity"])["t2_scale"])  # in T2 units
+    obj = ndimage.binary_dilation(outputs["trees"] > level, structure=np.ones((1, 5, 5), bool))  # axial slices
+    assert (~obj).sum() > 1000 and not changed[~obj].any()
+
+
+@needs_demo_model
 def test_auto_engine_uses_the_exported_model_beside_the_file_when_torch_is_absent(hand):
     folder, t1_path = hand
     model = folder / "auto.safetensors"

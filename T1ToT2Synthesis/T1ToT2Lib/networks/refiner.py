@@ -3,7 +3,8 @@
 Input is (N, 2·context, H, W): ``context`` normalised T1 slices, then the same slices of the
 prior, i.e. the boosted trees' T2 prediction (:mod:`T1ToT2Lib.networks.feature_regression`), computed
 from 3-D multi-scale features of the whole T1 volume.  The network adds a learned correction to
-the prior's centre slice; its last layer starts at zero, so an untrained refiner *is* the prior
+the prior's centre slice, on the object and a rim around it (where its loss trains it; in the air it
+leaves the prior as it is); its last layer starts at zero, so an untrained refiner *is* the prior
 and every step can only learn what the trees missed (edges, partial volume, thin shells).
 
 The body is a stack of 3×3 convolutions with dilations 1, 2, 4, 8, …, 1: a receptive field of
@@ -24,6 +25,12 @@ from .blocks import GANModel, as_logs, norm_layer
 
 #: Normalised intensity above which a pixel counts as object (air's Rician noise is about 0.01 to 0.02).
 FOREGROUND_LEVEL = 0.05
+
+
+def object_region(prior: torch.Tensor) -> torch.Tensor:
+    """1 on the prior's object and a 2-pixel rim, else 0: where the CNN's L1 loss trains its correction.  Elsewhere
+    (air) the correction was never trained, so the refiner leaves the prior there."""
+    return F.max_pool2d((prior > FOREGROUND_LEVEL).to(prior.dtype), 5, stride=1, padding=2)
 
 
 def dilations(n_layers: int) -> list[int]:
@@ -52,7 +59,7 @@ class RefinerGenerator(nn.Module):
 
     def forward(self, x):
         prior = x[:, self.context + self.context // 2: self.context + self.context // 2 + 1]
-        return prior + self.head(self.body(x))
+        return prior + self.head(self.body(x)) * object_region(prior)
 
 
 class PriorPassthrough(nn.Module):
