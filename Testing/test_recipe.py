@@ -69,6 +69,31 @@ def test_one_pair_alone_gives_the_trees_and_says_why(hands, tmp_path, capsys):
     np.testing.assert_allclose(synthetic.array, np.maximum(prior, 0), rtol=1e-4, atol=1e-3 * float(prior.max()))
 
 
+def test_trees_that_no_cnn_will_correct_are_fitted_once_and_are_the_same_trees(hands, tmp_path, monkeypatch):
+    """The out-of-fold training prior is what the CNN learns from; with no CNN to train (one pair, ``auto``) the
+    two cross-fitted context stages are not fitted: five tree fits (first stage, its two folds that give the context
+    stage its input, context stage, error trees) instead of seven, and the model's trees are the same trees."""
+    from T1ToT2Lib.networks import feature_regression
+
+    fits = []
+    real = feature_regression._fit_trees
+
+    def counting(X, y, seed, fit):
+        fits.append(len(y))
+        return real(X, y, seed, fit)
+
+    monkeypatch.setattr(feature_regression, "_fit_trees", counting)
+    alone, trained = tmp_path / "alone.safetensors", tmp_path / "trained.safetensors"
+    assert _train(hands, alone) == 0
+    assert len(fits) == 5, fits
+    fits.clear()
+    assert _train(hands, trained, "--correction", "train", "--epochs", "1", "--epochs-decay", "0",
+                  "--max-steps-per-epoch", "1", "--batch-size", "2") == 0
+    assert len(fits) == 7, fits
+    t1 = read_volume(hands / "a_right_t1.nii.gz").array / np.float32(10.0)
+    np.testing.assert_array_equal(load_model(alone).prior.predict_volume(t1), load_model(trained).prior.predict_volume(t1))
+
+
 @pytest.mark.parametrize("option", [["--epochs", "3"], ["--lr", "1e-3"], ["--max-steps-per-epoch", "2"], ["--resume"]])
 def test_cnn_options_without_a_cnn_are_refused_in_one_line(hands, tmp_path, capsys, option):
     out = tmp_path / "m.safetensors"

@@ -385,8 +385,8 @@ def train(config: TrainConfig, progress=None, cancel_event: threading.Event | No
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    _build(run, config, emit)
     skipped = _skipped_correction(config, gate)
+    _build(run, config, emit, cnn_trains=skipped is None)
     checkpoint_path = config.resolved_checkpoint_dir() / CHECKPOINT_NAME
     start_epoch, history = _resume(run, config, checkpoint_path) if skipped is None else (0, {"epochs": []})
     log = LossLog(config.loss_csv if run.is_main and skipped is None else None,
@@ -517,8 +517,9 @@ def _setup_devices(config: TrainConfig, planes, context) -> _Run:
     return _Run(device, rank, world, distributed, planes, context)
 
 
-def _build(run: _Run, config: TrainConfig, emit) -> None:
-    """The network config, the prior (refiner), the dataset, the model, its optimisers and DDP wrapper."""
+def _build(run: _Run, config: TrainConfig, emit, cnn_trains: bool = True) -> None:
+    """The network config, the prior (refiner), the dataset, the model, its optimisers and DDP wrapper.  The
+    out-of-fold training prior is for the CNN alone: when no epoch will run, the trees' own estimate stands in."""
     import torch
 
     from .. import networks
@@ -532,10 +533,11 @@ def _build(run: _Run, config: TrainConfig, emit) -> None:
     multiple = int(networks.required_multiple(run.net_config))
     priors = [None] * len(run.pairs)
     if networks.uses_prior(run.net_config):
+        cross_fit = bool(config.prior_cross_fit) and cnn_trains
         if len(run.pairs) == 1:
-            run.prior_model, priors[0] = fit_prior(*run.pairs[0], config, emit)
+            run.prior_model, priors[0] = fit_prior(*run.pairs[0], config, emit, cross_fit)
         else:
-            run.prior_model, priors = _fit_prior_natively(run, config, emit)
+            run.prior_model, priors = _fit_prior_natively(run, config, emit, cross_fit)
         run.scoring_prior = _RememberedPrior(run.prior_model)
     datasets = [SliceDataset(a, b, run.planes, context=run.context, multiple=multiple, percentile=config.percentile,
                              augment=config.augment, prior=prior, patch=config.patch) for (a, b), prior in zip(run.pairs, priors)]
@@ -556,7 +558,7 @@ def _build(run: _Run, config: TrainConfig, emit) -> None:
             run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None, find_unused_parameters=True)
 
 
-def _fit_prior_natively(run: _Run, config: TrainConfig, emit) -> tuple:
+def _fit_prior_natively(run: _Run, config: TrainConfig, emit, cross_fit: bool) -> tuple:
     """The trees fitted on every pair on its own grid, their features zoomed to the model's voxel size in mm (as
     synthesis runs them on a T1 of another voxel size); each pair's prior then goes onto that pair's common grid,
     where the CNN learns, as synthesis hands the network the prior."""
@@ -564,7 +566,7 @@ def _fit_prior_natively(run: _Run, config: TrainConfig, emit) -> tuple:
     from .prior import fit_prior_pairs
 
     voxel = run.pairs[0][0].spacing
-    regressor, priors = fit_prior_pairs(run.native_pairs, config.seed, config.percentile, config.prior_cross_fit, emit,
+    regressor, priors = fit_prior_pairs(run.native_pairs, config.seed, config.percentile, cross_fit, emit,
                                         fit={"context_stage": int(config.prior_stages) == 2}, voxel_mm=voxel)
     common = []
     for (native, _), (t1, _), prior in zip(run.native_pairs, run.pairs, priors):
@@ -739,7 +741,7 @@ def _write_model(run: _Run, config: TrainConfig, history: dict, step_times: list
     save_model(Path(config.out), weights, metadata)
 
 
-def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit):
+def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit, cross_fit: bool | None = None):
     """Fit the feature regression on the training pair; returns (regressor, out-of-fold training prior).
 
     The network learns to correct the prior, so it must see the prior's errors as they are on an unseen
@@ -750,7 +752,8 @@ def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit):
 
     tick = time.perf_counter()
     t1n, t2n, mask = normalised_pair(t1, t2, config.percentile)
-    regressor, prior = fit_feature_regressor(t1n, t2n, mask, seed=config.seed, cross_fit=config.prior_cross_fit,
+    cross_fit = config.prior_cross_fit if cross_fit is None else cross_fit
+    regressor, prior = fit_feature_regressor(t1n, t2n, mask, seed=config.seed, cross_fit=cross_fit,
                                              fit={"context_stage": int(config.prior_stages) == 2})
     emit({"event": "prior", "kind": "feature_regression", "trees": regressor.trees.metadata()["n_trees"],
           "stages": int(config.prior_stages), "seconds": round(time.perf_counter() - tick, 1)})
