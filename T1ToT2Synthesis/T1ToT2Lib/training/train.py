@@ -742,10 +742,11 @@ def _write_model(run: _Run, config: TrainConfig, history: dict, step_times: list
 
 
 def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit, cross_fit: bool | None = None):
-    """Fit the feature regression on the training pair; returns (regressor, out-of-fold training prior).
+    """Fit the feature regression on the training pair; returns (regressor, training prior).
 
     The network learns to correct the prior, so it must see the prior's errors as they are on an unseen
-    hand: the training prior is cross-fitted (each half of the volume predicted by trees fitted on the other).
+    hand: the training prior is cross-fitted (each half of the volume predicted by trees fitted on the other)
+    unless ``cross_fit`` (default: ``config.prior_cross_fit``) is false, when no network will learn from it.
     """
     from ..networks.feature_regression import fit_feature_regressor
     from .prior import normalised_pair
