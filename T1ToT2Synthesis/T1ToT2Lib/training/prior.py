@@ -22,8 +22,8 @@ from ..core.errors import T1ToT2Error
 
 #: Several pairs: each gives as many voxels as one pair alone would (the fit's ``max_samples``), up to this total, and
 #: the trees may grow longer, for they learn several acquisitions (splitting one pair's sample between the pairs cost
-#: every acquisition accuracy).  The bundled recipe's eleven hands fill two million: with one million shared between
-#: them every robustness row was 0.1-0.3 dB lower (README, robustness).
+#: every acquisition accuracy).  The bundled recipe's eleven hands fit within two million; with one million shared
+#: between them every robustness row was lower (README, robustness).
 PAIRS_MAX_SAMPLES = 2_000_000
 #: The trees' settings over several pairs: those the bundled model was fitted and measured with.  The one-pair fit's
 #: smaller rate and feature subsampling (:data:`~T1ToT2Lib.networks.feature_regression.DEFAULT_FIT`) do not carry
