@@ -133,9 +133,11 @@ def train_job(t1_path, t2_path, model_path, epochs, log):
     """Run a short real training job in the background and collect its JSON progress events."""
     from T1ToT2Lib.slicer.jobs import BackgroundJob, cli_command
 
-    # The recommended refiner with its own defaults, on the coronal slices only, so the chart fills in seconds.
+    # The recommended refiner with its own defaults, on the coronal slices only, so the chart fills in seconds; one
+    # pair has no held-out pair to judge the CNN, so the chart's run trains it as --correction train does.
     argv = cli_command("train", "--t1", t1_path, "--t2", t2_path, "--model", "refiner", "--planes", "coronal",
-                       "--epochs", str(epochs), "--epochs-decay", str(epochs), "--seed", "1", "--device", "cpu",
+                       "--epochs", str(epochs), "--epochs-decay", str(epochs), "--correction", "train", "--seed", "1",
+                       "--device", "cpu",
                        "--progress", "json", "--out", model_path)
     job = BackgroundJob(argv).start()
     events = job.run_to_end(timeout=1800)
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
     log("phantom loaded")
 
     # 1. The T1 in a slice view (as Slicer shows a loaded volume: the background of the first view).
-    red = views[scene.COMPARE_VIEWS[0]]
+    red = views[scene.SLICER_COMPARE_VIEWS[0]]
     red.set_background_volume_id(t1_node.GetID())
     show_slice(red, offset_a)
     fig = figure(3.4, 6.6, "1. Load a T1 volume")
@@ -208,13 +210,13 @@ def main(argv=None) -> int:
     synthetic_node = scene.create_or_update_synthetic_node(t1_node, synthetic, model_label)
     # The Compare button's own code: volumes, one orientation, linked views, G - I on the synthetic view.
     scene.show_comparison(t1_node, t2_node, synthetic_node, orientation=orientation, overlay="difference",
-                          scene=app.scene)
+                          scene=app.scene, views=scene.SLICER_COMPARE_VIEWS)
     images = []
-    for name in scene.COMPARE_VIEWS:
+    for name in scene.SLICER_COMPARE_VIEWS:
         show_slice(views[name], offset_a)
         images.append(capture(views[name]))
     fig = figure(8.6, 6.4, "2. Compare: difference map G - I on the synthetic view (blue: darker, red: brighter)")
-    titles = ("T1 VIBE", "acquired T2 SPACE", f"SYNTHETIC T2 ({model_label}) + G - I")
+    titles = ("T1 VIBE", "acquired T2 SPACE", "SYNTHETIC T2 + G - I")
     for n, (image, title) in enumerate(zip(images, titles)):
         image_axes(fig, [0.01 + n * 0.33, 0.01, 0.32, 0.88], image, title)
     save(fig, args.out / "02_compare.png")
@@ -227,8 +229,9 @@ def main(argv=None) -> int:
     line.GetDisplayNode().SetSelectedColor(1.0, 1.0, 0.0)
     line.GetDisplayNode().SetPropertiesLabelVisibility(False)
     profile = scene.LineProfile(line, {"T1": t1_node, "acquired T2": t2_node, "synthetic T2": synthetic_node}, samples=200)
-    scene.show_comparison(t1_node, t2_node, synthetic_node, orientation=orientation, overlay="none", scene=app.scene)
-    view = views[scene.COMPARE_VIEWS[1]]  # the acquired T2 with the line on it
+    scene.show_comparison(t1_node, t2_node, synthetic_node, orientation=orientation, overlay="none", scene=app.scene,
+                          views=scene.SLICER_COMPARE_VIEWS)
+    view = views[scene.SLICER_COMPARE_VIEWS[1]]  # the acquired T2 with the line on it
     show_slice(view, offset_a)
     slice_image = capture(view)
     columns = scene.table_columns(profile.table_node)
