@@ -517,7 +517,7 @@ def _setup_devices(config: TrainConfig, planes, context) -> _Run:
     return _Run(device, rank, world, distributed, planes, context)
 
 
-def _build(run: _Run, config: TrainConfig, emit, cnn_trains: bool = True) -> None:
+def _build(run: _Run, config: TrainConfig, emit, cnn_trains: bool) -> None:
     """The network config, the prior (refiner), the dataset, the model, its optimisers and DDP wrapper.  The
     out-of-fold training prior is for the CNN alone: when no epoch will run, the trees' own estimate stands in."""
     import torch
@@ -741,19 +741,18 @@ def _write_model(run: _Run, config: TrainConfig, history: dict, step_times: list
     save_model(Path(config.out), weights, metadata)
 
 
-def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit, cross_fit: bool | None = None):
+def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit, cross_fit: bool):
     """Fit the feature regression on the training pair; returns (regressor, training prior).
 
     The network learns to correct the prior, so it must see the prior's errors as they are on an unseen
     hand: the training prior is cross-fitted (each half of the volume predicted by trees fitted on the other)
-    unless ``cross_fit`` (default: ``config.prior_cross_fit``) is false, when no network will learn from it.
+    unless ``cross_fit`` is false, when no network will learn from it.
     """
     from ..networks.feature_regression import fit_feature_regressor
     from .prior import normalised_pair
 
     tick = time.perf_counter()
     t1n, t2n, mask = normalised_pair(t1, t2, config.percentile)
-    cross_fit = config.prior_cross_fit if cross_fit is None else cross_fit
     regressor, prior = fit_feature_regressor(t1n, t2n, mask, seed=config.seed, cross_fit=cross_fit,
                                              fit={"context_stage": int(config.prior_stages) == 2})
     emit({"event": "prior", "kind": "feature_regression", "trees": regressor.trees.metadata()["n_trees"],
