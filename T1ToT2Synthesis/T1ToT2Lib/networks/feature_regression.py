@@ -49,6 +49,11 @@ _ERROR_CHUNK = 1 << 20  # rows per error-tree call
 _ROWS_CHUNK, _ONNX_ROWS = 1 << 17, 50_000
 #: Air is recognised by the local maximum over this cube (voxels): no tissue within 7 voxels.
 AIR_WINDOW = 15
+#: The cross-fit's two folds alternate slabs of this many slices along the first axis, so each fold's trees see every
+#: part of the hand and err on the other fold's slabs as the final trees err on a new hand.  Folds of one half each
+#: (the wrist's trees predicting the fingers) erred more than that, and the auto-context stage trained on their
+#: estimate learned to distrust a first estimate that is better on a new hand (README, "What the demo does").
+FOLD_SLAB = 16
 
 
 def _as_array(value) -> np.ndarray:
@@ -430,8 +435,8 @@ def fit_feature_regressor(normalised_t1: np.ndarray, normalised_t2: np.ndarray, 
     """Fit the trees on voxels of ``mask``; returns ``(regressor, training_prior)``.
 
     ``training_prior`` is the prediction on the training volume itself.  With ``cross_fit`` it is
-    *out-of-fold*: the volume is split in two halves along its first axis, each half is predicted
-    by trees fitted on the other, so a network trained to correct the prior learns to correct the
+    *out-of-fold*: the volume's slabs along its first axis alternate between two folds (:func:`fold_slabs`), each
+    fold is predicted by trees fitted on the other, so a network trained to correct the prior learns to correct the
     errors it will meet on unseen hands, not the smaller in-sample errors.
 
     With ``fit["context_stage"]`` a second, auto-context stage is fitted on the T1's features and
@@ -453,9 +458,7 @@ def _fit_sampled(x, y, mask, spec: dict, seed: int, fit: dict, cross_fit: bool):
     from scipy import ndimage
 
     context = bool(fit.get("context_stage"))
-    half = mask.shape[0] // 2
-    in_half = np.zeros(mask.shape, bool)
-    in_half[:half] = True
+    folds = fold_slabs(mask.shape[0])
     feature, size = air_feature(spec)
     reach = ndimage.maximum_filter(x, size)  # = the air feature, over the volume
     air = air_rule(reach.ravel(), feature, y, mask)
@@ -467,21 +470,24 @@ def _fit_sampled(x, y, mask, spec: dict, seed: int, fit: dict, cross_fit: bool):
 
     samples = {"trees": sampled(fit["max_samples"], seed), "errors": sampled(fit["max_samples"], seed + 3)}
     if cross_fit or context:
-        for fold, held_out in enumerate((in_half, ~in_half)):
-            samples[fold] = sampled(fit["max_samples"] // 2, seed + 1 + fold, restrict=~held_out)
+        for fold, spans in enumerate(folds):
+            trained_on = np.ones(mask.shape, bool)
+            for k_start, k_stop in spans:
+                trained_on[k_start:k_stop] = False
+            samples[fold] = sampled(fit["max_samples"] // 2, seed + 1 + fold, restrict=trained_on)
     del reach
     union = np.unique(np.concatenate(list(samples.values())))
     X = feature_rows(x, spec, union)
     rows = {name: np.searchsorted(union, idx) for name, idx in samples.items()}
     regressor = FeatureRegressor(spec, _fit_trees(X[rows["trees"]], y[samples["trees"]], seed, fit), air=air, fit=fit)
-    folds = ((0, half), (half, x.shape[0]))
     inputs, first = X, None
     if context:
         # The second stage learns from the first stage's out-of-fold estimate, which errs as it errs on a new hand.
         first = np.empty(x.shape, np.float32)
-        for fold, (k_start, k_stop) in enumerate(folds):
+        for fold, spans in enumerate(folds):
             fold_model = FeatureRegressor(spec, _fit_trees(X[rows[fold]], y[samples[fold]], seed, fit), air=air)
-            _predict_range(fold_model, x, k_start, k_stop, first)
+            for k_start, k_stop in spans:
+                _predict_range(fold_model, x, k_start, k_stop, first)
         regressor.context_spec = check_spec(CONTEXT_SPEC)
         inputs = np.concatenate([X, feature_rows(first, regressor.context_spec, union)], 1)
         regressor.context_trees = _fit_trees(inputs[rows["trees"]], y[samples["trees"]], seed, fit)
@@ -495,15 +501,25 @@ def _fit_sampled(x, y, mask, spec: dict, seed: int, fit: dict, cross_fit: bool):
     if not cross_fit:
         return regressor, regressor.predict_volume(x)
     prior = np.empty(x.shape, np.float32)
-    for fold, (k_start, k_stop) in enumerate(folds):
+    for fold, spans in enumerate(folds):
         trees = _fit_trees(inputs[rows[fold]], y[samples[fold]], seed, fit)
         if context:
             fold_model = FeatureRegressor(spec, regressor.trees, air=air, context_spec=regressor.context_spec,
                                           context_trees=trees)
-            _predict_range(fold_model, x, k_start, k_stop, prior, first=first)
         else:
-            _predict_range(FeatureRegressor(spec, trees, air=air), x, k_start, k_stop, prior)
+            fold_model = FeatureRegressor(spec, trees, air=air)
+        for k_start, k_stop in spans:
+            _predict_range(fold_model, x, k_start, k_stop, prior, first=first)
     return regressor, prior
+
+
+def fold_slabs(n_slices: int, slab: int = FOLD_SLAB) -> list:
+    """The cross-fit's two folds as lists of ``(k_start, k_stop)`` slice ranges along the first axis: slabs of
+    ``slab`` slices, alternating between the folds (:data:`FOLD_SLAB`); a volume of fewer than two slabs is split in
+    halves."""
+    slab = max(1, min(int(slab), n_slices // 2))
+    starts = list(range(0, n_slices, slab))
+    return [[(k, min(n_slices, k + slab)) for k in starts[fold::2]] for fold in (0, 1)]
 
 
 def _predict_range(model: FeatureRegressor, x, k_start: int, k_stop: int, out: np.ndarray, first=None) -> None:

@@ -4,7 +4,7 @@ Each pair gives the feature rows of its share of the sampled voxels, computed sl
 made slab by slab (:meth:`FeatureRegressor.predict_volume`), so memory grows with the
 sampled voxels, not with the number or size of the pairs.  The CNN's training prior is out-of-fold *by
 pair*: pairs alternate between two folds and each fold is predicted by trees fitted on the other, so the
-network learns the errors the trees make on another subject (on one pair, the halves of the volume are
+network learns the errors the trees make on another subject (on one pair, alternating slabs of the volume are
 the folds, as :func:`~T1ToT2Lib.networks.feature_regression.fit_feature_regressor` does).
 
 With ``fit["context_stage"]`` the auto-context stage is fitted too, as on one pair: it reads the features of each

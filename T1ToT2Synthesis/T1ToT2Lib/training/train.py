@@ -745,7 +745,7 @@ def fit_prior(t1: Volume, t2: Volume, config: TrainConfig, emit, cross_fit: bool
     """Fit the feature regression on the training pair; returns (regressor, training prior).
 
     The network learns to correct the prior, so it must see the prior's errors as they are on an unseen
-    hand: the training prior is cross-fitted (each half of the volume predicted by trees fitted on the other)
+    hand: the training prior is cross-fitted (each fold of the volume's slabs predicted by trees fitted on the other)
     unless ``cross_fit`` is false, when no network will learn from it.
     """
     from ..networks.feature_regression import fit_feature_regressor
