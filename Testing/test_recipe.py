@@ -49,6 +49,7 @@ def test_one_pair_alone_gives_the_trees_and_says_why(hands, tmp_path, capsys):
     """No held-out pair: no epoch runs, the CNN's head is zero, so the synthetic is the trees' prior exactly."""
     import torch
 
+    from T1ToT2Lib.inference.preprocess import n4_correct
     from T1ToT2Lib.inference.slices import foreground_scale
     from T1ToT2Lib.inference.synthesize import synthesize_volume
 
@@ -64,7 +65,8 @@ def test_one_pair_alone_gives_the_trees_and_says_why(hands, tmp_path, capsys):
     assert torch.count_nonzero(head) == 0
     t1 = read_volume(hands / "a_right_t1.nii.gz")
     synthetic = synthesize_volume(str(out), t1, plane="fuse")
-    normalised = t1.array / np.float32(foreground_scale(t1.array, model.t1_percentile))
+    corrected = n4_correct(t1).array  # the recipe's trees learnt N4-corrected T1s, and synthesis corrects its T1
+    normalised = corrected / np.float32(foreground_scale(corrected, model.t1_percentile))
     prior = model.prior.predict_volume(normalised) * model.t2_scale
     np.testing.assert_allclose(synthetic.array, np.maximum(prior, 0), rtol=1e-4, atol=1e-3 * float(prior.max()))
 
@@ -92,6 +94,63 @@ def test_trees_that_no_cnn_will_correct_are_fitted_once_and_are_the_same_trees(h
     assert len(fits) == 7, fits
     t1 = read_volume(hands / "a_right_t1.nii.gz").array / np.float32(10.0)
     np.testing.assert_array_equal(load_model(alone).prior.predict_volume(t1), load_model(trained).prior.predict_volume(t1))
+
+
+def test_the_recipe_corrects_the_t1s_coil_field_in_training_and_in_synthesis(hands, tmp_path):
+    """N4 on every T1 is the refiner's default: the model file says so and synthesis corrects its T1 the same way, so
+    a smooth coil field on the T1 (the physics a correction is for) moves the synthetic T2 far less than it moves
+    that of trees fitted on uncorrected T1s."""
+    from T1ToT2Lib.inference.preprocess import model_preprocessing, n4_correct
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+
+    corrected, plain = tmp_path / "n4.safetensors", tmp_path / "plain.safetensors"
+    assert _train(hands, corrected) == 0 and _train(hands, plain, "--n4", "none") == 0
+    assert model_preprocessing(read_metadata(corrected))["n4"] is True
+    assert model_preprocessing(read_metadata(plain))["n4"] is False
+    t1 = read_volume(hands / "a_right_t1.nii.gz")
+    inside = read_volume(hands / "a_right_t2.nii.gz").array > 0.25 * float(np.percentile(t1.array, 99))
+    synthetic = synthesize_volume(str(corrected), t1, plane="fuse").array
+    # An already corrected T1 is not corrected twice, and gives the same synthetic.
+    np.testing.assert_allclose(synthesize_volume(str(corrected), n4_correct(t1), plane="fuse").array, synthetic,
+                               rtol=1e-5, atol=1e-3)
+    field = P.bias_field(t1.shape, np.random.default_rng(3), amplitude=0.3)
+    shaded = t1.with_array(t1.array * field)
+
+    def moved(model, unshaded):
+        return float(np.abs(synthesize_volume(str(model), shaded, plane="fuse").array - unshaded)[inside].mean())
+
+    assert moved(corrected, synthetic) < 0.5 * moved(plain, synthesize_volume(str(plain), t1, plane="fuse").array)
+
+
+def test_n4_of_both_volumes_keeps_the_synthetic_t2_at_the_acquired_t2s_level(hands, tmp_path, monkeypatch):
+    """``--n4 both`` (a bare ``--n4``) trains on corrected T2s too; a correction removes a field, not the scale, so
+    the synthetic T2 of the other hand keeps the acquired T2's level (24% above it while N4's field kept its own
+    level).  Trees of 60 iterations: the 8 of ``few_trees`` stop short of the T2's level."""
+    from T1ToT2Lib.inference.slices import foreground_threshold
+    from T1ToT2Lib.inference.synthesize import synthesize_volume
+    from T1ToT2Lib.networks import feature_regression
+
+    monkeypatch.setitem(feature_regression.DEFAULT_FIT, "max_iter", 60)
+    monkeypatch.setitem(feature_regression.DEFAULT_FIT, "learning_rate", 0.3)
+    out = tmp_path / "both.safetensors"
+    assert _train(hands, out, "--n4") == 0
+    t1, t2 = read_volume(hands / "a_right_t1.nii.gz"), read_volume(hands / "a_right_t2.nii.gz")
+    inside = t1.array > foreground_threshold(t1.array)
+    synthetic = synthesize_volume(str(out), t1, plane="fuse")
+    assert abs(float(synthetic.array[inside].mean()) / float(t2.array[inside].mean()) - 1.0) < 0.06  # measured 0.027
+
+
+def test_an_unknown_n4_mode_is_refused_in_one_line(hands, tmp_path, capsys):
+    from T1ToT2Lib.core.errors import T1ToT2Error
+    from T1ToT2Lib.training.train import TrainConfig, train
+
+    with pytest.raises(SystemExit) as exit_info:
+        _train(hands, tmp_path / "m.safetensors", "--n4", "t2")
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    with pytest.raises(T1ToT2Error, match="unknown N4 mode 'T1': use one of none, t1, both"):
+        train(TrainConfig(t1=hands / "a_left_t1.nii.gz", t2=hands / "a_left_t2.nii.gz", out=tmp_path / "m.safetensors",
+                          model="refiner", n4="T1"))
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 @pytest.mark.parametrize("option", [["--epochs", "3"], ["--lr", "1e-3"], ["--max-steps-per-epoch", "2"], ["--resume"]])

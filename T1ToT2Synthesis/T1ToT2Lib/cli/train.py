@@ -9,10 +9,10 @@ import threading
 import numpy as np
 
 from ..core.errors import T1ToT2Error
-from ..core.volume import PLANES, Volume
+from ..core.volume import PLANES
 from ..io.files import read_volume
 from ..training.data import check_planes
-from ..training.presets import CORRECTIONS, correction_trains
+from ..training.presets import CORRECTIONS, N4_MODES, correction_trains
 from ..training.train import (
     BarProgress,
     TrainConfig,
@@ -42,8 +42,10 @@ def register_cli(subparsers):
     p.add_argument("--val-t2", help="validation T2 on the same grid as --val-t1")
     p.add_argument("--align", action="store_true",
                    help="register each T2 to its T1 (rigid, mutual information) and resample it onto the T1 grid when the grids differ")
-    p.add_argument("--n4", action="store_true",
-                   help="N4 bias-field correction of the training T1s and T2s (recorded in the model: synthesis corrects its T1 too)")
+    p.add_argument("--n4", choices=N4_MODES, nargs="?", const="both",
+                   help="N4 bias-field correction of every training T1 ('t1', the refiner's default), of T1s and T2s "
+                        "('both', also a bare --n4) or of none ('none', the GANs' default); recorded in the model: "
+                        "synthesis corrects its T1 too")
     p.add_argument("--model", default="refiner", choices=("refiner", "pix2pix", "cyclegan", "unit"),
                    help="refiner (default, recommended): boosted trees on 3-D T1 features + a residual CNN that corrects them; "
                         "pix2pix, cyclegan, unit: the paper's GANs")
@@ -173,12 +175,6 @@ def run_train(args) -> int:
         pairs = [aligned_pair(t1, t2) for t1, t2 in pairs]
         if args.val_t1 and args.val_t2:
             args.val_t1, args.val_t2 = aligned_pair(args.val_t1, args.val_t2, what=("validation T1", "validation T2"))
-    if args.n4:  # bias-field correction of every training volume (T1ToT2Lib.inference.preprocess)
-        from ..inference.preprocess import n4_correct
-
-        pairs = [tuple(n4_correct(v if isinstance(v, Volume) else read_volume(v)) for v in pair) for pair in pairs]
-        if args.val_t1 and args.val_t2:
-            args.val_t1, args.val_t2 = (n4_correct(v if isinstance(v, Volume) else read_volume(v)) for v in (args.val_t1, args.val_t2))
     t1, t2 = pairs[0] if pairs else (None, None)
     voxel = _voxel(args.voxel_mm)
     config = TrainConfig(
@@ -190,7 +186,7 @@ def run_train(args) -> int:
         precision=args.precision, seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
         max_steps_per_epoch=args.max_steps_per_epoch, loss_csv=args.loss_csv, augment=args.augment,
         patch=args.patch, prior_cross_fit=defaults["prior_cross_fit"],
-        prior_stages=args.prior_stages, correction=args.correction,
+        prior_stages=args.prior_stages, correction=args.correction, n4=defaults["n4"] if args.n4 is None else args.n4,
     )
     progress = {"bar": BarProgress(), "json": json_progress(), "none": None}[args.progress]
     cancel = threading.Event()

@@ -23,8 +23,14 @@ RECOMMENDED = {
     "planes": PLANES,
     "synthesis_plane": "fuse",
     "training": {"epochs": 8, "epochs_decay": 8, "lr": 2e-3, "betas": (0.9, 0.999), "batch_size": 16, "augment": True,
-                 "patch": 48, "prior_cross_fit": True, "prior_stages": 2, "correction": "auto"},
+                 "patch": 48, "prior_cross_fit": True, "prior_stages": 2, "correction": "auto", "n4": "t1"},
 }
+
+#: What ``TrainConfig.n4`` (``t1tot2 train --n4``) accepts: N4 bias-field correction of no volume, of every T1 (the
+#: model file records it and synthesis corrects its T1 too), or of every T1 and T2.  The recommended refiner corrects
+#: its T1s: a coil field moves tendon's T1 (0.11 of the foreground median) onto cortical bone's (0.10), whose T2 is
+#: three times brighter.  The T2 target keeps its field: no T1 can predict it, and what is scored is the acquired T2.
+N4_MODES = ("none", "t1", "both")
 
 
 #: What ``TrainConfig.correction`` (``t1tot2 train --correction``) accepts: whether the refiner's CNN stage is trained.
@@ -79,10 +85,10 @@ def training_defaults(model: str, preset: str = "recommended") -> dict:
     """What ``t1tot2 train --model MODEL --preset PRESET`` uses before explicit options apply.
 
     Keys: network, context, epochs, epochs_decay, lr, betas, batch_size, augment, patch, prior_cross_fit,
-    prior_stages, correction (the last two: TrainConfig's own defaults for the GANs, which have no prior).
+    prior_stages, correction (these two: TrainConfig's own defaults for the GANs, which have no prior), n4.
     """
     gan = {"epochs": 15, "epochs_decay": 0, "lr": 2e-4, "betas": (0.5, 0.999), "batch_size": 1, "augment": False,
-           "patch": None, "prior_cross_fit": True, "prior_stages": 1, "correction": "train"}
+           "patch": None, "prior_cross_fit": True, "prior_stages": 1, "correction": "train", "n4": "none"}
     if model == "refiner":
         return {"network": dict(RECOMMENDED["network"]), "context": RECOMMENDED["context"], **RECOMMENDED["training"]}
     if model == "pix2pix" and preset == "recommended":

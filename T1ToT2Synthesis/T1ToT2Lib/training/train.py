@@ -34,7 +34,7 @@ from ..core import sequence
 from ..core.atomic import atomic_path
 from ..inference.slices import check_context
 from .data import PairsDataset, SliceDataset, check_paired, check_planes
-from .presets import CORRECTIONS, correction_trains
+from .presets import CORRECTIONS, N4_MODES, correction_trains
 from ..core.errors import T1ToT2Error
 from ..core.volume import PLANES, Volume, check_image
 from ..io.files import read_volume
@@ -87,6 +87,7 @@ class TrainConfig:
     voxel_mm: tuple | None = None  # common voxel size every pair is resampled to (default: the first T1's)
     prior_stages: int = 1  # refiner: 1 = the trees on T1 features; 2 = plus the auto-context stage
     correction: str = "train"  # refiner's CNN: "train"; "auto" (only when a held-out pair can judge it); "none"
+    n4: str = "none"  # N4 bias-field correction (presets.N4_MODES): "none", every "t1", or "both" volumes of each pair
 
     @property
     def total_epochs(self) -> int:
@@ -112,6 +113,8 @@ class TrainConfig:
             many += ("prior_stages",)
         values = {k: getattr(self, k) for k in keys}  # not asdict: it would deep-copy every training volume
         values.update({k: getattr(self, k) for k in many if getattr(self, k)})
+        if self.n4 != "none":
+            values["n4"] = self.n4
         if self.pairs:
             values["pairs"] = len(self.pairs)
         return json.loads(json.dumps(values, default=list))
@@ -453,6 +456,8 @@ def _check_config(config: TrainConfig) -> tuple:
         raise T1ToT2Error("phantom subjects and augmented copies must be at least 0")
     if config.correction not in CORRECTIONS:
         raise T1ToT2Error(f"unknown correction {config.correction!r}: use one of {', '.join(CORRECTIONS)}")
+    if config.n4 not in N4_MODES:
+        raise T1ToT2Error(f"unknown N4 mode {config.n4!r}: use one of {', '.join(N4_MODES)}")
     if int(config.prior_stages) not in (1, 2):
         raise T1ToT2Error(f"prior stages must be 1 or 2 (got {config.prior_stages})")
     if config.model != "refiner" and (config.correction != "train" or int(config.prior_stages) != 1):
@@ -482,16 +487,33 @@ def _training_pairs(config: TrainConfig, emit) -> tuple:
     if int(config.augment_copies):
         rng = np.random.default_rng([int(config.seed), 29])
         pairs += [(augment_t1(t1, rng), t2) for _ in range(int(config.augment_copies)) for t1, t2 in list(pairs)]
+    pairs = [_bias_corrected(pair, config.n4) for pair in pairs]
     natives = list(pairs)
     pairs, voxel = on_common_grid(pairs, config.voxel_mm)
     validation = None
     if config.val_t1 is not None:
-        validation = checked_pairs([(config.val_t1, config.val_t2)], lambda v, w: _load(v, "val " + w))[0]
+        validation = _bias_corrected(checked_pairs([(config.val_t1, config.val_t2)],
+                                                   lambda v, w: _load(v, "val " + w))[0], config.n4)
     if gate is not None:
-        gate = on_common_grid([gate], voxel)[0][0]
+        gate = on_common_grid([_bias_corrected(gate, config.n4)], voxel)[0][0]
     elif validation is not None:
         gate = validation
     return pairs, validation, gate, natives
+
+
+def _bias_corrected(pair, n4: str) -> tuple:
+    """``pair`` with N4 applied as ``n4`` says, on each volume's own grid (synthesis corrects its T1 the same way, before
+    any resampling: :func:`~T1ToT2Lib.inference.preprocess.prepare_input`).  Augmented copies are corrected after their
+    augmentation, as any T1 is at synthesis."""
+    from ..inference.preprocess import n4_correct
+
+    def corrected(volume):
+        return volume if volume.meta.get("n4") else n4_correct(volume)
+
+    t1, t2 = pair
+    if n4 == "none":
+        return t1, t2
+    return corrected(t1), (corrected(t2) if n4 == "both" else t2)
 
 
 def _setup_devices(config: TrainConfig, planes, context) -> _Run:
