@@ -150,6 +150,7 @@ def _evaluate(work: Path, data: dict, model_path, synthetic, error_map, device, 
     from ..core import metrics
     from ..inference.synthesize import synthesize_volume
     from ..io.files import read_volume
+    from ..inference.preprocess import model_preprocessing
     from ..networks.modelfile import load_model
     from ..phantom.render import TISSUES
     from . import analysis
@@ -160,9 +161,12 @@ def _evaluate(work: Path, data: dict, model_path, synthetic, error_map, device, 
     left_fit_mask = read_volume(files["left_labels"]).array > 0
     lookup_path = analysis.save_lookup_model(work / "lookup_baseline.safetensors", data["left_t1"], data["left_t2"],
                                              mask=left_fit_mask)
-    # The recommended model's own first stage, on its own: the trees fitted on the left hand and its rim of air.
+    # The recommended model's trees on their own (both stages): fitted on the left hand and its rim of air.
+    # They learnt T1s prepared as the model's were (N4): the baseline's file repeats the model's preprocessing record.
+    model = load_model(model_path)
     trees_path = analysis.save_feature_baseline(work / "feature_baseline.safetensors", data["left_t1"], data["left_t2"],
-                                                seed=seed, regressor=load_model(model_path).prior)
+                                                seed=seed, regressor=model.prior,
+                                                extra_metadata={"preprocessing": model_preprocessing(model.metadata)})
     oracle = read_volume(files["right_t2_clean"])
     candidates = {
         ORACLE_NAME: oracle,
