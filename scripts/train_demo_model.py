@@ -83,6 +83,7 @@ def main(argv=None) -> int:
 | budget | {schedule['epochs']} epochs at Adam lr {schedule['lr']} then {schedule['epochs_decay']} decaying to 0, betas {tuple(schedule['betas'])}, batch {schedule['batch_size']}{', patches of ' + str(schedule['patch']) if schedule.get('patch') else ''}, flips, seed 0 |
 | training time | {meta['training']['seconds'] / 60:.1f} min on {platform.machine()} ({meta['training']['device']}) |
 | intensity | T1 divided by the {meta['intensity']['t1_percentile']:g}th percentile of its foreground (voxels above Otsu's threshold); output × T2 scale {meta['intensity'].get('t2_scale', 'n/a'):.4g} |
+| bias field | {_n4_line(meta)} |
 
 ## Metrics on the held-out right hand (inside the dilated hand mask)
 
@@ -116,6 +117,14 @@ Grid-artefact energy of the residual: E_2 {result['grid_energy']['2']:.2e}, E_4 
 #: a 0.6 mm acquisition's partial volume and noise texture it has seen.
 SUBJECTS = ((21, 1.0), (22, 0.6), (23, 1.5), (25, 1.5), (26, 1.0))
 HELD_OUT = (24, 0.8)
+
+
+def _n4_line(meta: dict) -> str:
+    from T1ToT2Lib.inference.preprocess import model_preprocessing
+
+    if model_preprocessing(meta)["n4"]:
+        return "every T1 corrected by N4 (SimpleITK) before its features, in training and in synthesis; the T2 target as acquired"
+    return "none (the T1 as acquired)"
 
 
 def _robustness_section(args) -> str:
