@@ -56,10 +56,12 @@ def n4_correct(volume: Volume, shrink: int = 2, iterations=(50, 50, 30)) -> Volu
     over its foreground.
 
     The field is fitted on a ``shrink``-times smaller image inside an Otsu foreground mask and evaluated at full
-    resolution, so a small phantom takes seconds.
+    resolution, so a small phantom takes seconds.  A volume already corrected (``meta["n4"]``) is returned as it is.
     """
     import SimpleITK as sitk
 
+    if volume.meta.get("n4"):
+        return volume
     image = volume_to_sitk(volume)
     if float(volume.array.max()) <= float(volume.array.min()):
         raise T1ToT2Error("N4 bias correction needs a non-constant image: check the input volume")
@@ -251,7 +253,7 @@ def prepare_input(t1: Volume, loaded) -> Prepared | None:
     record = model_preprocessing(getattr(loaded, "metadata", {}) or {})
     has_prior = getattr(loaded, "prior", None) is not None
     work, native, notes = t1, None, []
-    if record.get("n4") and not t1.meta.get("n4"):
+    if record.get("n4"):
         work = n4_correct(work)
     voxel = record.get("voxel_mm")
     if voxel:

@@ -507,13 +507,10 @@ def _bias_corrected(pair, n4: str) -> tuple:
     augmentation, as any T1 is at synthesis."""
     from ..inference.preprocess import n4_correct
 
-    def corrected(volume):
-        return volume if volume.meta.get("n4") else n4_correct(volume)
-
     t1, t2 = pair
     if n4 == "none":
         return t1, t2
-    return corrected(t1), (corrected(t2) if n4 == "both" else t2)
+    return n4_correct(t1), (n4_correct(t2) if n4 == "both" else t2)
 
 
 def _setup_devices(config: TrainConfig, planes, context) -> _Run:
