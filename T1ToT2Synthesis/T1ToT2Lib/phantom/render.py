@@ -421,6 +421,19 @@ def as_acquisition(size) -> Acquisition:
     return size if isinstance(size, Acquisition) else Acquisition.preset(size)
 
 
+#: The least field of view in A and R (mm) of a turned hand.  It holds the robustness matrix's oblique pose (0, 20, 25
+#: degrees; at 72 mm in A that palm was cut), not every turn of 20 degrees about all three axes: such a hand can be cut,
+#: as by a real field of view.
+POSED_FIELD_OF_VIEW_AR = (100.0, 180.0)
+
+
+def posed(acquisition: Acquisition, pose_deg) -> Acquisition:
+    """``acquisition`` with the hand turned by ``pose_deg`` (x, y, z) and its field of view widened to hold it."""
+    s, a, r = acquisition.fov_mm
+    wide = (s, max(a, POSED_FIELD_OF_VIEW_AR[0]), max(r, POSED_FIELD_OF_VIEW_AR[1]))
+    return replace(acquisition, pose_deg=tuple(float(v) for v in pose_deg), fov_mm=wide)
+
+
 def random_acquisition(seed: int, ranges: dict | None = None) -> Acquisition:
     """A randomized acquisition, a pure function of ``seed`` (its own random stream, apart from the anatomy's).
 

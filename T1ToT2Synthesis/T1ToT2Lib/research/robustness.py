@@ -31,7 +31,7 @@ def variants(base=None, resolutions=RESOLUTIONS, seeds=OTHER_SEEDS) -> list:
     """[(name, seed, Acquisition)] of the matrix; ``base`` (an Acquisition) is what every variant changes one thing of."""
     from dataclasses import replace
 
-    from ..phantom.render import NOISE_SIGMA, Acquisition
+    from ..phantom.render import NOISE_SIGMA, Acquisition, posed
 
     base = base or Acquisition.preset("small")
     rows = [("demo configuration", 0, base)]
@@ -39,9 +39,7 @@ def variants(base=None, resolutions=RESOLUTIONS, seeds=OTHER_SEEDS) -> list:
     rows += [(f"{v:g} mm", 0, replace(base, voxel_mm=(float(v),) * 3)) for v in resolutions if (float(v),) * 3 != base.voxel_mm]
     rows += [(f"noise x{f:g}", 0, replace(base, noise_sigma=base.noise_sigma * f if base.noise_sigma else NOISE_SIGMA * f))
              for f in NOISE_FACTORS]
-    # The turned hand needs a wider field of view (A and R) to stay inside it (at 72 mm in A the palm was still cut).
-    fov = (base.fov_mm[0], max(base.fov_mm[1], 100.0), max(base.fov_mm[2], 180.0))
-    rows.append(("oblique pose", 0, replace(base, pose_deg=OBLIQUE_POSE, fov_mm=fov)))
+    rows.append(("oblique pose", 0, posed(base, OBLIQUE_POSE)))
     # Another VIBE changes only the input; another SPACE changes the target itself (a T1-only model cannot know it).
     rows.append(("other VIBE", 0, replace(base, vibe={**base.vibe, **OTHER_SEQUENCE["vibe"]})))
     rows.append(("other SPACE", 0, replace(base, space={**base.space, **OTHER_SEQUENCE["space"]})))
