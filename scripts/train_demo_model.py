@@ -114,8 +114,11 @@ Grid-artefact energy of the residual: E_2 {result['grid_energy']['2']:.2e}, E_4 
 #: Further phantom subjects the bundled model learns from besides the demo's left hand: (seed, voxel size in mm, what
 #: else changes).  Their noise level and coil field are drawn from the seed; the held-out one decides whether the
 #: CNN stage is kept.  The trees read each on its own grid, at the trained lengths in mm, so a 0.6 mm scan meets
-#: a 0.6 mm acquisition's partial volume and noise texture it has seen.
-SUBJECTS = ((21, 1.0), (22, 0.6), (23, 1.5), (25, 1.5), (26, 1.0))
+#: a 0.6 mm acquisition's partial volume and noise texture it has seen.  The subjects in POSED lie turned against the
+#: array axes (a pose drawn from the seed within POSE_RANGE_DEG), as a hand in a coil seldom lies square to it.
+SUBJECTS = ((21, 1.0), (22, 0.6), (23, 1.5), (25, 1.5), (26, 1.0), (27, 1.5), (28, 1.5))
+POSED = (27, 28)
+POSE_RANGE_DEG = (10.0, 30.0, 30.0)
 HELD_OUT = (24, 0.8)
 
 
@@ -181,21 +184,39 @@ def _correction_line(meta: dict) -> str:
 def _data_line(several: bool) -> str:
     if not several:
         return ""
-    subjects = ", ".join(f"seed {seed} at {voxel:g} mm" for seed, voxel in SUBJECTS)
-    return (f"; plus the left hands of phantom subjects {subjects} (noise and coil field drawn from the seed), trees on "
+    def described(seed, voxel):
+        pose = subject_acquisition(seed, voxel).pose_deg
+        return f"seed {seed} at {voxel:g} mm" + (f" turned {', '.join(f'{a:.0f}' for a in pose)} degrees" if any(pose) else "")
+
+    subjects = ", ".join(described(seed, voxel) for seed, voxel in SUBJECTS)
+    return (f"; plus both hands of phantom subjects {subjects} (noise and coil field drawn from the seed), trees on "
             f"each one's own grid; CNN stage kept only if not worse than the trees on seed {HELD_OUT[0]}'s right hand "
             f"at {HELD_OUT[1]:g} mm")
 
 
-def _subject(seed: int, voxel: float) -> dict:
+def subject_acquisition(seed: int, voxel: float):
+    """The small preset at ``voxel`` mm with the seed's noise level and coil field (and pose, for the POSED seeds)."""
     from dataclasses import replace
 
-    from T1ToT2Lib.phantom.render import Acquisition, make_phantom, random_acquisition
+    from T1ToT2Lib.phantom.render import Acquisition, posed, random_acquisition
 
     drawn = random_acquisition(seed)
     acquisition = replace(Acquisition.preset("small"), voxel_mm=(voxel,) * 3, noise_sigma=drawn.noise_sigma,
                           bias_amplitude=drawn.bias_amplitude)
-    return make_phantom("small", seed=seed, acquisition=acquisition)
+    if seed in POSED:
+        acquisition = posed(acquisition, random_acquisition(seed, {"pose_deg": POSE_RANGE_DEG}).pose_deg)
+    return acquisition
+
+
+def _subject(seed: int, voxel: float) -> dict:
+    from T1ToT2Lib.phantom.render import make_phantom
+
+    vols = make_phantom("small", seed=seed, acquisition=subject_acquisition(seed, voxel))
+    for side in ("left", "right") if seed in POSED else ():  # the forearm leaves through the S faces
+        inside = vols[f"{side}_labels"].array > 0
+        if inside[:, [0, -1]].any() or inside[:, :, [0, -1]].any():
+            raise SystemExit(f"subject {seed}'s {side} hand is cut by its field of view: choose another seed or pose")
+    return vols
 
 
 def _other_acquisitions() -> dict:
