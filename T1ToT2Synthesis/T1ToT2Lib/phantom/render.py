@@ -428,7 +428,8 @@ POSED_FIELD_OF_VIEW_AR = (100.0, 180.0)
 
 
 def posed(acquisition: Acquisition, pose_deg) -> Acquisition:
-    """``acquisition`` with the hand turned by ``pose_deg`` (x, y, z) and its field of view widened to hold it."""
+    """``acquisition`` with the hand turned by ``pose_deg`` (x, y, z) and its field of view widened to at least
+    :data:`POSED_FIELD_OF_VIEW_AR` in A and R."""
     s, a, r = acquisition.fov_mm
     wide = (s, max(a, POSED_FIELD_OF_VIEW_AR[0]), max(r, POSED_FIELD_OF_VIEW_AR[1]))
     return replace(acquisition, pose_deg=tuple(float(v) for v in pose_deg), fov_mm=wide)
