@@ -101,20 +101,13 @@ def test_pose_turns_the_hand_and_its_landmarks_with_it():
             assert int(labels.array[k, j, i]) in {T[a] for a in allowed}, (side, tissue)
 
 
-def _tissue_on_side_faces(labels: np.ndarray) -> int:
-    """Tissue voxels on the A and R faces of the array: where a field of view too narrow cuts the hand (the
-    forearm leaves through the S faces by design)."""
-    m = labels > 0
-    return int(m[:, 0].sum() + m[:, -1].sum() + m[:, :, 0].sum() + m[:, :, -1].sum())
-
-
 def test_a_posed_acquisition_widens_its_field_of_view_to_hold_the_turned_hand():
     from T1ToT2Lib.research.robustness import OBLIQUE_POSE as pose
 
     square = P.Acquisition(**COARSE)
     for acquisition, holds in ((P.posed(square, pose), True), (P.Acquisition(**COARSE, pose_deg=pose), False)):
         hands = P.make_phantom("small", seed=0, acquisition=acquisition)
-        cut = [_tissue_on_side_faces(hands[f"{side}_labels"].array) for side in ("left", "right")]
+        cut = [P.tissue_on_side_faces(hands[f"{side}_labels"].array) for side in ("left", "right")]
         assert (max(cut) == 0) == holds, (pose, acquisition.fov_mm, cut)
     assert P.posed(square, pose).pose_deg == pose
 

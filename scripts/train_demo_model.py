@@ -200,21 +200,18 @@ def subject_acquisition(seed: int, voxel: float):
 
     from T1ToT2Lib.phantom.render import Acquisition, posed, random_acquisition
 
-    drawn = random_acquisition(seed)
+    drawn = random_acquisition(seed, {"pose_deg": POSE_RANGE_DEG})  # the range scales the pose draw only
     acquisition = replace(Acquisition.preset("small"), voxel_mm=(voxel,) * 3, noise_sigma=drawn.noise_sigma,
                           bias_amplitude=drawn.bias_amplitude)
-    if seed in POSED:
-        acquisition = posed(acquisition, random_acquisition(seed, {"pose_deg": POSE_RANGE_DEG}).pose_deg)
-    return acquisition
+    return posed(acquisition, drawn.pose_deg) if seed in POSED else acquisition
 
 
 def _subject(seed: int, voxel: float) -> dict:
-    from T1ToT2Lib.phantom.render import make_phantom
+    from T1ToT2Lib.phantom.render import make_phantom, tissue_on_side_faces
 
     vols = make_phantom("small", seed=seed, acquisition=subject_acquisition(seed, voxel))
-    for side in ("left", "right") if seed in POSED else ():  # the forearm leaves through the S faces
-        inside = vols[f"{side}_labels"].array > 0
-        if inside[:, [0, -1]].any() or inside[:, :, [0, -1]].any():
+    for side in ("left", "right") if seed in POSED else ():
+        if tissue_on_side_faces(vols[f"{side}_labels"].array):
             raise SystemExit(f"subject {seed}'s {side} hand is cut by its field of view: choose another seed or pose")
     return vols
 

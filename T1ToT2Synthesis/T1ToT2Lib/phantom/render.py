@@ -435,6 +435,13 @@ def posed(acquisition: Acquisition, pose_deg) -> Acquisition:
     return replace(acquisition, pose_deg=tuple(float(v) for v in pose_deg), fov_mm=wide)
 
 
+def tissue_on_side_faces(labels: np.ndarray) -> int:
+    """Tissue voxels on the A and R faces of a hand's label array: where its field of view cuts the hand (the forearm
+    leaves through the S faces by design)."""
+    inside = np.asarray(labels) > 0
+    return int(inside[:, [0, -1]].sum() + inside[:, :, [0, -1]].sum())
+
+
 def random_acquisition(seed: int, ranges: dict | None = None) -> Acquisition:
     """A randomized acquisition, a pure function of ``seed`` (its own random stream, apart from the anatomy's).
 
